@@ -1,0 +1,583 @@
+//! `berth`: an OCI runtime with runc's command line, so containerd, CRI-O,
+//! podman and conmon can use it in place of runc.
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use berth_oci::container::{self, CreateOptions};
+use berth_oci::exec::ExecOptions;
+use berth_oci::state::{self, Root};
+use clap::{Args, Parser, Subcommand};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(name = "berth", version = concat!(env!("CARGO_PKG_VERSION"), "\nspec: ", "1.2.1"),
+          about = "berth: a runc-compatible OCI container runtime")]
+struct Cli {
+    /// Directory for container state (tmpfs recommended).
+    #[arg(long, global = true, default_value = "/run/berth", env = "BERTH_ROOT")]
+    root: PathBuf,
+    /// Write errors and debug output to this file instead of only stderr.
+    #[arg(long, global = true)]
+    log: Option<PathBuf>,
+    /// Format of the --log file: text or json.
+    #[arg(long = "log-format", global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    /// Verbose logging.
+    #[arg(long, global = true)]
+    debug: bool,
+    /// Manage cgroups through systemd (needs a reachable systemd).
+    #[arg(long = "systemd-cgroup", global = true)]
+    systemd_cgroup: bool,
+    /// Accepted for runc compatibility (auto, true, false).
+    #[arg(long = "rootless", id = "global_rootless", num_args = 0..=1, default_missing_value = "true")]
+    global_rootless: Option<String>,
+    /// Accepted for runc compatibility; checkpointing is not supported.
+    #[arg(long, global = true, hide = true)]
+    criu: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct CreateArgs {
+    /// Container id.
+    id: String,
+    /// Path to the bundle directory (holding config.json).
+    #[arg(short, long, default_value = ".")]
+    bundle: PathBuf,
+    /// Unix socket path that receives the pty master when process.terminal is true.
+    #[arg(long = "console-socket")]
+    console_socket: Option<PathBuf>,
+    /// Write the container's init pid to this file.
+    #[arg(long = "pid-file")]
+    pid_file: Option<PathBuf>,
+    /// Use MS_MOVE and chroot instead of pivot_root.
+    #[arg(long = "no-pivot")]
+    no_pivot: bool,
+    /// Do not create a new session keyring for the container.
+    #[arg(long = "no-new-keyring")]
+    no_new_keyring: bool,
+    /// Pass N extra fds (3..3+N) to the container.
+    #[arg(long = "preserve-fds", default_value_t = 0)]
+    preserve_fds: i32,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a container and leave it waiting for `start`.
+    Create(CreateArgs),
+    /// Run the program of a created container.
+    Start { id: String },
+    /// Create and start a container; wait for it unless --detach.
+    Run {
+        #[command(flatten)]
+        create: CreateArgs,
+        /// Do not wait for the container; exit once it runs.
+        #[arg(short, long)]
+        detach: bool,
+        /// Keep the container's state after it exits.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Print the OCI state of a container as JSON.
+    State { id: String },
+    /// Send a signal (name or number, default SIGTERM) to a container.
+    Kill {
+        id: String,
+        #[arg(default_value = "SIGTERM")]
+        signal: String,
+        /// Signal every process of the container.
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Delete a stopped container (or any with --force).
+    Delete {
+        id: String,
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// List containers.
+    List {
+        #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
+        format: String,
+        /// Print only ids.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Write a default config.json (as `runc spec`).
+    Spec {
+        #[arg(short, long)]
+        bundle: Option<PathBuf>,
+        #[arg(long)]
+        rootless: bool,
+    },
+    /// Print the runtime features as JSON.
+    Features,
+    /// Run a process in a container.
+    Exec(ExecArgs),
+    /// List a container's processes.
+    Ps {
+        id: String,
+        #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
+        format: String,
+        /// Options passed to ps(1) (default -ef).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ps_args: Vec<String>,
+    },
+    /// Freeze every process of a container.
+    Pause { id: String },
+    /// Thaw a paused container.
+    Resume { id: String },
+    /// Update a container's resource limits.
+    Update {
+        id: String,
+        #[arg(short, long)]
+        resources: Option<String>,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        rest: Vec<String>,
+    },
+    /// Stream a container's events and stats.
+    Events {
+        id: String,
+        #[arg(long)]
+        stats: bool,
+        #[arg(long)]
+        interval: Option<String>,
+    },
+}
+
+#[derive(Args)]
+struct ExecArgs {
+    id: String,
+    /// Command and arguments (unless --process is given).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+    /// A process.json to run instead of the command line.
+    #[arg(short, long)]
+    process: Option<PathBuf>,
+    /// Allocate a pseudo-TTY.
+    #[arg(short, long)]
+    tty: bool,
+    #[arg(long = "console-socket")]
+    console_socket: Option<PathBuf>,
+    /// Do not wait for the process.
+    #[arg(short, long)]
+    detach: bool,
+    #[arg(long = "pid-file")]
+    pid_file: Option<PathBuf>,
+    /// Working directory in the container.
+    #[arg(long)]
+    cwd: Option<PathBuf>,
+    /// Extra environment (KEY=value), may repeat.
+    #[arg(short, long)]
+    env: Vec<String>,
+    /// uid[:gid] to run as.
+    #[arg(short, long)]
+    user: Option<String>,
+    /// Additional gids, may repeat.
+    #[arg(short = 'g', long = "additional-gids")]
+    additional_gids: Vec<u32>,
+    /// Add a capability to every set, may repeat.
+    #[arg(short, long)]
+    cap: Vec<String>,
+    #[arg(long = "no-new-privs")]
+    no_new_privs: bool,
+    #[arg(long = "preserve-fds", default_value_t = 0)]
+    preserve_fds: i32,
+    /// Accepted for runc compatibility.
+    #[arg(long = "process-label", hide = true)]
+    process_label: Option<String>,
+    #[arg(long = "apparmor", hide = true)]
+    apparmor: Option<String>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match dispatch(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            log_error(&cli, &format!("{e:#}"));
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn log_error(cli: &Cli, msg: &str) {
+    eprintln!("berth: {msg}");
+    if let Some(path) = &cli.log {
+        let line = if cli.log_format == "json" {
+            serde_json::json!({"level": "error", "msg": msg, "time": state::rfc3339_now()})
+                .to_string()
+        } else {
+            format!(
+                "time=\"{}\" level=error msg={:?}",
+                state::rfc3339_now(),
+                msg
+            )
+        };
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+fn create_opts(a: &CreateArgs) -> CreateOptions {
+    CreateOptions {
+        id: a.id.clone(),
+        bundle: a.bundle.clone(),
+        pid_file: a.pid_file.as_ref().map(|p| absolute(p)),
+        console_socket: a.console_socket.clone(),
+        console_fd: None,
+        no_pivot: a.no_pivot,
+        no_new_keyring: a.no_new_keyring,
+        preserve_fds: a.preserve_fds + listen_fds(),
+    }
+}
+
+/// socket-activated fds (LISTEN_FDS) pass through, as with runc.
+fn listen_fds() -> i32 {
+    std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+fn dispatch(cli: &Cli) -> Result<i32> {
+    if cli.systemd_cgroup {
+        bail!("--systemd-cgroup: no systemd is reachable on this host (/run/systemd/system is missing); use the cgroupfs driver");
+    }
+    let root = Root::new(&cli.root);
+    match &cli.cmd {
+        Cmd::Create(a) => {
+            berth_oci::selfclone::ensure_cloned()?;
+            container::create(&root, create_opts(a))?;
+            Ok(0)
+        }
+        Cmd::Start { id } => {
+            container::start(&root, id)?;
+            Ok(0)
+        }
+        Cmd::Run {
+            create,
+            detach,
+            keep,
+        } => {
+            berth_oci::selfclone::ensure_cloned()?;
+            run(&root, create, *detach, *keep)
+        }
+        Cmd::State { id } => {
+            let rec = root.load(id)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&state::oci_state(&root, &rec))?
+            );
+            Ok(0)
+        }
+        Cmd::Kill { id, signal, all } => {
+            let sig = container::parse_signal(signal)?;
+            container::kill(&root, id, sig, *all)?;
+            Ok(0)
+        }
+        Cmd::Delete { id, force } => {
+            match container::delete(&root, id, *force) {
+                // runc: deleting a missing container with --force succeeds.
+                Err(berth_oci::Error::NotFound(_)) if *force => {}
+                r => r?,
+            }
+            Ok(0)
+        }
+        Cmd::List { format, quiet } => list(&root, format, *quiet),
+        Cmd::Spec { bundle, rootless } => {
+            let dir = bundle.clone().unwrap_or_else(|| PathBuf::from("."));
+            let path = dir.join("config.json");
+            if path.exists() {
+                bail!("{}: file already exists", path.display());
+            }
+            let spec = berth_oci::spec_default::default_spec(*rootless);
+            std::fs::write(&path, serde_json::to_string_pretty(&spec)? + "\n")
+                .with_context(|| format!("writing {}", path.display()))?;
+            Ok(0)
+        }
+        Cmd::Features => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&berth_oci::features::features())?
+            );
+            Ok(0)
+        }
+        Cmd::Exec(a) => {
+            berth_oci::selfclone::ensure_cloned()?;
+            exec(&root, a)
+        }
+        Cmd::Ps {
+            id,
+            format,
+            ps_args,
+        } => ps(&root, id, format, ps_args),
+        Cmd::Pause { id } => {
+            container::pause(&root, id, true)?;
+            Ok(0)
+        }
+        Cmd::Resume { id } => {
+            container::pause(&root, id, false)?;
+            Ok(0)
+        }
+        Cmd::Update { id, .. } => {
+            root.load(id)?;
+            bail!("update: resource updates are not implemented yet")
+        }
+        Cmd::Events { id, .. } => {
+            root.load(id)?;
+            bail!("events: not implemented yet")
+        }
+    }
+}
+
+fn run(root: &Root, a: &CreateArgs, detach: bool, keep: bool) -> Result<i32> {
+    let mut o = create_opts(a);
+    let bundle = berth_oci::config::load_bundle(&a.bundle)?;
+    let terminal = bundle.spec.process().as_ref().and_then(|p| p.terminal()) == Some(true);
+    let mut our_end = None;
+    if terminal && a.console_socket.is_none() {
+        if detach {
+            bail!("a detached container with a terminal needs --console-socket");
+        }
+        let (ours, theirs) = berth_oci::foreground::console_pair()?;
+        o.console_fd = Some(theirs);
+        our_end = Some(ours);
+    }
+    if !detach {
+        berth_oci::foreground::prepare()?;
+    }
+    let pid = container::create(root, o)?;
+    let pty = match &our_end {
+        Some(s) => Some(berth_oci::console::recv_fd(s.as_raw_fd())?),
+        None => None,
+    };
+    if let Err(e) = container::start(root, &a.id) {
+        let _ = container::delete(root, &a.id, true);
+        return Err(e.into());
+    }
+    if detach {
+        return Ok(0);
+    }
+    let code = berth_oci::foreground::wait(pid, pty)?;
+    if !keep {
+        container::delete(root, &a.id, true)?;
+    }
+    Ok(code)
+}
+
+fn exec(root: &Root, a: &ExecArgs) -> Result<i32> {
+    let rec = root.load(&a.id)?;
+    let process = match &a.process {
+        Some(file) => {
+            let data =
+                std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+            berth_oci::config::parse_json(&file.display().to_string(), &data)?
+        }
+        None => {
+            if a.command.is_empty() {
+                bail!("exec: give a command or --process");
+            }
+            let mut p = rec
+                .spec
+                .process()
+                .clone()
+                .ok_or_else(|| anyhow!("container config has no process"))?;
+            p.set_args(Some(a.command.clone()));
+            p.set_terminal(Some(a.tty));
+            p.set_console_size(None);
+            let mut env = p.env().clone().unwrap_or_default();
+            for kv in &a.env {
+                let key = kv.split('=').next().unwrap_or("");
+                env.retain(|e| e.split('=').next() != Some(key));
+                env.push(kv.clone());
+            }
+            p.set_env(Some(env));
+            if let Some(c) = &a.cwd {
+                p.set_cwd(c.clone());
+            }
+            if let Some(u) = &a.user {
+                let (uid, gid) = match u.split_once(':') {
+                    Some((u, g)) => (u.parse()?, g.parse()?),
+                    None => (u.parse()?, 0),
+                };
+                let user = p.user_mut();
+                user.set_uid(uid);
+                user.set_gid(gid);
+            }
+            if !a.additional_gids.is_empty() {
+                p.user_mut()
+                    .set_additional_gids(Some(a.additional_gids.clone()));
+            }
+            if !a.cap.is_empty() {
+                let mut caps = p.capabilities().clone().unwrap_or_default();
+                let add: Vec<oci_spec::runtime::Capability> = a
+                    .cap
+                    .iter()
+                    .map(|c| {
+                        let n = if c.to_ascii_uppercase().starts_with("CAP_") {
+                            c.to_ascii_uppercase()
+                        } else {
+                            format!("CAP_{}", c.to_ascii_uppercase())
+                        };
+                        serde_json::from_value(serde_json::Value::String(n.clone()))
+                            .map_err(|_| anyhow!("--cap: unknown capability {n}"))
+                    })
+                    .collect::<Result<_>>()?;
+                for set in [
+                    caps.bounding().clone(),
+                    caps.effective().clone(),
+                    caps.permitted().clone(),
+                    caps.inheritable().clone(),
+                    caps.ambient().clone(),
+                ]
+                .iter()
+                .enumerate()
+                {
+                    let mut s = set.1.clone().unwrap_or_default();
+                    s.extend(add.iter().cloned());
+                    match set.0 {
+                        0 => caps.set_bounding(Some(s)),
+                        1 => caps.set_effective(Some(s)),
+                        2 => caps.set_permitted(Some(s)),
+                        3 => caps.set_inheritable(Some(s)),
+                        _ => caps.set_ambient(Some(s)),
+                    };
+                }
+                p.set_capabilities(Some(caps));
+            }
+            if a.no_new_privs {
+                p.set_no_new_privileges(Some(true));
+            }
+            p
+        }
+    };
+    let terminal = process.terminal() == Some(true);
+    let mut our_end = None;
+    let mut console_fd = None;
+    if terminal && a.console_socket.is_none() {
+        if a.detach {
+            bail!("a detached exec with a terminal needs --console-socket");
+        }
+        let (ours, theirs) = berth_oci::foreground::console_pair()?;
+        console_fd = Some(theirs);
+        our_end = Some(ours);
+    }
+    if !a.detach {
+        berth_oci::foreground::prepare()?;
+    }
+    let pid = berth_oci::exec::exec(
+        root,
+        ExecOptions {
+            id: a.id.clone(),
+            process,
+            console_socket: a.console_socket.clone(),
+            console_fd,
+            pid_file: a.pid_file.as_ref().map(|p| absolute(p)),
+            preserve_fds: a.preserve_fds + listen_fds(),
+        },
+    )?;
+    if a.detach {
+        return Ok(0);
+    }
+    let pty = match &our_end {
+        Some(s) => Some(berth_oci::console::recv_fd(s.as_raw_fd())?),
+        None => None,
+    };
+    Ok(berth_oci::foreground::wait(pid, pty)?)
+}
+
+fn list(root: &Root, format: &str, quiet: bool) -> Result<i32> {
+    let mut rows = Vec::new();
+    for id in root.ids()? {
+        if let Ok(rec) = root.load(&id) {
+            rows.push(state::oci_state(root, &rec));
+        }
+    }
+    if quiet {
+        for r in &rows {
+            println!("{}", r["id"].as_str().unwrap_or(""));
+        }
+    } else if format == "json" {
+        println!("{}", serde_json::to_string(&rows)?);
+    } else {
+        println!(
+            "{:<20} {:<8} {:<10} {:<40} {:<31} OWNER",
+            "ID", "PID", "STATUS", "BUNDLE", "CREATED"
+        );
+        for r in &rows {
+            println!(
+                "{:<20} {:<8} {:<10} {:<40} {:<31} {}",
+                r["id"].as_str().unwrap_or(""),
+                r["pid"],
+                r["status"].as_str().unwrap_or(""),
+                r["bundle"].as_str().unwrap_or(""),
+                r["created"].as_str().unwrap_or(""),
+                r["owner"].as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(0)
+}
+
+fn ps(root: &Root, id: &str, format: &str, args: &[String]) -> Result<i32> {
+    let pids = container::pids(root, id)?;
+    if format == "json" {
+        println!("{}", serde_json::to_string(&pids)?);
+        return Ok(0);
+    }
+    let args: Vec<String> = if args.is_empty() {
+        vec!["-ef".into()]
+    } else {
+        args.to_vec()
+    };
+    let out = std::process::Command::new("ps")
+        .args(&args)
+        .output()
+        .context("running ps")?;
+    if !out.status.success() {
+        bail!(
+            "ps {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or("");
+    let col = header
+        .split_whitespace()
+        .position(|h| h == "PID")
+        .ok_or_else(|| anyhow!("ps output has no PID column"))?;
+    println!("{header}");
+    for l in lines {
+        if let Some(p) = l
+            .split_whitespace()
+            .nth(col)
+            .and_then(|p| p.parse::<i32>().ok())
+        {
+            if pids.contains(&p) {
+                println!("{l}");
+            }
+        }
+    }
+    Ok(0)
+}

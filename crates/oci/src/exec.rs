@@ -1,0 +1,120 @@
+//! `berth exec`: a new process in a running container's namespaces and
+//! cgroup, with the same two-stage fork as create.
+
+use crate::container::{cgroup_manager, write_atomic};
+use crate::error::{last_os, Error, Result};
+use crate::init::{self, ns_proc_name, Launch, Role};
+use crate::state::{self, Root, Status};
+use crate::sync::{Channel, Msg};
+use oci_spec::runtime::Process;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+
+pub struct ExecOptions {
+    pub id: String,
+    pub process: Process,
+    pub console_socket: Option<PathBuf>,
+    pub console_fd: Option<OwnedFd>,
+    pub pid_file: Option<PathBuf>,
+    pub preserve_fds: i32,
+}
+
+/// Starts the process; returns its pid once it has exec'd.
+pub fn exec(root: &Root, o: ExecOptions) -> Result<i32> {
+    let rec = root.load(&o.id)?;
+    let st = state::status_of(root, &rec);
+    if st != Status::Running && st != Status::Created {
+        return Err(Error::BadState {
+            id: o.id.clone(),
+            status: st.to_string(),
+            msg: "can only exec in a created or running container".into(),
+        });
+    }
+    crate::config::validate_process("process.json", "process", &o.process)?;
+    let terminal = o.process.terminal() == Some(true);
+    let console = match (&o.console_fd, &o.console_socket) {
+        (Some(_), _) => None,
+        (None, Some(p)) if terminal => Some(crate::console::connect(p)?),
+        (None, None) if terminal => {
+            return Err(Error::Other("a terminal needs --console-socket".into()));
+        }
+        _ => None,
+    };
+    let console_raw = o
+        .console_fd
+        .as_ref()
+        .map(|f| f.as_raw_fd())
+        .or(console.as_ref().map(|f| f.as_raw_fd()));
+    let namespaces = crate::container::spec_namespaces(&rec.spec)
+        .into_iter()
+        .map(|(t, _)| {
+            (
+                t,
+                Some(PathBuf::from(format!(
+                    "/proc/{}/ns/{}",
+                    rec.pid,
+                    ns_proc_name(t)
+                ))),
+            )
+        })
+        .collect();
+    let launch = Launch {
+        spec: &rec.spec,
+        process: &o.process,
+        namespaces,
+        role: Role::Exec,
+        console: console_raw,
+        preserve_fds: o.preserve_fds,
+        close_in_child: Vec::new(),
+    };
+    let (parent_ch, child_ch) = Channel::pair()?;
+    // SAFETY: single-threaded; the child runs only our code.
+    let pid1 = unsafe { libc::fork() };
+    if pid1 < 0 {
+        return Err(last_os("fork"));
+    }
+    if pid1 == 0 {
+        drop(parent_ch);
+        init::stage1(&launch, &child_ch);
+    }
+    drop(child_ch);
+    let mut pid2 = 0;
+    let res = (|| -> Result<()> {
+        if let Some(cg) = &rec.cgroup {
+            cgroup_manager(cg).add(pid1)?;
+        }
+        parent_ch.send(&Msg::Go)?;
+        loop {
+            match parent_ch.recv()? {
+                Some(Msg::Stage2Pid(p)) => {
+                    let mut s = 0;
+                    // SAFETY: s is a valid out-pointer.
+                    unsafe { libc::waitpid(pid1, &mut s, 0) };
+                    pid2 = p;
+                    parent_ch.send(&Msg::Go)?;
+                }
+                Some(Msg::Error(m)) => return Err(Error::Init(m)),
+                Some(m) => return Err(Error::Other(format!("sync: unexpected {m:?}"))),
+                // The channel is close-on-exec: EOF after stage 2 exists
+                // means the program was exec'd.
+                None if pid2 > 0 => return Ok(()),
+                None => return Err(Error::Init("exec process exited before it started".into())),
+            }
+        }
+    })();
+    if let Err(e) = res {
+        // SAFETY: kill/waitpid have no memory-safety preconditions.
+        unsafe {
+            libc::kill(pid1, libc::SIGKILL);
+            libc::waitpid(pid1, std::ptr::null_mut(), 0);
+            if pid2 > 0 {
+                libc::kill(pid2, libc::SIGKILL);
+            }
+        }
+        return Err(e);
+    }
+    if let Some(pf) = &o.pid_file {
+        write_atomic(pf, &pid2.to_string())?;
+    }
+    Ok(pid2)
+}

@@ -1,0 +1,79 @@
+//! `berth features`: what this build implements, in the runtime-spec
+//! features format. Keep it true: callers decide what to ask for from it.
+
+use serde_json::{json, Value};
+
+pub fn features() -> Value {
+    let mount_options: Vec<&str> = [
+        "defaults",
+        "ro",
+        "rw",
+        "suid",
+        "nosuid",
+        "dev",
+        "nodev",
+        "exec",
+        "noexec",
+        "sync",
+        "async",
+        "dirsync",
+        "remount",
+        "mand",
+        "nomand",
+        "atime",
+        "noatime",
+        "diratime",
+        "nodiratime",
+        "bind",
+        "rbind",
+        "relatime",
+        "norelatime",
+        "strictatime",
+        "nostrictatime",
+        "silent",
+        "loud",
+        "private",
+        "rprivate",
+        "shared",
+        "rshared",
+        "slave",
+        "rslave",
+        "unbindable",
+        "runbindable",
+        "rro",
+        "rrw",
+        "rnosuid",
+        "rsuid",
+        "rnodev",
+        "rdev",
+        "rnoexec",
+        "rexec",
+        "rnoatime",
+        "ratime",
+        "rnodiratime",
+        "rdiratime",
+        "rstrictatime",
+    ]
+    .to_vec();
+    let last = crate::caps::last_cap() as usize;
+    let caps: Vec<&str> = crate::caps::NAMES.iter().take(last + 1).copied().collect();
+    json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": crate::OCI_VERSION,
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
+        "mountOptions": mount_options,
+        "linux": {
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts", "time"],
+            "capabilities": caps,
+            "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false, "rdma": false},
+            "seccomp": crate::seccomp_features(),
+            "apparmor": {"enabled": false},
+            "selinux": {"enabled": false},
+            "intelRdt": {"enabled": false},
+            "mountExtensions": {"idmap": {"enabled": false}}
+        },
+        "annotations": {
+            "io.github.berth.version": env!("CARGO_PKG_VERSION")
+        }
+    })
+}

@@ -1,0 +1,616 @@
+//! The container's filesystem view: mounts, devices, pivot_root, and the
+//! masked and read-only paths. Runs in the container's mount namespace.
+
+use crate::error::{last_os, Error, Result};
+use crate::fsutil::{
+    self, cstr, fd_path, Kind, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS,
+};
+use crate::mount_opts;
+use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount, Spec};
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+fn mount(
+    src: Option<&Path>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> Result<()> {
+    let s = src.map(cstr).transpose()?;
+    let t = cstr(target)?;
+    let ty = fstype.map(|f| CString::new(f).unwrap_or_default());
+    let d = data.map(|d| CString::new(d).unwrap_or_default());
+    // SAFETY: all pointers are valid C strings or null.
+    let r = unsafe {
+        libc::mount(
+            s.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+            t.as_ptr(),
+            ty.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+            flags,
+            d.as_ref().map_or(std::ptr::null(), |c| c.as_ptr().cast()),
+        )
+    };
+    if r != 0 {
+        return Err(last_os(format!(
+            "mount {} on {} (type {}, flags {:#x}, data {:?})",
+            src.map(|p| p.display().to_string()).unwrap_or_default(),
+            target.display(),
+            fstype.unwrap_or(""),
+            flags,
+            data.unwrap_or("")
+        )));
+    }
+    Ok(())
+}
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// mount_setattr(2) on the mount at `fd`, recursively.
+fn setattr_recursive(fd: &OwnedFd, set: u64, clr: u64) -> Result<()> {
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: clr,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    const AT_RECURSIVE: u32 = 0x8000;
+    // SAFETY: attr is a valid mount_attr of the given size.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            (libc::AT_EMPTY_PATH as u32) | AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r != 0 {
+        return Err(last_os("mount_setattr"));
+    }
+    Ok(())
+}
+
+/// Flags of an existing mount that a bind remount must keep (the kernel
+/// refuses to clear locked flags inside a user namespace).
+fn locked_flags(fd: &OwnedFd) -> libc::c_ulong {
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is open and st a valid out-pointer.
+    if unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut st) } != 0 {
+        return 0;
+    }
+    let mut f = 0;
+    for (st_flag, ms) in [
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ] {
+        if st.f_flag & st_flag != 0 {
+            f |= ms;
+        }
+    }
+    f
+}
+
+pub struct Rootfs<'a> {
+    pub spec: &'a Spec,
+    pub rootfs: &'a Path,
+    /// Inside a new user namespace device nodes cannot be made: bind them.
+    pub in_userns: bool,
+}
+
+impl Rootfs<'_> {
+    /// Everything before pivot_root: propagation, the rootfs bind, the spec's
+    /// mounts and /dev. Returns an O_PATH fd of the new root.
+    pub fn prepare(&self) -> Result<OwnedFd> {
+        let linux = self.spec.linux().clone().unwrap_or_default();
+        let prop = match linux.rootfs_propagation().as_deref() {
+            Some("shared") | Some("rshared") | None | Some("") => libc::MS_SLAVE | libc::MS_REC,
+            Some(p) => mount_opts::parse_one(p)
+                .and_then(|o| match o {
+                    mount_opts::Opt::Propagation(f) => Some(f),
+                    _ => None,
+                })
+                .unwrap_or(libc::MS_SLAVE | libc::MS_REC),
+        };
+        mount(None, Path::new("/"), None, prop, None)?;
+        // The rootfs must be a mount point for pivot_root.
+        mount(
+            Some(self.rootfs),
+            self.rootfs,
+            Some("bind"),
+            libc::MS_BIND | libc::MS_REC,
+            None,
+        )?;
+        let root = fsutil::open_path(self.rootfs, libc::O_PATH | libc::O_DIRECTORY)?;
+        let mut dev_is_tmpfs = false;
+        for (i, m) in self.spec.mounts().iter().flatten().enumerate() {
+            self.mount_one(&root, m).map_err(|e| {
+                Error::Other(format!("mounts[{i}] ({}): {e}", m.destination().display()))
+            })?;
+            if m.destination() == Path::new("/dev") && !is_bind(m) {
+                dev_is_tmpfs = true;
+            }
+        }
+        if dev_is_tmpfs {
+            self.default_devices(&root)?;
+        }
+        for (i, d) in linux.devices().iter().flatten().enumerate() {
+            self.make_device(&root, d).map_err(|e| {
+                Error::Other(format!("linux.devices[{i}] ({}): {e}", d.path().display()))
+            })?;
+        }
+        if dev_is_tmpfs {
+            self.dev_symlinks(&root)?;
+        }
+        Ok(root)
+    }
+
+    fn mount_one(&self, root: &OwnedFd, m: &Mount) -> Result<()> {
+        let opts = m.options().clone().unwrap_or_default();
+        let p = mount_opts::parse(&opts);
+        let typ = m.typ().as_deref().unwrap_or("");
+        let bind = is_bind(m);
+        if m.uid_mappings().is_some() || m.gid_mappings().is_some() {
+            return Err(Error::Other("idmapped mounts are not supported yet".into()));
+        }
+        let src_is_file = bind
+            && m.source()
+                .as_ref()
+                .and_then(|s| std::fs::metadata(s).ok())
+                .is_some_and(|md| !md.is_dir());
+        // procfs and sysfs must never land on a symlink: writes meant for
+        // them could be redirected.
+        let extra = if matches!(typ, "proc" | "sysfs") {
+            RESOLVE_NO_SYMLINKS
+        } else {
+            0
+        };
+        let kind = if src_is_file { Kind::File } else { Kind::Dir };
+        let target = fsutil::resolve_create(root, m.destination(), kind, extra)?;
+        if matches!(typ, "proc" | "sysfs") {
+            // Only on a real directory.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: target is open and st a valid out-pointer.
+            unsafe { libc::fstat(target.as_raw_fd(), &mut st) };
+            if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+                return Err(Error::Other(format!(
+                    "{typ} mount target is not a directory"
+                )));
+            }
+        }
+        let tpath = fd_path(&target);
+        let data = if p.data.is_empty() {
+            None
+        } else {
+            Some(p.data.join(","))
+        };
+        if bind {
+            let src = m.source().as_ref().expect("validated");
+            let sfd = fsutil::open_path(src, libc::O_PATH)?;
+            let rec = p.flags & libc::MS_REC;
+            mount(
+                Some(&fd_path(&sfd)),
+                &tpath,
+                None,
+                libc::MS_BIND | rec,
+                None,
+            )?;
+            let want = p.flags & !(libc::MS_BIND | libc::MS_REC | libc::MS_REMOUNT);
+            if want != 0 {
+                // Re-resolve: the fd still points below the new mount.
+                let top = fsutil::resolve_create(root, m.destination(), kind, 0)?;
+                let keep = locked_flags(&top);
+                mount(
+                    None,
+                    &fd_path(&top),
+                    None,
+                    libc::MS_BIND | libc::MS_REMOUNT | want | keep,
+                    None,
+                )?;
+            }
+        } else if p.flags & libc::MS_REMOUNT != 0 {
+            mount(None, &tpath, None, p.flags, data.as_deref())?;
+        } else {
+            let src = m
+                .source()
+                .as_ref()
+                .map(|s| s.as_path())
+                .unwrap_or(Path::new(typ));
+            let r = mount(Some(src), &tpath, Some(typ), p.flags, data.as_deref());
+            if let Err(e) = r {
+                // sysfs cannot be mounted in a user namespace without its own
+                // net namespace; runc falls back to a bind of the host's.
+                if typ == "sysfs" && self.in_userns {
+                    mount(
+                        Some(Path::new("/sys")),
+                        &tpath,
+                        None,
+                        libc::MS_BIND | libc::MS_REC,
+                        None,
+                    )?;
+                } else if typ == "mqueue" || typ == "cgroup" || typ == "cgroup2" {
+                    // Fall back to a bind of the host's when a fresh one is refused.
+                    let host = if typ == "mqueue" {
+                        "/dev/mqueue"
+                    } else {
+                        crate::CGROUP_ROOT
+                    };
+                    if Path::new(host).exists() {
+                        mount(
+                            Some(Path::new(host)),
+                            &tpath,
+                            None,
+                            libc::MS_BIND | libc::MS_REC,
+                            None,
+                        )?;
+                        let top = fsutil::resolve_create(root, m.destination(), kind, 0)?;
+                        let keep = locked_flags(&top);
+                        mount(
+                            None,
+                            &fd_path(&top),
+                            None,
+                            libc::MS_BIND | libc::MS_REMOUNT | p.flags | keep,
+                            None,
+                        )?;
+                    } else {
+                        return Err(e);
+                    }
+                } else {
+                    return Err(e);
+                }
+            }
+        }
+        if p.attr_set != 0 || p.attr_clr != 0 || !p.propagation.is_empty() {
+            let top = fsutil::resolve_create(root, m.destination(), kind, 0)?;
+            if p.attr_set != 0 || p.attr_clr != 0 {
+                setattr_recursive(&top, p.attr_set, p.attr_clr)?;
+            }
+            for f in &p.propagation {
+                mount(None, &fd_path(&top), None, *f, None)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn default_devices(&self, root: &OwnedFd) -> Result<()> {
+        for (name, major, minor) in [
+            ("null", 1, 3),
+            ("zero", 1, 5),
+            ("full", 1, 7),
+            ("random", 1, 8),
+            ("urandom", 1, 9),
+            ("tty", 5, 0),
+        ] {
+            let path = PathBuf::from("/dev").join(name);
+            self.create_node(root, &path, libc::S_IFCHR, major, minor, 0o666, 0, 0)?;
+        }
+        Ok(())
+    }
+
+    fn make_device(&self, root: &OwnedFd, d: &LinuxDevice) -> Result<()> {
+        let kind = match d.typ() {
+            LinuxDeviceType::C | LinuxDeviceType::U => libc::S_IFCHR,
+            LinuxDeviceType::B => libc::S_IFBLK,
+            LinuxDeviceType::P => libc::S_IFIFO,
+            LinuxDeviceType::A => {
+                return Err(Error::Other(
+                    "type 'a' is only valid in cgroup rules".into(),
+                ))
+            }
+        };
+        let mode = d.file_mode().unwrap_or(0o666);
+        self.create_node(
+            root,
+            d.path(),
+            kind,
+            d.major() as u64,
+            d.minor() as u64,
+            mode,
+            d.uid().unwrap_or(0),
+            d.gid().unwrap_or(0),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create_node(
+        &self,
+        root: &OwnedFd,
+        path: &Path,
+        kind: u32,
+        major: u64,
+        minor: u64,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<()> {
+        let parent = path.parent().unwrap_or(Path::new("/dev"));
+        let pfd = fsutil::resolve_create(root, parent, Kind::Dir, 0)?;
+        let pdir = fsutil::openat2(
+            pfd.as_raw_fd(),
+            Path::new("."),
+            libc::O_DIRECTORY | libc::O_RDONLY,
+            0,
+        )
+        .map_err(|e| Error::Os {
+            ctx: format!("opening {}", parent.display()),
+            err: std::io::Error::from_raw_os_error(e),
+        })?;
+        let name = cstr(Path::new(path.file_name().unwrap_or_default()))?;
+        // Replace whatever the image has there.
+        // SAFETY: pdir is a dir fd and name a valid C string.
+        unsafe { libc::unlinkat(pdir.as_raw_fd(), name.as_ptr(), 0) };
+        if self.in_userns && kind != libc::S_IFIFO {
+            // mknod is not allowed in a user namespace: bind the host node.
+            // SAFETY: as above.
+            let fd = unsafe {
+                libc::openat(
+                    pdir.as_raw_fd(),
+                    name.as_ptr(),
+                    libc::O_CREAT
+                        | libc::O_EXCL
+                        | libc::O_NOFOLLOW
+                        | libc::O_WRONLY
+                        | libc::O_CLOEXEC,
+                    0o000,
+                )
+            };
+            if fd < 0 {
+                return Err(last_os(format!("creating {}", path.display())));
+            }
+            // SAFETY: fd was just opened.
+            unsafe { libc::close(fd) };
+            let target = fsutil::resolve_create(root, path, Kind::File, RESOLVE_NO_SYMLINKS)?;
+            let host = fsutil::open_path(path, libc::O_PATH)?;
+            return mount(
+                Some(&fd_path(&host)),
+                &fd_path(&target),
+                None,
+                libc::MS_BIND,
+                None,
+            );
+        }
+        let dev = libc::makedev(major as u32, minor as u32);
+        // SAFETY: as above.
+        if unsafe { libc::mknodat(pdir.as_raw_fd(), name.as_ptr(), kind | (mode & 0o7777), dev) }
+            != 0
+        {
+            return Err(last_os(format!("mknod {}", path.display())));
+        }
+        // mknod honours the umask; set the mode and owner exactly.
+        // SAFETY: as above.
+        unsafe {
+            if libc::fchmodat(pdir.as_raw_fd(), name.as_ptr(), mode & 0o7777, 0) != 0 {
+                return Err(last_os(format!("chmod {}", path.display())));
+            }
+            if libc::fchownat(
+                pdir.as_raw_fd(),
+                name.as_ptr(),
+                uid,
+                gid,
+                libc::AT_SYMLINK_NOFOLLOW,
+            ) != 0
+            {
+                return Err(last_os(format!("chown {}", path.display())));
+            }
+        }
+        Ok(())
+    }
+
+    fn dev_symlinks(&self, root: &OwnedFd) -> Result<()> {
+        let dev = fsutil::resolve_create(root, Path::new("/dev"), Kind::Dir, 0)?;
+        let ddir = fsutil::openat2(
+            dev.as_raw_fd(),
+            Path::new("."),
+            libc::O_DIRECTORY | libc::O_RDONLY,
+            0,
+        )
+        .map_err(|e| Error::Os {
+            ctx: "opening /dev".into(),
+            err: std::io::Error::from_raw_os_error(e),
+        })?;
+        let mut links = vec![
+            ("/proc/self/fd", "fd"),
+            ("/proc/self/fd/0", "stdin"),
+            ("/proc/self/fd/1", "stdout"),
+            ("/proc/self/fd/2", "stderr"),
+            ("pts/ptmx", "ptmx"),
+        ];
+        if Path::new("/proc/kcore").exists() {
+            links.push(("/proc/kcore", "core"));
+        }
+        for (target, name) in links {
+            let t = CString::new(target).unwrap();
+            let n = CString::new(name).unwrap();
+            // SAFETY: valid C strings and dir fd.
+            unsafe { libc::unlinkat(ddir.as_raw_fd(), n.as_ptr(), 0) };
+            if unsafe { libc::symlinkat(t.as_ptr(), ddir.as_raw_fd(), n.as_ptr()) } != 0 {
+                return Err(last_os(format!("symlink /dev/{name}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_bind(m: &Mount) -> bool {
+    m.typ().as_deref() == Some("bind")
+        || m.options()
+            .iter()
+            .flatten()
+            .any(|o| o == "bind" || o == "rbind")
+}
+
+/// Switches the process root to `root`: pivot_root, or with `no_pivot` a
+/// MS_MOVE + chroot (for ramdisk roots where pivot_root is not allowed).
+pub fn enter_root(root: &OwnedFd, no_pivot: bool) -> Result<()> {
+    // SAFETY: root is an open directory fd.
+    if unsafe { libc::fchdir(root.as_raw_fd()) } != 0 {
+        return Err(last_os("fchdir to the rootfs"));
+    }
+    if no_pivot {
+        mount(
+            Some(Path::new(".")),
+            Path::new("/"),
+            None,
+            libc::MS_MOVE,
+            None,
+        )?;
+        // SAFETY: valid C string.
+        if unsafe { libc::chroot(c".".as_ptr()) } != 0 {
+            return Err(last_os("chroot"));
+        }
+    } else {
+        // pivot_root(".", ".") stacks the old root on top of the new one;
+        // detach it without propagating the unmount to the host.
+        // SAFETY: valid C strings.
+        if unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) } != 0 {
+            return Err(last_os("pivot_root"));
+        }
+        mount(
+            None,
+            Path::new("."),
+            None,
+            libc::MS_SLAVE | libc::MS_REC,
+            None,
+        )?;
+        // SAFETY: valid C string.
+        if unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) } != 0 {
+            return Err(last_os("detaching the old root"));
+        }
+    }
+    // SAFETY: valid C string.
+    if unsafe { libc::chdir(c"/".as_ptr()) } != 0 {
+        return Err(last_os("chdir /"));
+    }
+    Ok(())
+}
+
+/// Resolves an absolute path in the (already entered) root, or None when it
+/// does not exist.
+fn resolve_existing(path: &str) -> Result<Option<OwnedFd>> {
+    let root = fsutil::open_path(Path::new("/"), libc::O_PATH | libc::O_DIRECTORY)?;
+    match fsutil::openat2(
+        root.as_raw_fd(),
+        &fsutil::relative(Path::new(path)),
+        libc::O_PATH,
+        RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+    ) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(libc::ENOENT) => Ok(None),
+        Err(e) => Err(Error::Os {
+            ctx: format!("resolving {path}"),
+            err: std::io::Error::from_raw_os_error(e),
+        }),
+    }
+}
+
+/// maskedPaths: directories get an empty read-only tmpfs, files /dev/null.
+pub fn mask_path(path: &str) -> Result<()> {
+    let Some(fd) = resolve_existing(path)? else {
+        return Ok(());
+    };
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fd open, st valid.
+    unsafe { libc::fstat(fd.as_raw_fd(), &mut st) };
+    if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+        mount(
+            Some(Path::new("tmpfs")),
+            &fd_path(&fd),
+            Some("tmpfs"),
+            libc::MS_RDONLY,
+            Some("size=0k"),
+        )
+    } else {
+        let null = fsutil::open_path(Path::new("/dev/null"), libc::O_PATH)?;
+        mount(
+            Some(&fd_path(&null)),
+            &fd_path(&fd),
+            None,
+            libc::MS_BIND,
+            None,
+        )
+    }
+}
+
+/// readonlyPaths: a read-only bind of the path onto itself.
+pub fn readonly_path(path: &str) -> Result<()> {
+    let Some(fd) = resolve_existing(path)? else {
+        return Ok(());
+    };
+    mount(
+        Some(&fd_path(&fd)),
+        &fd_path(&fd),
+        None,
+        libc::MS_BIND | libc::MS_REC,
+        None,
+    )?;
+    let top = resolve_existing(path)?.ok_or_else(|| Error::Other(format!("{path} vanished")))?;
+    let keep = locked_flags(&top);
+    mount(
+        None,
+        &fd_path(&top),
+        None,
+        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_REC | keep,
+        None,
+    )
+}
+
+/// Remounts the root read-only (root.readonly).
+pub fn readonly_root() -> Result<()> {
+    let root = fsutil::open_path(Path::new("/"), libc::O_PATH | libc::O_DIRECTORY)?;
+    let keep = locked_flags(&root);
+    mount(
+        None,
+        Path::new("/"),
+        None,
+        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | keep,
+        None,
+    )
+}
+
+/// rootfsPropagation shared/rshared is applied after pivot_root (a shared
+/// parent would make pivot_root fail).
+pub fn root_propagation(spec: &Spec) -> Result<()> {
+    let linux = spec.linux().clone().unwrap_or_default();
+    match linux.rootfs_propagation().as_deref() {
+        Some("shared") => mount(None, Path::new("/"), None, libc::MS_SHARED, None),
+        Some("rshared") => mount(
+            None,
+            Path::new("/"),
+            None,
+            libc::MS_SHARED | libc::MS_REC,
+            None,
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Binds the console's pty slave onto /dev/console.
+pub fn bind_console(slave_path: &str) -> Result<()> {
+    let root = fsutil::open_path(Path::new("/"), libc::O_PATH | libc::O_DIRECTORY)?;
+    let target = fsutil::resolve_create(
+        &root,
+        Path::new("/dev/console"),
+        Kind::File,
+        RESOLVE_NO_SYMLINKS,
+    )?;
+    let src = fsutil::open_path(Path::new(slave_path), libc::O_PATH)?;
+    mount(
+        Some(&fd_path(&src)),
+        &fd_path(&target),
+        None,
+        libc::MS_BIND,
+        None,
+    )
+}
