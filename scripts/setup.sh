@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs what berth's build, tests and benchmarks need on a fresh Debian
+# machine (root, Rust toolchain, gcc, python3 already present). Idempotent.
+set -euo pipefail
+pkgs=(busybox-static libseccomp-dev pkg-config runc crun podman containerd skopeo umoci
+      iproute2 iptables uidmap procps)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Sets up the machine and runs every test: unit tests, and integration tests
+# that run real containers with the berth binary (needs root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo build --workspace --all-targets
+cargo test --workspace -- --test-threads="${BERTH_TEST_THREADS:-4}"
