@@ -135,6 +135,8 @@ pub fn create(root: &Root, o: CreateOptions) -> Result<i32> {
         .map(|f| f.as_raw_fd())
         .or(console.as_ref().map(|f| f.as_raw_fd()));
 
+    // Compile before creating anything: a bad profile leaves nothing behind.
+    let seccomp = compile_seccomp(&bundle.spec)?;
     let dir = root.create_dir(&o.id)?;
     let mut guard = CreateGuard {
         root,
@@ -191,6 +193,7 @@ pub fn create(root: &Root, o: CreateOptions) -> Result<i32> {
         console: console_raw,
         preserve_fds: o.preserve_fds,
         close_in_child: vec![lock.as_raw_fd()],
+        seccomp: seccomp.as_ref(),
     };
     let pid = spawn(
         &launch,
@@ -207,6 +210,13 @@ pub fn create(root: &Root, o: CreateOptions) -> Result<i32> {
     }
     guard.armed = false;
     Ok(pid)
+}
+
+pub fn compile_seccomp(spec: &Spec) -> Result<Option<crate::seccomp::Compiled>> {
+    match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        Some(s) => crate::seccomp::compile(s).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// Namespaces in spec order as (type, path).

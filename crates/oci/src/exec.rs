@@ -58,6 +58,7 @@ pub fn exec(root: &Root, o: ExecOptions) -> Result<i32> {
             )
         })
         .collect();
+    let seccomp = crate::container::compile_seccomp(&rec.spec)?;
     let launch = Launch {
         spec: &rec.spec,
         process: &o.process,
@@ -66,6 +67,7 @@ pub fn exec(root: &Root, o: ExecOptions) -> Result<i32> {
         console: console_raw,
         preserve_fds: o.preserve_fds,
         close_in_child: Vec::new(),
+        seccomp: seccomp.as_ref(),
     };
     let (parent_ch, child_ch) = Channel::pair()?;
     // SAFETY: single-threaded; the child runs only our code.

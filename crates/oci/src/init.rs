@@ -77,6 +77,8 @@ pub struct Launch<'a> {
     /// Runtime fds the child must not keep (e.g. the state lock: an flock
     /// lives as long as any copy of its fd).
     pub close_in_child: Vec<RawFd>,
+    /// The compiled `linux.seccomp` filter, if any.
+    pub seccomp: Option<&'a crate::seccomp::Compiled>,
 }
 
 impl Launch<'_> {
@@ -249,13 +251,29 @@ fn stage2_inner(l: &Launch, ch: &Channel) -> Result<Never> {
         {
             crate::hooks::run_all("startContainer", &h, &hook_state)?;
         }
+        load_seccomp_late(l)?;
         exec(l.process, &argv0)
     } else {
         if terminal {
             setup_console(l)?;
         }
         let argv0 = prepare_process(l)?;
+        load_seccomp_late(l)?;
         exec(l.process, &argv0)
+    }
+}
+
+fn nnp(l: &Launch) -> bool {
+    l.process.no_new_privileges() == Some(true)
+}
+
+/// With no_new_privs the filter goes on last, right before execve, so it
+/// constrains only the container's program. Without it, loading needs
+/// CAP_SYS_ADMIN, so it happens in [`prepare_process`] before privileges drop.
+fn load_seccomp_late(l: &Launch) -> Result<()> {
+    match l.seccomp {
+        Some(s) if nnp(l) => crate::seccomp::load(s),
+        _ => Ok(()),
     }
 }
 
@@ -450,6 +468,11 @@ fn prepare_process(l: &Launch) -> Result<CString> {
     // path), without following magic links, and verified to be inside the
     // root: a leaked fd via /proc/self/fd/N must not become the cwd.
     chdir_inside_root(p.cwd())?;
+    if let Some(s) = l.seccomp {
+        if !nnp(l) {
+            crate::seccomp::load(s)?;
+        }
+    }
     let caps = p.capabilities().clone().unwrap_or_default();
     let sets = caps::Sets {
         bounding: mask_of(caps.bounding()),

@@ -17,6 +17,7 @@ pub mod hooks;
 pub mod init;
 pub mod mount_opts;
 pub mod rootfs;
+pub mod seccomp;
 pub mod selfclone;
 pub mod spec_default;
 pub mod state;
@@ -32,5 +33,5 @@ pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// The seccomp part of `berth features`.
 pub fn seccomp_features() -> serde_json::Value {
-    serde_json::json!({"enabled": false})
+    seccomp::features()
 }
