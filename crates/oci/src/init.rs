@@ -207,7 +207,11 @@ fn write_time_offsets(spec: &Spec) -> Result<()> {
         ));
     }
     if !s.is_empty() {
-        fsutil::write_proc("self/timens_offsets", &s)?;
+        // write_proc refuses symlinks, /proc/self included: name our pid
+        // (stage 1 is still in the pid namespace /proc was mounted for).
+        let rel = format!("{}/timens_offsets", std::process::id());
+        fsutil::write_proc(&rel, &s)
+            .map_err(|e| Error::Other(format!("linux.timeOffsets: {e}")))?;
     }
     Ok(())
 }

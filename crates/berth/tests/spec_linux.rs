@@ -1,0 +1,311 @@
+//! Runtime spec 1.2 (Linux): namespaces, checked from inside real busybox
+//! containers and from the host. Mounts, process settings and hooks live in
+//! spec_mounts.rs, spec_process.rs and spec_hooks.rs.
+
+use berth_testutil::{random_suffix, Berth, Bundle};
+use serde_json::{json, Value};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_berth");
+
+/// Runs `sh -c script` in the foreground in a fresh bundle whose config
+/// `edit` adjusted; panics unless the container exits 0; returns its stdout.
+fn sh(script: &str, edit: impl FnOnce(&mut Value, &Bundle)) -> String {
+    let mut b = Bundle::new(&["sh", "-c", script]).unwrap();
+    let mut cfg = b.config.clone();
+    edit(&mut cfg, &b);
+    b.config = cfg;
+    b.write().unwrap();
+    let berth = Berth::new(BIN).unwrap();
+    let id = format!("spec-{}", random_suffix());
+    berth.ok(&["run", "--bundle", b.path().to_str().unwrap(), &id])
+}
+
+/// `berth run -d`: the container keeps berth's stdio, so capturing it with
+/// pipes would wait for the container to exit; stderr goes to a file.
+fn run_detached(berth: &Berth, b: &Bundle, id: &str) -> i32 {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let st = berth
+        .cmd()
+        .args(["run", "-d", "--bundle", b.path().to_str().unwrap(), id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .status()
+        .unwrap();
+    assert!(
+        st.success(),
+        "berth run -d failed: {}",
+        std::fs::read_to_string(log.path()).unwrap()
+    );
+    let pid = berth.state(id)["pid"].as_i64().unwrap() as i32;
+    assert!(pid > 0);
+    pid
+}
+
+/// `berth exec` output; exec'd processes exit, so pipes are fine here.
+fn exec(berth: &Berth, id: &str, args: &[&str]) -> String {
+    let mut v = vec!["exec", id];
+    v.extend_from_slice(args);
+    berth.ok(&v)
+}
+
+fn ns_link(pid: &str, ns: &str) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/{ns}"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn add_ns(cfg: &mut Value, ns: Value) {
+    cfg["linux"]["namespaces"].as_array_mut().unwrap().push(ns);
+}
+
+#[test]
+fn each_namespace_is_new() {
+    let out = sh(
+        "for n in pid net ipc uts mnt cgroup; do echo $n $(readlink /proc/self/ns/$n); done",
+        |_, _| {},
+    );
+    let mut seen = 0;
+    for line in out.lines() {
+        let (ns, link) = line.split_once(' ').unwrap();
+        assert_ne!(link, ns_link("self", ns), "{ns} namespace is the host's");
+        seen += 1;
+    }
+    assert_eq!(seen, 6, "{out}");
+}
+
+#[test]
+fn pid_namespace_makes_the_program_pid_1() {
+    // echo and the glob run in the shell itself: it is the only process.
+    let out = sh("echo $$ /proc/[0-9]*", |_, _| {});
+    assert_eq!(out.trim(), "1 /proc/1");
+}
+
+#[test]
+fn network_namespace_has_only_loopback() {
+    let out = sh(
+        "awk 'NR > 2 { print $1 }' /proc/net/dev; ls /sys/class/net",
+        |_, _| {},
+    );
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(words, ["lo:", "lo"], "{out}");
+}
+
+#[test]
+fn ipc_namespace_hides_host_message_queues() {
+    // A System V queue made on the host is not visible inside.
+    let key = 0x6274_0000 + (std::process::id() & 0xffff) as i32;
+    // SAFETY: plain syscalls; the queue is removed below.
+    let qid = unsafe { libc::msgget(key, libc::IPC_CREAT | 0o600) };
+    assert!(qid >= 0, "msgget: {}", std::io::Error::last_os_error());
+    let out = sh("cat /proc/sysvipc/msg | wc -l", |_, _| {});
+    // SAFETY: removing the queue made above.
+    unsafe { libc::msgctl(qid, libc::IPC_RMID, std::ptr::null_mut()) };
+    assert_eq!(out.trim(), "1", "only the header line: {out}");
+}
+
+#[test]
+fn uts_namespace_sets_hostname_and_domainname() {
+    let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let out = sh("hostname; cat /proc/sys/kernel/domainname", |c, _| {
+        c["hostname"] = json!("spec-host");
+        c["domainname"] = json!("spec.example");
+    });
+    assert_eq!(out, "spec-host\nspec.example\n");
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap(),
+        host_name,
+        "the host's hostname changed"
+    );
+}
+
+#[test]
+fn mount_namespace_keeps_container_mounts_private() {
+    let b = Bundle::new(&["sleep", "1000"]).unwrap();
+    let berth = Berth::new(BIN).unwrap();
+    let id = format!("mntns-{}", random_suffix());
+    let pid = run_detached(&berth, &b, &id);
+    let inside = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    assert!(inside.contains(" /dev/mqueue "), "{inside}");
+    // The host never sees the container's root or its mounts.
+    let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let bundle = b.path().to_str().unwrap();
+    assert!(!host.contains(bundle), "{host}");
+    berth.ok(&["delete", "--force", &id]);
+}
+
+#[test]
+fn cgroup_namespace_is_rooted_at_the_container_cgroup() {
+    let out = sh("cat /proc/self/cgroup", |_, _| {});
+    assert!(!out.is_empty());
+    for line in out.lines() {
+        assert!(line.ends_with(":/"), "not at the namespace root: {line}");
+    }
+}
+
+/// A user namespace mapping container root to host uid/gid 100000.
+fn user_ns(cfg: &mut Value, b: &Bundle) {
+    add_ns(cfg, json!({"type": "user"}));
+    let map = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    cfg["linux"]["uidMappings"] = map.clone();
+    cfg["linux"]["gidMappings"] = map;
+    // Mapped root is an unprivileged user on the host: it must own the
+    // rootfs and be able to reach it.
+    let st = Command::new("chown")
+        .args(["-R", "-h", "100000:100000"])
+        .arg(b.rootfs())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::set_permissions(b.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+}
+
+#[test]
+fn user_namespace_maps_root_to_the_host_id() {
+    let mut b = Bundle::new(&["sleep", "1000"]).unwrap();
+    let mut cfg = b.config.clone();
+    user_ns(&mut cfg, &b);
+    b.config = cfg;
+    b.write().unwrap();
+    let berth = Berth::new(BIN).unwrap();
+    let id = format!("userns-{}", random_suffix());
+    let pid = run_detached(&berth, &b, &id);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(field("Uid:"), "100000", "{status}");
+    assert_eq!(field("Gid:"), "100000", "{status}");
+    assert_ne!(ns_link(&pid.to_string(), "user"), ns_link("self", "user"));
+    let inside = exec(
+        &berth,
+        &id,
+        &["sh", "-c", "id -u; id -g; cat /proc/self/uid_map"],
+    );
+    let words: Vec<&str> = inside.split_whitespace().collect();
+    assert_eq!(words, ["0", "0", "0", "100000", "65536"], "{inside}");
+    berth.ok(&["delete", "--force", &id]);
+}
+
+#[test]
+fn time_namespace_applies_offsets() {
+    const OFF: f64 = 10.0 * 86400.0;
+    let uptime = || -> f64 {
+        let s = std::fs::read_to_string("/proc/uptime").unwrap();
+        s.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let before = uptime();
+    let out = sh("cat /proc/uptime; cat /proc/self/timens_offsets", |c, _| {
+        add_ns(c, json!({"type": "time"}));
+        c["linux"]["timeOffsets"] = json!({
+            "monotonic": {"secs": 86400, "nanosecs": 0},
+            "boottime": {"secs": 864000, "nanosecs": 0}
+        });
+    });
+    let after = uptime();
+    let mut lines = out.lines();
+    let inside: f64 = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // /proc/uptime follows CLOCK_BOOTTIME; 0.01s rounding on both sides.
+    assert!(
+        inside >= before + OFF - 0.02 && inside <= after + OFF + 0.02,
+        "uptime {inside} not within [{before}, {after}] + {OFF}"
+    );
+    // CLOCK_MONOTONIC has no reader in busybox: check the kernel's record.
+    let offsets: Vec<String> = lines
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert!(
+        offsets.contains(&"monotonic 86400 0".to_string()),
+        "{offsets:?}"
+    );
+    assert!(
+        offsets.contains(&"boottime 864000 0".to_string()),
+        "{offsets:?}"
+    );
+}
+
+#[test]
+fn joining_namespaces_by_path() {
+    let mut a = Bundle::new(&["sleep", "1000"]).unwrap();
+    a.config["hostname"] = json!("ctr-a");
+    a.write().unwrap();
+    let berth = Berth::new(BIN).unwrap();
+    let ida = format!("join-a-{}", random_suffix());
+    let pid = run_detached(&berth, &a, &ida);
+
+    let mut b = Bundle::new(&[
+        "sh",
+        "-c",
+        "hostname; tr '\\0' ' ' < /proc/1/cmdline; echo; for n in net ipc uts pid; do readlink /proc/self/ns/$n; done",
+    ])
+    .unwrap();
+    // B must not set a hostname: it would rename A's uts namespace.
+    b.config.as_object_mut().unwrap().remove("hostname");
+    b.config["linux"]["namespaces"] = json!([
+        {"type": "mount"},
+        {"type": "cgroup"},
+        {"type": "network", "path": format!("/proc/{pid}/ns/net")},
+        {"type": "ipc", "path": format!("/proc/{pid}/ns/ipc")},
+        {"type": "uts", "path": format!("/proc/{pid}/ns/uts")},
+        {"type": "pid", "path": format!("/proc/{pid}/ns/pid")},
+    ]);
+    b.write().unwrap();
+    let idb = format!("join-b-{}", random_suffix());
+    let out = berth.ok(&["run", "--bundle", b.path().to_str().unwrap(), &idb]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "ctr-a", "{out}");
+    assert_eq!(
+        lines[1].trim(),
+        "sleep 1000",
+        "B sees A's init as pid 1: {out}"
+    );
+    let p = pid.to_string();
+    assert_eq!(
+        &lines[2..],
+        [
+            ns_link(&p, "net"),
+            ns_link(&p, "ipc"),
+            ns_link(&p, "uts"),
+            ns_link(&p, "pid")
+        ],
+        "{out}"
+    );
+    berth.ok(&["delete", "--force", &ida]);
+}
+
+#[test]
+fn namespace_paths_must_exist() {
+    // A path that is not a namespace fails create and leaves nothing.
+    let mut b = Bundle::new(&["true"]).unwrap();
+    b.config["linux"]["namespaces"][1] = json!({"type": "network", "path": "/nonexistent/ns/net"});
+    b.write().unwrap();
+    let berth = Berth::new(BIN).unwrap();
+    let o = berth.run(&["run", "--bundle", b.path().to_str().unwrap(), "badns"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("/nonexistent/ns/net"), "{err}");
+    assert!(!Path::new(&berth.root.path().join("badns")).exists());
+    assert!(
+        b.cgroup_dirs().is_empty(),
+        "cgroup left: {:?}",
+        b.cgroup_dirs()
+    );
+}
