@@ -472,10 +472,17 @@ pub fn enter_root(root: &OwnedFd, no_pivot: bool) -> Result<()> {
         }
     } else {
         // pivot_root(".", ".") stacks the old root on top of the new one;
-        // detach it without propagating the unmount to the host.
+        // detach it without propagating the unmount to the host. "." stays
+        // the new root, so step into the old one first: making the new root
+        // rslave would undo the mounts' own propagation (rshared binds).
+        let old_root = fsutil::open_path(Path::new("/"), libc::O_PATH | libc::O_DIRECTORY)?;
         // SAFETY: valid C strings.
         if unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) } != 0 {
             return Err(last_os("pivot_root"));
+        }
+        // SAFETY: old_root is an open directory fd.
+        if unsafe { libc::fchdir(old_root.as_raw_fd()) } != 0 {
+            return Err(last_os("fchdir to the old root"));
         }
         mount(
             None,
