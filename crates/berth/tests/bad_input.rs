@@ -81,17 +81,21 @@ fn assert_nothing_left(bundle: &Bundle) {
 /// Both `create` and `run` reject the bundle `prepare` leaves, naming
 /// every string in `needles`, and leave nothing behind.
 fn rejects(needles: &[&str], prepare: impl FnOnce(&mut Bundle)) {
+    rejects_with(&[], needles, prepare)
+}
+
+/// [`rejects`] with extra command-line flags.
+fn rejects_with(flags: &[&str], needles: &[&str], prepare: impl FnOnce(&mut Bundle)) {
     let mut bundle = Bundle::new(&["sh", "-c", "echo should-not-run"]).expect("bundle");
     prepare(&mut bundle);
     let b = berth();
     for cmd in ["create", "run"] {
         let id = uid(&format!("bad-{cmd}"));
         let log = bundle.path().join(format!("{cmd}.log"));
-        let (ok, text) = berth_logged(
-            &b,
-            &[cmd, "--bundle", bundle.path().to_str().unwrap(), &id],
-            &log,
-        );
+        let mut args = vec![cmd, "--bundle", bundle.path().to_str().unwrap()];
+        args.extend_from_slice(flags);
+        args.push(&id);
+        let (ok, text) = berth_logged(&b, &args, &log);
         assert!(!ok, "{cmd} accepted a bad bundle: {text}");
         for n in needles {
             assert!(
@@ -313,4 +317,96 @@ fn id_already_in_use() {
     }
     b.ok(&["delete", &id]);
     assert!(first.cgroup_dirs().is_empty());
+}
+
+#[test]
+fn pid_file_in_missing_directory() {
+    // The pid file is written last, after the init exists: the failure must
+    // still undo everything.
+    let dir = format!("/nonexistent-berth-{}", random_suffix());
+    let pf = format!("{dir}/init.pid");
+    rejects_with(&["--pid-file", &pf], &[&dir], |_| {});
+}
+
+#[test]
+fn console_socket_that_nobody_listens_on() {
+    let sock = format!("/tmp/nonexistent-berth-{}.sock", random_suffix());
+    rejects_with(
+        &["--console-socket", &sock],
+        &["console socket", &sock],
+        edit(|c| c["process"]["terminal"] = json!(true)),
+    );
+}
+
+#[test]
+fn console_socket_without_terminal() {
+    rejects_with(
+        &["--console-socket", "/tmp/unused.sock"],
+        &["--console-socket", "terminal"],
+        |_| {},
+    );
+}
+
+#[test]
+fn bad_exec_process_leaves_container_alone() {
+    let bundle = Bundle::new(&["sleep", "100011"]).unwrap();
+    let b = berth();
+    let id = uid("exec-bad");
+    let (ok, text) = berth_logged(
+        &b,
+        &["create", "--bundle", bundle.path().to_str().unwrap(), &id],
+        &bundle.path().join("create.log"),
+    );
+    assert!(ok, "{text}");
+    b.ok(&["start", &id]);
+    let pids = b.ok(&["ps", "--format", "json", &id]);
+
+    let pj = bundle.path().join("process.json");
+    let pjs = pj.to_str().unwrap();
+    let cases: [(Value, &str); 3] = [
+        (
+            json!({"args": ["true"], "cwd": "/", "user": {"uid": "root", "gid": 0}}),
+            "user.uid",
+        ),
+        (
+            json!({"args": ["true"], "cwd": "tmp", "user": {"uid": 0, "gid": 0}}),
+            "cwd",
+        ),
+        (
+            json!({"args": ["no-such-program"], "cwd": "/", "user": {"uid": 0, "gid": 0}}),
+            "no-such-program",
+        ),
+    ];
+    for (process, field) in cases {
+        fs::write(&pj, process.to_string()).unwrap();
+        for detach in [false, true] {
+            let mut args = vec!["exec", "--process", pjs];
+            if detach {
+                args.push("-d");
+            }
+            args.push(&id);
+            let (ok, text) = berth_logged(&b, &args, &bundle.path().join("exec.log"));
+            assert!(!ok, "{args:?}: {text}");
+            assert!(text.contains(field), "{args:?}: {text}");
+            // The process file is named unless the error came from inside.
+            if field != "no-such-program" {
+                assert!(text.contains("process.json"), "{args:?}: {text}");
+            }
+            assert_eq!(b.ok(&["ps", "--format", "json", &id]), pids, "{args:?}");
+            assert_eq!(b.state(&id)["status"], json!("running"));
+        }
+    }
+    fs::write(&pj, "{\"args\": [\"true\"],").unwrap();
+    let (ok, text) = berth_logged(
+        &b,
+        &["exec", "--process", pjs, &id],
+        &bundle.path().join("exec.log"),
+    );
+    assert!(
+        !ok && text.contains(pjs) && text.contains("line 1"),
+        "{text}"
+    );
+
+    b.ok(&["delete", "--force", &id]);
+    assert_nothing_left(&bundle);
 }

@@ -226,6 +226,29 @@ fn run_foreground_exit_codes() {
 }
 
 #[test]
+fn run_foreground_forwards_signals() {
+    let bundle = mkbundle(TERM_TRAP);
+    let b = berth();
+    let id = uid("run-fwd");
+    let child = b
+        .cmd()
+        .args(["run", "--bundle", bpath(&bundle), &id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_file(&out(&bundle, "ready"));
+    // SIGTERM to berth reaches the program, whose trap exits 0.
+    // SAFETY: kill has no memory-safety preconditions; the pid is our child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert_eq!(fs::read_to_string(out(&bundle, "sig")).unwrap(), "TERM\n");
+    assert_gone(&b, &bundle, &id);
+}
+
+#[test]
 fn run_detached_pid_file_and_keep() {
     let bundle = mkbundle(&format!(": > /out/ran; {UNTIL_STOP}"));
     let b = berth();
@@ -467,6 +490,18 @@ fn ps_lists_container_processes() {
     assert!(rows.iter().any(|l| l.contains("sleep 100003")), "{table}");
     // Only this container's processes: not the test or berth itself.
     assert!(!table.contains("berth"), "{table}");
+
+    // Options after the id go to ps(1).
+    let table = b.ok(&["ps", &id, "-o", "pid,comm"]);
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["PID", "COMMAND"], "{table}");
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split_whitespace().collect()).collect();
+    assert!(
+        rows.contains(&vec![init.to_string().as_str(), "sh"]),
+        "{table}"
+    );
+    assert!(rows.iter().any(|r| r[1] == "sleep"), "{table}");
 }
 
 #[test]
@@ -487,6 +522,9 @@ fn exec_into_running_container() {
 
     let o = ex(&[&id, "sh", "-c", "exit 7"]);
     assert_eq!(o.status.code(), Some(7), "{o:?}");
+    // Not pid 1 in there, so it can SIGKILL itself: 128+9 as with run.
+    let o = ex(&[&id, "sh", "-c", "kill -9 $$"]);
+    assert_eq!(o.status.code(), Some(128 + 9), "{o:?}");
 
     let o = ex(&["--env", "FOO=bar", &id, "sh", "-c", "echo $FOO"]);
     assert_eq!(stdout_of(&o), "bar\n", "{o:?}");
@@ -718,6 +756,16 @@ fn pause_and_resume() {
     // A paused container can be force-deleted (it gets thawed to die).
     b.ok(&["pause", &id]);
     b.ok(&["delete", "--force", &id]);
+    assert_gone(&b, &bundle, &id);
+
+    // ... and killed: SIGKILL reaches a frozen container.
+    let bundle = mkbundle(&format!(": > /out/ready; {UNTIL_STOP}"));
+    let id = uid("pause-kill");
+    start_running(&b, &bundle, &id);
+    b.ok(&["pause", &id]);
+    b.ok(&["kill", &id, "KILL"]);
+    wait_status(&b, &id, "stopped");
+    b.ok(&["delete", &id]);
     assert_gone(&b, &bundle, &id);
 }
 
