@@ -388,11 +388,33 @@ pub fn start(root: &Root, id: &str) -> Result<()> {
     }
     // SAFETY: writing one byte from a static buffer to our fd.
     let n = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+    if n != 1 {
+        let e = last_os("writing the exec fifo");
+        // SAFETY: fd is ours.
+        unsafe { libc::close(fd) };
+        return Err(e);
+    }
+    // The init holds the only read end until execve closes it: POLLERR
+    // (no readers left) means the program runs (or the init died), so the
+    // poststart hooks below come after it, as the spec requires. A frozen
+    // init would never get there: do not wait for it.
+    let frozen = rec
+        .cgroup
+        .as_ref()
+        .is_some_and(|cg| cgroup_manager(cg).is_frozen());
+    let mut p = libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: p is a valid pollfd; EINTR retries.
+    while !frozen && unsafe { libc::poll(&mut p, 1, -1) } < 0 {
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            break;
+        }
+    }
     // SAFETY: fd is ours.
     unsafe { libc::close(fd) };
-    if n != 1 {
-        return Err(last_os("writing the exec fifo"));
-    }
     let _ = std::fs::remove_file(&fifo);
     if let Some(h) = rec
         .spec

@@ -245,8 +245,8 @@ fn stage2_inner(l: &Launch, ch: &Channel) -> Result<Never> {
         let argv0 = prepare_process(l)?;
         ch.send(&Msg::Ready)?;
         wait_fifo(fifo)?;
-        // SAFETY: closing our copy of the fifo fd.
-        unsafe { libc::close(fifo) };
+        // The fifo stays open (O_CLOEXEC) until execve: `start` waits for
+        // its last reader to go, so poststart hooks follow the exec.
         if let Some(h) = l
             .spec
             .hooks()
