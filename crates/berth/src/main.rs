@@ -262,6 +262,10 @@ fn dispatch(cli: &Cli) -> Result<i32> {
     if cli.systemd_cgroup {
         bail!("--systemd-cgroup: no systemd is reachable on this host (/run/systemd/system is missing); use the cgroupfs driver");
     }
+    if cli.debug {
+        berth_oci::debug::enable();
+        berth_oci::debug::trace("start");
+    }
     let root = Root::new(&cli.root);
     match &cli.cmd {
         Cmd::Create(a) => {

@@ -229,6 +229,22 @@ impl Manager {
         Ok(())
     }
 
+    /// Moves the calling process (which must be single-threaded) into the
+    /// cgroup. On v1 it writes "0" to `tasks`: a thread moving itself does
+    /// not take the kernel's global threadgroup lock, whose RCU grace period
+    /// otherwise costs 10-20 ms per container.
+    pub fn join_self(&self) -> Result<()> {
+        let file = if self.mode == Mode::Unified {
+            "cgroup.procs"
+        } else {
+            "tasks"
+        };
+        for d in &self.dirs {
+            write_file(&d.join(file), "0")?;
+        }
+        Ok(())
+    }
+
     /// Process ids in the cgroup.
     pub fn pids(&self) -> Result<Vec<i32>> {
         let f = self.procs_dir.join("cgroup.procs");

@@ -137,6 +137,7 @@ pub fn create(root: &Root, o: CreateOptions) -> Result<i32> {
 
     // Compile before creating anything: a bad profile leaves nothing behind.
     let seccomp = compile_seccomp(&bundle.spec)?;
+    crate::debug::trace("config loaded and validated");
     let dir = root.create_dir(&o.id)?;
     let mut guard = CreateGuard {
         root,
@@ -166,6 +167,7 @@ pub fn create(root: &Root, o: CreateOptions) -> Result<i32> {
     let mgr = cgroup_manager(&cg_path);
     guard.cgroup = Some(mgr.clone());
     let created = mgr.create()?;
+    crate::debug::trace("cgroup created");
     guard.cgroup_created = created.clone();
     rec.cgroup_created = created;
     root.save(&rec)?;
@@ -194,11 +196,11 @@ pub fn create(root: &Root, o: CreateOptions) -> Result<i32> {
         preserve_fds: o.preserve_fds,
         close_in_child: vec![lock.as_raw_fd()],
         seccomp: seccomp.as_ref(),
+        cgroup: Some(&mgr),
     };
     let pid = spawn(
         &launch,
         &bundle,
-        &mgr,
         &mut guard,
         &mut rec,
         root,
@@ -234,7 +236,6 @@ pub fn spec_namespaces(spec: &Spec) -> Vec<(LinuxNamespaceType, Option<PathBuf>)
 fn spawn(
     launch: &Launch,
     bundle: &Bundle,
-    mgr: &berth_cgroups::Manager,
     guard: &mut CreateGuard,
     rec: &mut Record,
     root: &Root,
@@ -255,7 +256,7 @@ fn spawn(
     }
     drop(child_ch);
     guard.pid = pid1;
-    let res = drive(launch, bundle, mgr, rec, root, &parent_ch, pid1);
+    let res = drive(launch, bundle, rec, root, &parent_ch, pid1);
     if let Err(e) = res {
         // Reap stage 1 if it is still ours; stage 2 is killed by the guard.
         // SAFETY: kill has no memory-safety preconditions.
@@ -272,13 +273,12 @@ fn spawn(
 fn drive(
     launch: &Launch,
     bundle: &Bundle,
-    mgr: &berth_cgroups::Manager,
     rec: &mut Record,
     root: &Root,
     ch: &Channel,
     pid1: i32,
 ) -> Result<()> {
-    mgr.add(pid1)?;
+    crate::debug::trace("stage 1 forked");
     ch.send(&Msg::Go)?;
     let linux = bundle.spec.linux().clone().unwrap_or_default();
     loop {
@@ -322,7 +322,10 @@ fn drive(
                 }
                 ch.send(&Msg::HookState(hook_state(rec, "created")))?;
             }
-            Some(Msg::Ready) => return Ok(()),
+            Some(Msg::Ready) => {
+                crate::debug::trace("init ready");
+                return Ok(());
+            }
             Some(Msg::Error(m)) => return Err(Error::Init(m)),
             Some(m) => return Err(Error::Other(format!("sync: unexpected {m:?}"))),
             None => {

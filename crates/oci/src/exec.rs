@@ -59,6 +59,7 @@ pub fn exec(root: &Root, o: ExecOptions) -> Result<i32> {
         })
         .collect();
     let seccomp = crate::container::compile_seccomp(&rec.spec)?;
+    let mgr = rec.cgroup.as_ref().map(|p| cgroup_manager(p));
     let launch = Launch {
         spec: &rec.spec,
         process: &o.process,
@@ -68,6 +69,7 @@ pub fn exec(root: &Root, o: ExecOptions) -> Result<i32> {
         preserve_fds: o.preserve_fds,
         close_in_child: Vec::new(),
         seccomp: seccomp.as_ref(),
+        cgroup: mgr.as_ref(),
     };
     let (parent_ch, child_ch) = Channel::pair()?;
     // SAFETY: single-threaded; the child runs only our code.
@@ -82,9 +84,6 @@ pub fn exec(root: &Root, o: ExecOptions) -> Result<i32> {
     drop(child_ch);
     let mut pid2 = 0;
     let res = (|| -> Result<()> {
-        if let Some(cg) = &rec.cgroup {
-            cgroup_manager(cg).add(pid1)?;
-        }
         parent_ch.send(&Msg::Go)?;
         loop {
             match parent_ch.recv()? {

@@ -77,6 +77,9 @@ pub struct Launch<'a> {
     /// Runtime fds the child must not keep (e.g. the state lock: an flock
     /// lives as long as any copy of its fd).
     pub close_in_child: Vec<RawFd>,
+    /// The cgroup stage 1 moves itself into before anything else, so
+    /// stage 2 is born in it and a new cgroup namespace is rooted there.
+    pub cgroup: Option<&'a berth_cgroups::Manager>,
     /// The compiled `linux.seccomp` filter, if any.
     pub seccomp: Option<&'a crate::seccomp::Compiled>,
 }
@@ -139,9 +142,10 @@ fn stage1_inner(l: &Launch, ch: &Channel) -> Result<()> {
         // SAFETY: closing fds the parent named as not ours to keep.
         unsafe { libc::close(*fd) };
     }
-    // The parent first moves us into the cgroup, so stage 2 is born there and
-    // a new cgroup namespace is rooted at it.
     expect_go(ch)?;
+    if let Some(cg) = l.cgroup {
+        cg.join_self()?;
+    }
     // Open every namespace before entering any: after joining a mount
     // namespace the paths would resolve in the container.
     let mut joins = Vec::new();
@@ -298,6 +302,7 @@ fn build_container(l: &Launch, ch: &Channel, rootfs_path: &Path, no_pivot: bool)
     } else {
         None
     };
+    crate::debug::trace("rootfs prepared");
     ch.send(&Msg::CreateRuntimeHooks)?;
     let state = match ch.recv()? {
         Some(Msg::HookState(s)) => s,
@@ -526,6 +531,7 @@ fn prepare_process(l: &Launch) -> Result<CString> {
             return Err(last_os("PR_SET_NO_NEW_PRIVS"));
         }
     }
+    crate::debug::trace("process prepared");
     let path = lookup(p)?;
     close_fds_on_exec(3 + l.preserve_fds.max(0))?;
     Ok(path)

@@ -8,6 +8,7 @@ pub mod caps;
 pub mod config;
 pub mod console;
 pub mod container;
+pub mod debug;
 pub mod error;
 pub mod exec;
 pub mod features;
