@@ -234,8 +234,8 @@ fn rslave_bind_receives_later_host_mounts() {
 }
 
 #[test]
-#[ignore = "rootfsPropagation rshared still makes the container's / a slave of the host, so mounts made in the container never reach the host (Kubernetes Bidirectional)"]
 fn rshared_bind_propagates_container_mounts_to_the_host() {
+    // Kubernetes' Bidirectional propagation.
     with_shared_host_dir("rshared", "rshared", |berth, id, dir| {
         let out = berth.ok(&[
             "exec", "--cap", "CAP_SYS_ADMIN", id, "sh", "-c",
@@ -243,6 +243,30 @@ fn rshared_bind_propagates_container_mounts_to_the_host() {
         ]);
         assert_eq!(out, "ok\n");
         assert_eq!(fs::read_to_string(dir.join("fromctr/f")).unwrap(), "x\n");
+    });
+}
+
+#[test]
+fn rshared_root_keeps_container_mounts_off_a_shared_host() {
+    // As on systemd hosts, everything is shared (in this test's own mount
+    // namespace): the container's rootfs bind, /proc, /dev... must still
+    // not show up on the "host", before or after the container.
+    in_private_mount_ns(|| {
+        mount_cmd(&["--make-rshared"], Path::new("/"));
+        let mut b = Bundle::new(&["sleep", "1000"]).unwrap();
+        b.config["linux"]["rootfsPropagation"] = json!("rshared");
+        b.write().unwrap();
+        let berth = Berth::new(BIN).unwrap();
+        let id = format!("rshared-{}", random_suffix());
+        run_detached(&berth, &b, &id);
+        let bundle = b.path().to_str().unwrap().to_string();
+        let here = fs::read_to_string("/proc/thread-self/mountinfo").unwrap();
+        assert!(!here.contains(&bundle), "container mounts leaked:\n{here}");
+        let out = berth.ok(&["exec", &id, "cat", "/proc/self/mountinfo"]);
+        assert!(mountinfo_line(&out, "/").contains("shared:"), "{out}");
+        berth.ok(&["delete", "--force", &id]);
+        let after = fs::read_to_string("/proc/thread-self/mountinfo").unwrap();
+        assert_eq!(after.lines().count(), here.lines().count(), "{after}");
     });
 }
 

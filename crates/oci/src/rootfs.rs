@@ -116,7 +116,10 @@ impl Rootfs<'_> {
     pub fn prepare(&self) -> Result<OwnedFd> {
         let linux = self.spec.linux().clone().unwrap_or_default();
         let prop = match linux.rootfs_propagation().as_deref() {
-            Some("shared") | Some("rshared") | None | Some("") => libc::MS_SLAVE | libc::MS_REC,
+            // Shared: host mounts stay peers, so mounts made under a shared
+            // bind reach the host (Kubernetes' Bidirectional propagation).
+            Some("shared") | Some("rshared") => 0,
+            None | Some("") => libc::MS_SLAVE | libc::MS_REC,
             Some(p) => mount_opts::parse_one(p)
                 .and_then(|o| match o {
                     mount_opts::Opt::Propagation(f) => Some(f),
@@ -124,7 +127,16 @@ impl Rootfs<'_> {
                 })
                 .unwrap_or(libc::MS_SLAVE | libc::MS_REC),
         };
-        mount(None, Path::new("/"), None, prop, None)?;
+        if prop != 0 {
+            mount(None, Path::new("/"), None, prop, None)?;
+        } else {
+            // But the rootfs bind and what is mounted on it must not
+            // propagate to the host, and pivot_root refuses shared parents:
+            // make the mount holding the rootfs, and /, private.
+            let parent = containing_mount(self.rootfs)?;
+            mount(None, &parent, None, libc::MS_PRIVATE, None)?;
+            mount(None, Path::new("/"), None, libc::MS_PRIVATE, None)?;
+        }
         // The rootfs must be a mount point for pivot_root.
         mount(
             Some(self.rootfs),
@@ -441,6 +453,49 @@ impl Rootfs<'_> {
         }
         Ok(())
     }
+}
+
+/// The mount point (from /proc/self/mountinfo) of the mount holding `path`.
+fn containing_mount(path: &Path) -> Result<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| Error::Os {
+        ctx: "reading /proc/self/mountinfo".into(),
+        err: e,
+    })?;
+    let mut best = PathBuf::from("/");
+    for line in info.lines() {
+        let Some(mp) = line.split(' ').nth(4) else {
+            continue;
+        };
+        let mp = PathBuf::from(unescape_mountinfo(mp));
+        if path.starts_with(&mp) && mp.components().count() > best.components().count() {
+            best = mp;
+        }
+    }
+    Ok(best)
+}
+
+/// mountinfo writes space, tab, newline and backslash as \ooo octal.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], oct) {
+            (b'\\', Some(d)) => {
+                let v = d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0'));
+                out.push(v as u8);
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn is_bind(m: &Mount) -> bool {
