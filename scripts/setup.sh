@@ -2,8 +2,8 @@
 # Installs what berth's build, tests and benchmarks need on a fresh Debian
 # machine (root, Rust toolchain, gcc, python3 already present). Idempotent.
 set -euo pipefail
-pkgs=(busybox-static libseccomp-dev pkg-config runc crun podman containerd skopeo umoci
-      iproute2 iptables uidmap procps)
+pkgs=(busybox-static libseccomp-dev pkg-config runc crun podman conmon containerd skopeo umoci
+      iproute2 iptables uidmap procps bsdutils)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
