@@ -10,13 +10,15 @@ use std::process::Stdio;
 const BIN: &str = env!("CARGO_BIN_EXE_berth");
 
 /// POSIX sh (the host's dash and the container's busybox): appends
-/// `NAME|argv|$HOOK_ENV|$BERTH_SPEC_LEAK|state` to the log given as $2.
+/// `NAME|argv|$HOOK_ENV|$BERTH_SPEC_LEAK|mount ns|state` to the log given
+/// as $2.
 /// fd 3 is opened by this shell itself, so /proc/self is the hook process
 /// (its $$ would be wrong for hooks run in the container's pid namespace).
 const HOOK_SH: &str = r#"state=$(cat)
 exec 3< /proc/self/cmdline
 argv=$(tr '\0' ' ' <&3)
-printf '%s|%s|%s|%s|%s\n' "$1" "$argv" "${HOOK_ENV-unset}" "${BERTH_SPEC_LEAK-unset}" "$state" >> "$2"
+mnt=$(readlink /proc/self/ns/mnt)
+printf '%s|%s|%s|%s|%s|%s\n' "$1" "$argv" "${HOOK_ENV-unset}" "${BERTH_SPEC_LEAK-unset}" "$mnt" "$state" >> "$2"
 "#;
 
 const NAMES: [&str; 6] = [
@@ -69,6 +71,7 @@ struct Entry {
     argv: String,
     env: String,
     leak: String,
+    mntns: String,
     state: Value,
 }
 
@@ -77,13 +80,14 @@ fn read_log(path: &Path) -> Vec<Entry> {
         .unwrap()
         .lines()
         .map(|l| {
-            let f: Vec<&str> = l.splitn(5, '|').collect();
+            let f: Vec<&str> = l.splitn(6, '|').collect();
             Entry {
                 name: f[0].to_string(),
                 argv: f.get(1).unwrap_or(&"").trim_end().to_string(),
                 env: f.get(2).unwrap_or(&"").to_string(),
                 leak: f.get(3).unwrap_or(&"").to_string(),
-                state: serde_json::from_str(f.get(4).unwrap_or(&"null")).unwrap_or(Value::Null),
+                mntns: f.get(4).unwrap_or(&"").to_string(),
+                state: serde_json::from_str(f.get(5).unwrap_or(&"null")).unwrap_or(Value::Null),
             }
         })
         .collect()
@@ -140,6 +144,8 @@ fn all_six_hooks_run_in_order_with_state() {
     let st = berth.state(&id);
     let pid = st["pid"].as_i64().unwrap();
     let pidfd = pidfd_open(pid);
+    let ctr_mnt = fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
+    let host_mnt = fs::read_link("/proc/self/ns/mnt").unwrap();
     let (ok, err) = quiet(&berth, &["start", &id]);
     assert!(ok, "start: {err}");
     wait_exit(pidfd);
@@ -166,6 +172,14 @@ fn all_six_hooks_run_in_order_with_state() {
         assert_eq!(e.argv, want_argv, "{n}");
         assert_eq!(e.env, format!("env-{n}"), "{n}: env not passed");
         assert_eq!(e.leak, "unset", "{n}: runtime env leaked into the hook");
+        // createContainer and startContainer run in the container's mount
+        // namespace, the others in the runtime's.
+        let want_mnt = if n == "createContainer" || n == "startContainer" {
+            &ctr_mnt
+        } else {
+            &host_mnt
+        };
+        assert_eq!(Path::new(&e.mntns), want_mnt, "{n}: mount namespace");
         assert_eq!(e.state["id"], json!(id), "{n}: {}", e.state);
         assert_eq!(e.state["pid"], json!(pid), "{n}: {}", e.state);
         assert_eq!(

@@ -79,8 +79,7 @@ fn add_mount(cfg: &mut Value, m: Value) {
 fn mountinfo_line<'a>(mountinfo: &'a str, dest: &str) -> &'a str {
     mountinfo
         .lines()
-        .filter(|l| l.split(' ').nth(4) == Some(dest))
-        .last()
+        .rfind(|l| l.split(' ').nth(4) == Some(dest))
         .unwrap_or_else(|| panic!("{dest} not mounted:\n{mountinfo}"))
 }
 
