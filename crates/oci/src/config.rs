@@ -226,7 +226,7 @@ pub fn validate(file: &str, spec: &Spec) -> Result<()> {
             return err(&format!("{field}.destination"), "must be an absolute path");
         }
         if !has_mntns {
-            return err(&format!("{field}"), "mounts need a mount namespace");
+            return err(&field, "mounts need a mount namespace");
         }
         let opts = m.options().clone().unwrap_or_default();
         let is_bind =
@@ -270,7 +270,7 @@ pub fn validate(file: &str, spec: &Spec) -> Result<()> {
         }
     }
     if let Some(p) = linux.personality() {
-        for (i, f) in p.flags().iter().flatten().enumerate() {
+        if let Some((i, f)) = p.flags().iter().flatten().enumerate().next() {
             return err(
                 &format!("linux.personality.flags[{i}]"),
                 &format!("unsupported personality flag {f:?}"),
