@@ -394,7 +394,11 @@ fn exec(root: &Root, a: &ExecArgs) -> Result<i32> {
         Some(file) => {
             let data =
                 std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-            berth_oci::config::parse_json(&file.display().to_string(), &data)?
+            let name = file.display().to_string();
+            let p = berth_oci::config::parse_json(&name, &data)?;
+            // Name the user's file in errors, not a generic "process.json".
+            berth_oci::config::validate_process(&name, "process", &p)?;
+            p
         }
         None => {
             if a.command.is_empty() {
