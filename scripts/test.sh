@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --workspace --all-targets
-cargo test --workspace -- --test-threads="${BERTH_TEST_THREADS:-4}"
+cargo test --workspace --no-fail-fast -- --test-threads="${BERTH_TEST_THREADS:-4}"
