@@ -269,7 +269,7 @@ fn dispatch(cli: &Cli) -> Result<i32> {
     let root = Root::new(&cli.root);
     match &cli.cmd {
         Cmd::Create(a) => {
-            berth_oci::selfclone::ensure_cloned()?;
+            berth_oci::selfclone::ensure_cloned(&cli.root)?;
             container::create(&root, create_opts(a))?;
             Ok(0)
         }
@@ -282,7 +282,7 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             detach,
             keep,
         } => {
-            berth_oci::selfclone::ensure_cloned()?;
+            berth_oci::selfclone::ensure_cloned(&cli.root)?;
             run(&root, create, *detach, *keep)
         }
         Cmd::State { id } => {
@@ -326,7 +326,7 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Exec(a) => {
-            berth_oci::selfclone::ensure_cloned()?;
+            berth_oci::selfclone::ensure_cloned(&cli.root)?;
             exec(&root, a)
         }
         Cmd::Ps {

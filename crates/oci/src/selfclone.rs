@@ -1,8 +1,13 @@
 //! Defence against overwriting the runtime binary from inside a container
 //! (CVE-2019-5736 class): before berth does anything in a container's
-//! namespaces it re-executes itself from a sealed memfd copy, so that
-//! /proc/<pid>/exe of every berth process a container can see is a sealed,
-//! anonymous file, never the host's binary.
+//! namespaces it makes sure /proc/<pid>/exe of every berth process a
+//! container can see cannot be opened for writing:
+//!
+//! * if the binary already lives on a read-only mount, nothing is needed;
+//! * else berth re-executes itself through a read-only bind mount of its own
+//!   binary, detached right after it is opened (writes through the exe link
+//!   then fail with EROFS) — no copy, so it costs one exec;
+//! * where mounting is not allowed, it re-executes from a sealed memfd copy.
 
 use crate::error::{last_os, Result};
 use std::ffi::CString;
@@ -14,22 +19,122 @@ const MFD_ALLOW_SEALING: u32 = 0x2;
 const MFD_EXEC: u32 = 0x10;
 const SEALS: i32 = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
 
-/// True if this process runs from a sealed memfd.
+/// True if this process's binary cannot be written through /proc/self/exe:
+/// a sealed memfd, or a file on a read-only mount.
 pub fn is_cloned() -> bool {
     let Ok(f) = std::fs::File::open("/proc/self/exe") else {
         return false;
     };
-    // SAFETY: fcntl on an fd we own.
-    let seals = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GET_SEALS) };
-    seals >= 0 && seals & SEALS == SEALS
+    // SAFETY: fcntl/fstatvfs on an fd we own, into a local.
+    unsafe {
+        let seals = libc::fcntl(f.as_raw_fd(), libc::F_GET_SEALS);
+        if seals >= 0 && seals & SEALS == SEALS {
+            return true;
+        }
+        let mut st: libc::statvfs = std::mem::zeroed();
+        libc::fstatvfs(f.as_raw_fd(), &mut st) == 0 && st.f_flag & libc::ST_RDONLY != 0
+    }
 }
 
-/// Re-executes the current process from a sealed memfd copy of its binary,
-/// unless it already runs from one. Returns only on failure.
-pub fn ensure_cloned() -> Result<()> {
+/// Re-executes the current process so that its binary cannot be written
+/// through /proc/<pid>/exe, unless that already holds. `scratch` is a
+/// directory only root can write (berth's state root) for the bind mount's
+/// target. Returns only on failure.
+pub fn ensure_cloned(scratch: &std::path::Path) -> Result<()> {
     if is_cloned() {
         return Ok(());
     }
+    if let Some(fd) = ro_bind_self(scratch) {
+        let (args, envs) = argv_envp();
+        exec_fd(&fd, &args, &envs, libc::AT_EMPTY_PATH);
+        // Fall through to the copy if the exec itself failed.
+    }
+    memfd_reexec()
+}
+
+fn argv_envp() -> (Vec<CString>, Vec<CString>) {
+    let args: Vec<CString> = std::env::args_os()
+        .map(|a| CString::new(a.as_bytes()).unwrap_or_default())
+        .collect();
+    let envs: Vec<CString> = std::env::vars_os()
+        .map(|(k, v)| {
+            let mut b = k.as_bytes().to_vec();
+            b.push(b'=');
+            b.extend_from_slice(v.as_bytes());
+            CString::new(b).unwrap_or_default()
+        })
+        .collect();
+    (args, envs)
+}
+
+fn exec_fd(fd: &OwnedFd, args: &[CString], envs: &[CString], flags: i32) {
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = envs.iter().map(|a| a.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    // SAFETY: argv and envp are NULL-terminated arrays of valid C strings.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            argv.as_ptr(),
+            envp.as_ptr(),
+            flags,
+        )
+    };
+}
+
+/// Binds /proc/self/exe read-only onto a scratch file, opens it, and detaches
+/// the mount again: the returned fd keeps the (now invisible) read-only mount
+/// alive for the exec. None if any step is not allowed here.
+fn ro_bind_self(scratch: &std::path::Path) -> Option<OwnedFd> {
+    let _ = std::fs::create_dir_all(scratch);
+    let target = scratch.join(format!(".berth-exe.{}", std::process::id()));
+    let ct = CString::new(target.as_os_str().as_bytes()).ok()?;
+    // SAFETY: plain syscalls on valid C strings; every path is undone below.
+    unsafe {
+        let f = libc::open(
+            ct.as_ptr(),
+            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
+            0o500,
+        );
+        if f < 0 {
+            return None;
+        }
+        libc::close(f);
+        let mut fd = None;
+        if libc::mount(
+            c"/proc/self/exe".as_ptr(),
+            ct.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        ) == 0
+        {
+            let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+            if libc::mount(
+                std::ptr::null(),
+                ct.as_ptr(),
+                std::ptr::null(),
+                flags,
+                std::ptr::null(),
+            ) == 0
+            {
+                let r = libc::open(ct.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
+                if r >= 0 {
+                    fd = Some(OwnedFd::from_raw_fd(r));
+                }
+            }
+            libc::umount2(ct.as_ptr(), libc::MNT_DETACH);
+        }
+        libc::unlink(ct.as_ptr());
+        fd
+    }
+}
+
+/// Re-executes from a sealed memfd copy of the binary.
+fn memfd_reexec() -> Result<()> {
     let exe = std::fs::File::open("/proc/self/exe").map_err(|e| crate::Error::Os {
         ctx: "open /proc/self/exe".into(),
         err: e,
@@ -76,22 +181,7 @@ pub fn ensure_cloned() -> Result<()> {
     if unsafe { libc::fcntl(mfd.as_raw_fd(), libc::F_ADD_SEALS, SEALS) } != 0 {
         return Err(last_os("sealing the berth memfd"));
     }
-    let args: Vec<CString> = std::env::args_os()
-        .map(|a| CString::new(a.as_bytes()).unwrap_or_default())
-        .collect();
-    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
-    argv.push(std::ptr::null());
-    let envs: Vec<CString> = std::env::vars_os()
-        .map(|(k, v)| {
-            let mut b = k.as_bytes().to_vec();
-            b.push(b'=');
-            b.extend_from_slice(v.as_bytes());
-            CString::new(b).unwrap_or_default()
-        })
-        .collect();
-    let mut envp: Vec<*const libc::c_char> = envs.iter().map(|a| a.as_ptr()).collect();
-    envp.push(std::ptr::null());
-    // SAFETY: argv and envp are NULL-terminated arrays of valid C strings.
-    unsafe { libc::fexecve(mfd.as_raw_fd(), argv.as_ptr(), envp.as_ptr()) };
+    let (args, envs) = argv_envp();
+    exec_fd(&mfd, &args, &envs, libc::AT_EMPTY_PATH);
     Err(last_os("re-executing berth from its memfd copy"))
 }
