@@ -127,6 +127,8 @@ pub struct Manager {
     /// that carries the freezer.
     freezer: Option<PathBuf>,
     procs_dir: PathBuf,
+    /// The cgroup path relative to each hierarchy's root.
+    rel: PathBuf,
 }
 
 impl Manager {
@@ -142,6 +144,7 @@ impl Manager {
                     dirs: vec![dir.clone()],
                     freezer: Some(dir.clone()),
                     procs_dir: dir,
+                    rel: rel.to_path_buf(),
                 }
             }
             Mode::Legacy | Mode::Hybrid => {
@@ -170,6 +173,7 @@ impl Manager {
                     dirs,
                     freezer,
                     procs_dir,
+                    rel: rel.to_path_buf(),
                 }
             }
         }
@@ -177,6 +181,11 @@ impl Manager {
 
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// The cgroup path relative to each hierarchy's root.
+    pub fn relative_path(&self) -> &Path {
+        &self.rel
     }
 
     pub fn dirs(&self) -> &[PathBuf] {

@@ -296,6 +296,8 @@ fn build_container(l: &Launch, ch: &Channel, rootfs_path: &Path, no_pivot: bool)
                 spec,
                 rootfs: rootfs_path,
                 in_userns: l.in_user_ns(),
+                cgroup_ns: l.has(LinuxNamespaceType::Cgroup),
+                cgroup_rel: l.cgroup.map(|c| c.relative_path().to_path_buf()),
             }
             .prepare()?,
         )

@@ -108,6 +108,11 @@ pub struct Rootfs<'a> {
     pub rootfs: &'a Path,
     /// Inside a new user namespace device nodes cannot be made: bind them.
     pub in_userns: bool,
+    /// The container has its own cgroup namespace: fresh cgroup mounts then
+    /// show only the container's subtree.
+    pub cgroup_ns: bool,
+    /// The container's cgroup, relative to each hierarchy's root.
+    pub cgroup_rel: Option<PathBuf>,
 }
 
 impl Rootfs<'_> {
@@ -202,6 +207,9 @@ impl Rootfs<'_> {
                 )));
             }
         }
+        if typ == "cgroup" {
+            return self.mount_cgroup(root, m, &p);
+        }
         let tpath = fd_path(&target);
         let data = if p.data.is_empty() {
             None
@@ -291,6 +299,104 @@ impl Rootfs<'_> {
             }
             for f in &p.propagation {
                 mount(None, &fd_path(&top), None, *f, None)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A `cgroup` mount shows the container its own cgroups, never the host's
+    /// tree: on v2 a cgroup2 mount; on v1 a tmpfs with one mount per host
+    /// hierarchy. Inside a cgroup namespace those are fresh mounts rooted at
+    /// the container's cgroup; without one, binds of the container's cgroup
+    /// directories. Read-only is applied per mount (a bind remount), never to
+    /// the shared superblock, which would make the host's hierarchy read-only.
+    fn mount_cgroup(&self, root: &OwnedFd, m: &Mount, p: &mount_opts::Parsed) -> Result<()> {
+        let dest = m.destination();
+        let ro = p.flags & libc::MS_RDONLY != 0;
+        let flags = p.flags & !(libc::MS_RDONLY | libc::MS_BIND | libc::MS_REC | libc::MS_REMOUNT);
+        let rel = self.cgroup_rel.clone().unwrap_or_default();
+        let host_root = Path::new(crate::CGROUP_ROOT);
+        let mode = berth_cgroups::detect_mode(host_root);
+        let mut made: Vec<PathBuf> = Vec::new();
+        let mut one = |sub: &Path, fstype: &str, opts: &str| -> Result<()> {
+            let d = if sub.as_os_str().is_empty() {
+                dest.to_path_buf()
+            } else {
+                dest.join(sub)
+            };
+            let t = fsutil::resolve_create(root, &d, Kind::Dir, RESOLVE_NO_SYMLINKS)?;
+            if self.cgroup_ns {
+                let data = if opts.is_empty() { None } else { Some(opts) };
+                mount(
+                    Some(Path::new(fstype)),
+                    &fd_path(&t),
+                    Some(fstype),
+                    flags,
+                    data,
+                )?;
+            } else {
+                let src = host_root.join(sub).join(&rel);
+                if !src.is_dir() {
+                    // Hierarchies berth does not place containers in (the bare
+                    // unified one on a hybrid host) stay empty.
+                    return Ok(());
+                }
+                let s = fsutil::open_path(&src, libc::O_PATH | libc::O_DIRECTORY)?;
+                mount(Some(&fd_path(&s)), &fd_path(&t), None, libc::MS_BIND, None)?;
+            }
+            made.push(d);
+            Ok(())
+        };
+        if mode == berth_cgroups::Mode::Unified {
+            one(Path::new(""), "cgroup2", "")?;
+        } else {
+            let t = fsutil::resolve_create(root, dest, Kind::Dir, RESOLVE_NO_SYMLINKS)?;
+            mount(
+                Some(Path::new("tmpfs")),
+                &fd_path(&t),
+                Some("tmpfs"),
+                flags,
+                Some("mode=755"),
+            )?;
+            for (name, fstype, opts) in host_hierarchies() {
+                one(Path::new(&name), &fstype, &opts)?;
+            }
+            // Combined hierarchies are reached through symlinks (cpu -> cpu,cpuacct).
+            if let Ok(rd) = std::fs::read_dir(host_root) {
+                for e in rd.flatten() {
+                    if let Ok(target) = std::fs::read_link(e.path()) {
+                        let dir =
+                            fsutil::resolve_create(root, dest, Kind::Dir, RESOLVE_NO_SYMLINKS)?;
+                        let dfd = fsutil::openat2(
+                            dir.as_raw_fd(),
+                            Path::new("."),
+                            libc::O_DIRECTORY | libc::O_RDONLY,
+                            0,
+                        )
+                        .map_err(|e| Error::Os {
+                            ctx: format!("opening {}", dest.display()),
+                            err: std::io::Error::from_raw_os_error(e),
+                        })?;
+                        let n = cstr(Path::new(&e.file_name()))?;
+                        let tg = cstr(&target)?;
+                        // SAFETY: valid C strings and dir fd.
+                        unsafe { libc::symlinkat(tg.as_ptr(), dfd.as_raw_fd(), n.as_ptr()) };
+                    }
+                }
+            }
+            made.insert(0, dest.to_path_buf());
+        }
+        if ro {
+            for d in &made {
+                let top = fsutil::resolve_create(root, d, Kind::Dir, RESOLVE_NO_SYMLINKS)?;
+                let keep = locked_flags(&top);
+                mount(
+                    None,
+                    &fd_path(&top),
+                    None,
+                    libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | keep,
+                    None,
+                )?;
             }
         }
         Ok(())
@@ -496,6 +602,46 @@ fn unescape_mountinfo(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The host's cgroup hierarchies under /sys/fs/cgroup as (directory name,
+/// filesystem type, options for a new mount of the same hierarchy).
+fn host_hierarchies() -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return out;
+    };
+    for line in mi.lines() {
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mountpoint = pre.split(' ').nth(4).unwrap_or("");
+        let mut post = post.split(' ');
+        let fstype = post.next().unwrap_or("");
+        let superopts = post.nth(1).unwrap_or("");
+        let Some(name) = mountpoint.strip_prefix("/sys/fs/cgroup/") else {
+            continue;
+        };
+        if name.contains('/') || !(fstype == "cgroup" || fstype == "cgroup2") {
+            continue;
+        }
+        let opts: Vec<&str> = superopts
+            .split(',')
+            .filter(|o| {
+                !matches!(
+                    *o,
+                    "rw" | "ro" | "relatime" | "noatime" | "nosuid" | "nodev" | "noexec"
+                )
+            })
+            .collect();
+        let opts = if fstype == "cgroup2" {
+            String::new()
+        } else {
+            opts.join(",")
+        };
+        out.push((name.to_string(), fstype.to_string(), opts));
+    }
+    out
 }
 
 fn is_bind(m: &Mount) -> bool {
