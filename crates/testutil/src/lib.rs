@@ -21,12 +21,74 @@ use std::process::{Command, Output};
 pub const BUSYBOX: &str = "/bin/busybox";
 
 pub const APPLETS: &[&str] = &[
-    "sh", "ls", "cat", "echo", "true", "false", "sleep", "id", "ps", "hostname", "mount", "readlink",
-    "pwd", "env", "wc", "grep", "touch", "mkdir", "rm", "stat", "head", "tail", "kill", "dd", "ln",
-    "sed", "awk", "test", "[", "printf", "uname", "whoami", "nc", "wget", "httpd", "seq", "sync",
-    "cp", "mv", "chmod", "chown", "date", "find", "xargs", "yes", "ip", "ifconfig", "hexdump",
-    "md5sum", "sha256sum", "timeout", "tee", "cut", "sort", "uniq", "tr", "mkfifo", "umask",
-    "unshare", "nsenter", "chroot", "ping", "nproc", "free", "df", "du", "basename", "dirname",
+    "sh",
+    "ls",
+    "cat",
+    "echo",
+    "true",
+    "false",
+    "sleep",
+    "id",
+    "ps",
+    "hostname",
+    "mount",
+    "readlink",
+    "pwd",
+    "env",
+    "wc",
+    "grep",
+    "touch",
+    "mkdir",
+    "rm",
+    "stat",
+    "head",
+    "tail",
+    "kill",
+    "dd",
+    "ln",
+    "sed",
+    "awk",
+    "test",
+    "[",
+    "printf",
+    "uname",
+    "whoami",
+    "nc",
+    "wget",
+    "httpd",
+    "seq",
+    "sync",
+    "cp",
+    "mv",
+    "chmod",
+    "chown",
+    "date",
+    "find",
+    "xargs",
+    "yes",
+    "ip",
+    "ifconfig",
+    "hexdump",
+    "md5sum",
+    "sha256sum",
+    "timeout",
+    "tee",
+    "cut",
+    "sort",
+    "uniq",
+    "tr",
+    "mkfifo",
+    "umask",
+    "unshare",
+    "nsenter",
+    "chroot",
+    "ping",
+    "nproc",
+    "free",
+    "df",
+    "du",
+    "basename",
+    "dirname",
 ];
 
 /// A unique-enough suffix for names on a shared machine.
@@ -53,7 +115,18 @@ pub fn busybox() -> Result<PathBuf> {
 /// mount points.
 pub fn build_rootfs(dir: &Path) -> Result<()> {
     let bb = busybox()?;
-    for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "root", "home/user", "var/run", "usr/bin"] {
+    for d in [
+        "bin",
+        "etc",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "root",
+        "home/user",
+        "var/run",
+        "usr/bin",
+    ] {
         fs::create_dir_all(dir.join(d))?;
     }
     fs::copy(&bb, dir.join("bin/busybox")).context("copying busybox")?;
@@ -69,7 +142,10 @@ pub fn build_rootfs(dir: &Path) -> Result<()> {
         dir.join("etc/passwd"),
         "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
     )?;
-    fs::write(dir.join("etc/group"), "root:x:0:\nuser:x:1000:\nextra:x:2000:user\nnogroup:x:65534:\n")?;
+    fs::write(
+        dir.join("etc/group"),
+        "root:x:0:\nuser:x:1000:\nextra:x:2000:user\nnogroup:x:65534:\n",
+    )?;
     fs::write(dir.join("etc/hostname"), "busybox\n")?;
     Ok(())
 }
@@ -127,7 +203,11 @@ impl Bundle {
         let mut config = runc_spec(args);
         let parent = format!("berth-test-{}", random_suffix());
         config["linux"]["cgroupsPath"] = json!(format!("/{parent}/ctr"));
-        let b = Bundle { tmp, config, cgroup_parent: parent };
+        let b = Bundle {
+            tmp,
+            config,
+            cgroup_parent: parent,
+        };
         b.write()?;
         Ok(b)
     }
@@ -142,7 +222,10 @@ impl Bundle {
 
     /// Writes `config` to config.json (call after changing it).
     pub fn write(&self) -> Result<()> {
-        fs::write(self.tmp.path().join("config.json"), serde_json::to_vec_pretty(&self.config)?)?;
+        fs::write(
+            self.tmp.path().join("config.json"),
+            serde_json::to_vec_pretty(&self.config)?,
+        )?;
         Ok(())
     }
 
@@ -327,8 +410,14 @@ pub fn write_image_layout(layout: &Path, tag: &str, cmd: &[&str]) -> Result<Stri
             "annotations": {"org.opencontainers.image.ref.name": tag}
         }]
     });
-    fs::write(layout.join("index.json"), serde_json::to_vec_pretty(&index)?)?;
-    fs::write(layout.join("oci-layout"), br#"{"imageLayoutVersion": "1.0.0"}"#)?;
+    fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec_pretty(&index)?,
+    )?;
+    fs::write(
+        layout.join("oci-layout"),
+        br#"{"imageLayoutVersion": "1.0.0"}"#,
+    )?;
     Ok(manifest_digest)
 }
 
@@ -353,7 +442,8 @@ mod tests {
     fn image_layout_is_well_formed() {
         let d = tempfile::tempdir().unwrap();
         let digest = write_image_layout(d.path(), "latest", &["sh"]).unwrap();
-        let index: Value = serde_json::from_slice(&fs::read(d.path().join("index.json")).unwrap()).unwrap();
+        let index: Value =
+            serde_json::from_slice(&fs::read(d.path().join("index.json")).unwrap()).unwrap();
         assert_eq!(index["manifests"][0]["digest"], json!(digest));
         let hex = digest.strip_prefix("sha256:").unwrap();
         let m = fs::read(d.path().join("blobs/sha256").join(hex)).unwrap();
