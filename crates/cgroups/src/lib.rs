@@ -4,6 +4,10 @@
 //! This crate places processes into cgroups, lists and kills them, freezes and
 //! removes cgroups. Resource limits and accounting build on the same paths.
 
+pub mod stats;
+pub mod v1;
+pub mod v2;
+
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -129,6 +133,8 @@ pub struct Manager {
     procs_dir: PathBuf,
     /// The cgroup path relative to each hierarchy's root.
     rel: PathBuf,
+    /// v1: the hierarchy name of each entry of `dirs`.
+    names: Vec<String>,
 }
 
 impl Manager {
@@ -145,10 +151,12 @@ impl Manager {
                     freezer: Some(dir.clone()),
                     procs_dir: dir,
                     rel: rel.to_path_buf(),
+                    names: vec![String::new()],
                 }
             }
             Mode::Legacy | Mode::Hybrid => {
                 let mut dirs = Vec::new();
+                let mut names = Vec::new();
                 let mut freezer = None;
                 let mut procs_dir = None;
                 for c in V1_CONTROLLERS {
@@ -166,6 +174,7 @@ impl Manager {
                         procs_dir = Some(dir.clone());
                     }
                     dirs.push(dir);
+                    names.push(c.to_string());
                 }
                 let procs_dir = procs_dir.unwrap_or_else(|| root.join(rel));
                 Manager {
@@ -174,6 +183,7 @@ impl Manager {
                     freezer,
                     procs_dir,
                     rel: rel.to_path_buf(),
+                    names,
                 }
             }
         }
@@ -252,6 +262,34 @@ impl Manager {
             write_file(&d.join(file), "0")?;
         }
         Ok(())
+    }
+
+    /// Applies `linux.resources` (limits, weights, device rules).
+    pub fn apply(&self, r: &oci_spec::runtime::LinuxResources) -> Result<()> {
+        match self.mode {
+            Mode::Unified => v2::apply(self, r),
+            _ => v1::apply(self, r),
+        }
+    }
+
+    /// Reads the cgroup's accounting.
+    pub fn stats(&self) -> Result<stats::Stats> {
+        match self.mode {
+            Mode::Unified => v2::stats(self),
+            _ => v1::stats(self),
+        }
+    }
+
+    /// The container's directory in the v1 hierarchy mounted as `name`
+    /// (e.g. "memory"), or the v2 directory for any name on a unified host.
+    pub fn controller_dir(&self, name: &str) -> Option<&Path> {
+        if self.mode == Mode::Unified {
+            return self.dirs.first().map(|d| d.as_path());
+        }
+        self.names
+            .iter()
+            .position(|n| n == name)
+            .map(|i| self.dirs[i].as_path())
     }
 
     /// Process ids in the cgroup.
