@@ -44,27 +44,6 @@ fn run_fg(b: &Berth, bundle: &Bundle, id: &str) -> Output {
         .expect("spawning berth run")
 }
 
-/// `berth run -d`; the container gets /dev/null as stdio so nothing waits on
-/// its pipes.
-fn run_detached(b: &Berth, bundle: &Bundle, id: &str) {
-    let err = bundle.path().join("run-d.err");
-    let st = b
-        .cmd()
-        .args(["run", "-d", "--bundle"])
-        .arg(bundle.path())
-        .arg(id)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&err).unwrap())
-        .status()
-        .unwrap();
-    assert!(
-        st.success(),
-        "berth run -d failed: {}",
-        fs::read_to_string(&err).unwrap_or_default()
-    );
-}
-
 fn sha256(path: &Path) -> String {
     let o = Command::new("sha256sum").arg(path).output().unwrap();
     assert!(o.status.success(), "sha256sum: {}", all(&o));
@@ -408,7 +387,7 @@ fn runtime_binary_cannot_be_overwritten_through_exec() {
     let rec = tempfile::tempdir().unwrap();
     let bundle = evil_bundle(&["sleep", "600"], &copy.bin, rec.path());
     let cid = id("sec-exec-exe");
-    run_detached(&b, &bundle, &cid);
+    b.run_detached(&bundle, &cid);
     let o = b
         .cmd()
         .args(["exec", "-e", "LD_PRELOAD=/evil.so", "-e", "EVIL_FORK=1"])
@@ -500,7 +479,7 @@ fn leaked_fd_cannot_become_exec_cwd() {
     let b = Berth::new(BERTH).unwrap();
     let bundle = Bundle::new(&["sleep", "600"]).unwrap();
     let cid = id("sec-execcwd");
-    run_detached(&b, &bundle, &cid);
+    b.run_detached(&bundle, &cid);
     for n in 3..=9 {
         let mut cmd = b.cmd();
         cmd.args([

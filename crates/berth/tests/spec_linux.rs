@@ -6,7 +6,7 @@ use berth_testutil::{random_suffix, Berth, Bundle};
 use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_berth");
 
@@ -21,28 +21,6 @@ fn sh(script: &str, edit: impl FnOnce(&mut Value, &Bundle)) -> String {
     let berth = Berth::new(BIN).unwrap();
     let id = format!("spec-{}", random_suffix());
     berth.ok(&["run", "--bundle", b.path().to_str().unwrap(), &id])
-}
-
-/// `berth run -d`: the container keeps berth's stdio, so capturing it with
-/// pipes would wait for the container to exit; stderr goes to a file.
-fn run_detached(berth: &Berth, b: &Bundle, id: &str) -> i32 {
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let st = berth
-        .cmd()
-        .args(["run", "-d", "--bundle", b.path().to_str().unwrap(), id])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log.reopen().unwrap())
-        .status()
-        .unwrap();
-    assert!(
-        st.success(),
-        "berth run -d failed: {}",
-        std::fs::read_to_string(log.path()).unwrap()
-    );
-    let pid = berth.state(id)["pid"].as_i64().unwrap() as i32;
-    assert!(pid > 0);
-    pid
 }
 
 /// `berth exec` output; exec'd processes exit, so pipes are fine here.
@@ -128,7 +106,7 @@ fn mount_namespace_keeps_container_mounts_private() {
     let b = Bundle::new(&["sleep", "1000"]).unwrap();
     let berth = Berth::new(BIN).unwrap();
     let id = format!("mntns-{}", random_suffix());
-    let pid = run_detached(&berth, &b, &id);
+    let pid = berth.run_detached(&b, &id);
     let inside = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
     assert!(inside.contains(" /dev/mqueue "), "{inside}");
     // The host never sees the container's root or its mounts.
@@ -173,7 +151,7 @@ fn user_namespace_maps_root_to_the_host_id() {
     b.write().unwrap();
     let berth = Berth::new(BIN).unwrap();
     let id = format!("userns-{}", random_suffix());
-    let pid = run_detached(&berth, &b, &id);
+    let pid = berth.run_detached(&b, &id);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let field = |k: &str| {
         status
@@ -249,7 +227,7 @@ fn joining_namespaces_by_path() {
     a.write().unwrap();
     let berth = Berth::new(BIN).unwrap();
     let ida = format!("join-a-{}", random_suffix());
-    let pid = run_detached(&berth, &a, &ida);
+    let pid = berth.run_detached(&a, &ida);
 
     let mut b = Bundle::new(&[
         "sh",

@@ -5,7 +5,7 @@ use berth_testutil::{random_suffix, Berth, Bundle};
 use serde_json::{json, Value};
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_berth");
 
@@ -41,25 +41,6 @@ fn sh(script: &str, edit: impl FnOnce(&mut Value, &Bundle)) -> String {
     let r = try_sh(script, &[], edit);
     assert!(r.ok, "container failed: {}{}", r.out, r.err);
     r.out
-}
-
-/// `berth run -d`: the container keeps berth's stdio, so capturing it with
-/// pipes would wait for the container to exit; stderr goes to a file.
-fn run_detached(berth: &Berth, b: &Bundle, id: &str) {
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let st = berth
-        .cmd()
-        .args(["run", "-d", "--bundle", b.path().to_str().unwrap(), id])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log.reopen().unwrap())
-        .status()
-        .unwrap();
-    assert!(
-        st.success(),
-        "berth run -d failed: {}",
-        fs::read_to_string(log.path()).unwrap()
-    );
 }
 
 fn mount_cmd(args: &[&str], target: &Path) {
@@ -213,7 +194,7 @@ fn with_shared_host_dir(
         b.write().unwrap();
         let berth = Berth::new(BIN).unwrap();
         let id = format!("prop-{}", random_suffix());
-        run_detached(&berth, &b, &id);
+        berth.run_detached(&b, &id);
         check(&berth, &id, &dir);
         berth.ok(&["delete", "--force", &id]);
     });
@@ -257,7 +238,7 @@ fn rshared_root_keeps_container_mounts_off_a_shared_host() {
         b.write().unwrap();
         let berth = Berth::new(BIN).unwrap();
         let id = format!("rshared-{}", random_suffix());
-        run_detached(&berth, &b, &id);
+        berth.run_detached(&b, &id);
         let bundle = b.path().to_str().unwrap().to_string();
         let here = fs::read_to_string("/proc/thread-self/mountinfo").unwrap();
         assert!(!here.contains(&bundle), "container mounts leaked:\n{here}");

@@ -328,6 +328,31 @@ impl Berth {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
+    /// `berth run -d` of `bundle` as `id`; returns the init's host pid. The
+    /// container inherits berth's stdio, so pipes would stay open as long as
+    /// it runs: stdout goes to /dev/null and stderr to a file in the bundle.
+    pub fn run_detached(&self, bundle: &Bundle, id: &str) -> i32 {
+        let err = bundle.path().join(format!("run-d-{id}.err"));
+        let st = self
+            .cmd()
+            .args(["run", "-d", "--bundle"])
+            .arg(bundle.path())
+            .arg(id)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(fs::File::create(&err).expect("creating the stderr file"))
+            .status()
+            .expect("spawning berth");
+        assert!(
+            st.success(),
+            "berth run -d {id} failed: {}",
+            fs::read_to_string(&err).unwrap_or_default()
+        );
+        let pid = self.state(id)["pid"].as_i64().unwrap_or(0) as i32;
+        assert!(pid > 0, "container {id} has no pid after run -d");
+        pid
+    }
+
     pub fn state(&self, id: &str) -> Value {
         serde_json::from_str(&self.ok(&["state", id])).expect("state is JSON")
     }
