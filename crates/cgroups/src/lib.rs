@@ -4,6 +4,8 @@
 //! This crate places processes into cgroups, lists and kills them, freezes and
 //! removes cgroups. Resource limits and accounting build on the same paths.
 
+pub mod oom;
+pub mod resources;
 pub mod stats;
 pub mod v1;
 pub mod v2;
@@ -22,6 +24,10 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A `linux.resources` value that is invalid or cannot be applied; the
+    /// field is its path in config.json (`linux.resources.cpu.quota`).
+    #[error("{field}: {msg}")]
+    Resource { field: String, msg: String },
     #[error("invalid cgroupsPath {0:?}: {1}")]
     InvalidPath(String, &'static str),
     #[error("{0}")]
