@@ -1,0 +1,3 @@
+pub struct Image;
+pub struct ImageConfig;
+pub struct Images;

@@ -1,0 +1,66 @@
+//! OCI images on disk: a content-addressed blob store, safe layer
+//! unpacking, overlay snapshots keyed by chain ID, and import of OCI image
+//! layouts. Every error names the digest, file or archive entry at fault.
+
+pub mod digest;
+pub mod layout;
+pub mod snapshot;
+pub mod store;
+pub mod unpack;
+
+use std::path::{Path, PathBuf};
+
+pub use digest::Digest;
+pub use layout::{Image, ImageConfig, Images};
+// pub use snapshot::Snapshotter;
+pub use store::Store;
+pub use unpack::{unpack, Compression, Unpacked};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("digest {digest:?}: {msg}")]
+    Digest { digest: String, msg: String },
+    #[error("{what}: expected {expected}, got {actual}")]
+    Mismatch {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("layer entry {entry:?}: {msg}")]
+    Entry { entry: String, msg: String },
+    #[error("{file}: {msg}")]
+    Invalid { file: String, msg: String },
+    #[error("{0}: not found")]
+    NotFound(String),
+    #[error("{what} is in use by {by}")]
+    InUse { what: String, by: String },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn io(path: impl AsRef<Path>, source: impl Into<std::io::Error>) -> Self {
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source: source.into(),
+        }
+    }
+    pub(crate) fn entry(entry: impl std::fmt::Display, msg: impl std::fmt::Display) -> Self {
+        Error::Entry {
+            entry: entry.to_string(),
+            msg: msg.to_string(),
+        }
+    }
+    pub(crate) fn invalid(file: impl std::fmt::Display, msg: impl std::fmt::Display) -> Self {
+        Error::Invalid {
+            file: file.to_string(),
+            msg: msg.to_string(),
+        }
+    }
+}
