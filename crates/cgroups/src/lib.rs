@@ -4,6 +4,7 @@
 //! This crate places processes into cgroups, lists and kills them, freezes and
 //! removes cgroups. Resource limits and accounting build on the same paths.
 
+pub mod devices_bpf;
 pub mod oom;
 pub mod resources;
 pub mod stats;
@@ -241,7 +242,30 @@ impl Manager {
                 }
             }
         }
+        if self.mode == Mode::Unified {
+            self.enable_controllers();
+        }
         Ok(created)
+    }
+
+    /// v2: a cgroup only gets the controllers its parent lists in
+    /// `cgroup.subtree_control`, so enable every available one on each
+    /// ancestor below the root (the root is the host's to configure). Errors
+    /// are ignored per controller: a parent holding processes refuses domain
+    /// controllers, and the limit that needs one then fails naming its field.
+    fn enable_controllers(&self) {
+        let Some(d) = self.dirs.first() else { return };
+        let depth = self.rel.components().count();
+        for up in (1..depth).rev() {
+            let Some(p) = d.ancestors().nth(up) else { continue };
+            let avail = fs::read_to_string(p.join("cgroup.controllers")).unwrap_or_default();
+            let on = fs::read_to_string(p.join("cgroup.subtree_control")).unwrap_or_default();
+            for c in avail.split_whitespace() {
+                if !on.split_whitespace().any(|x| x == c) {
+                    let _ = write_file(&p.join("cgroup.subtree_control"), &format!("+{c}"));
+                }
+            }
+        }
     }
 
     /// Moves `pid` (and, for v1, its thread group) into the cgroup everywhere.
