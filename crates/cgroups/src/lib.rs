@@ -257,7 +257,9 @@ impl Manager {
         let Some(d) = self.dirs.first() else { return };
         let depth = self.rel.components().count();
         for up in (1..depth).rev() {
-            let Some(p) = d.ancestors().nth(up) else { continue };
+            let Some(p) = d.ancestors().nth(up) else {
+                continue;
+            };
             let avail = fs::read_to_string(p.join("cgroup.controllers")).unwrap_or_default();
             let on = fs::read_to_string(p.join("cgroup.subtree_control")).unwrap_or_default();
             for c in avail.split_whitespace() {
