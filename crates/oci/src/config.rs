@@ -239,7 +239,7 @@ pub fn validate(file: &str, spec: &Spec) -> Result<()> {
                 return err(&format!("{field}.options"), "option contains a newline");
             }
         }
-        if (m.uid_mappings().is_some() || m.gid_mappings().is_some()) && !is_bind {
+        if crate::idmap::wanted(m).is_some() && !is_bind {
             return err(
                 &format!("{field}.uidMappings"),
                 "idmapped mounts are only supported for bind mounts",

@@ -137,6 +137,8 @@ pub fn create(root: &Root, o: CreateOptions) -> Result<i32> {
 
     // Compile before creating anything: a bad profile leaves nothing behind.
     let seccomp = compile_seccomp(&bundle.spec)?;
+    // Idmapped mounts need the host's privileges: made here, attached by the init.
+    let idmapped = crate::idmap::prepare(&bundle.spec)?;
     crate::debug::trace("config loaded and validated");
     let dir = root.create_dir(&o.id)?;
     let mut guard = CreateGuard {
@@ -197,6 +199,10 @@ pub fn create(root: &Root, o: CreateOptions) -> Result<i32> {
         close_in_child: vec![lock.as_raw_fd()],
         seccomp: seccomp.as_ref(),
         cgroup: Some(&mgr),
+        idmapped: idmapped
+            .iter()
+            .map(|(i, fd)| (*i, fd.as_raw_fd()))
+            .collect(),
     };
     let pid = spawn(
         &launch,

@@ -70,6 +70,7 @@ pub fn exec(root: &Root, o: ExecOptions) -> Result<i32> {
         close_in_child: Vec::new(),
         seccomp: seccomp.as_ref(),
         cgroup: mgr.as_ref(),
+        idmapped: Vec::new(),
     };
     let (parent_ch, child_ch) = Channel::pair()?;
     // SAFETY: single-threaded; the child runs only our code.

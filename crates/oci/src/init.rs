@@ -82,6 +82,8 @@ pub struct Launch<'a> {
     pub cgroup: Option<&'a berth_cgroups::Manager>,
     /// The compiled `linux.seccomp` filter, if any.
     pub seccomp: Option<&'a crate::seccomp::Compiled>,
+    /// Idmapped mounts the runtime made (index in mounts, detached tree fd).
+    pub idmapped: Vec<(usize, RawFd)>,
 }
 
 impl Launch<'_> {
@@ -298,6 +300,7 @@ fn build_container(l: &Launch, ch: &Channel, rootfs_path: &Path, no_pivot: bool)
                 in_userns: l.in_user_ns(),
                 cgroup_ns: l.has(LinuxNamespaceType::Cgroup),
                 cgroup_rel: l.cgroup.map(|c| c.relative_path().to_path_buf()),
+                idmapped: &l.idmapped,
             }
             .prepare()?,
         )

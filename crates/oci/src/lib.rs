@@ -15,6 +15,7 @@ pub mod features;
 pub mod foreground;
 pub mod fsutil;
 pub mod hooks;
+pub mod idmap;
 pub mod init;
 pub mod mount_opts;
 pub mod rootfs;

@@ -113,6 +113,9 @@ pub struct Rootfs<'a> {
     pub cgroup_ns: bool,
     /// The container's cgroup, relative to each hierarchy's root.
     pub cgroup_rel: Option<PathBuf>,
+    /// Detached idmapped trees made by the runtime (see idmap.rs), as
+    /// (index in mounts, fd).
+    pub idmapped: &'a [(usize, std::os::fd::RawFd)],
 }
 
 impl Rootfs<'_> {
@@ -153,7 +156,12 @@ impl Rootfs<'_> {
         let root = fsutil::open_path(self.rootfs, libc::O_PATH | libc::O_DIRECTORY)?;
         let mut dev_is_tmpfs = false;
         for (i, m) in self.spec.mounts().iter().flatten().enumerate() {
-            self.mount_one(&root, m).map_err(|e| {
+            let tree = self
+                .idmapped
+                .iter()
+                .find(|(j, _)| *j == i)
+                .map(|(_, fd)| *fd);
+            self.mount_one(&root, m, tree).map_err(|e| {
                 Error::Other(format!("mounts[{i}] ({}): {e}", m.destination().display()))
             })?;
             if m.destination() == Path::new("/dev") && !is_bind(m) {
@@ -174,13 +182,18 @@ impl Rootfs<'_> {
         Ok(root)
     }
 
-    fn mount_one(&self, root: &OwnedFd, m: &Mount) -> Result<()> {
+    fn mount_one(
+        &self,
+        root: &OwnedFd,
+        m: &Mount,
+        idmapped: Option<std::os::fd::RawFd>,
+    ) -> Result<()> {
         let opts = m.options().clone().unwrap_or_default();
         let p = mount_opts::parse(&opts);
         let typ = m.typ().as_deref().unwrap_or("");
         let bind = is_bind(m);
-        if m.uid_mappings().is_some() || m.gid_mappings().is_some() {
-            return Err(Error::Other("idmapped mounts are not supported yet".into()));
+        if crate::idmap::wanted(m).is_some() && idmapped.is_none() {
+            return Err(Error::Other("idmapped mount was not prepared".into()));
         }
         let src_is_file = bind
             && m.source()
@@ -217,16 +230,20 @@ impl Rootfs<'_> {
             Some(p.data.join(","))
         };
         if bind {
-            let src = m.source().as_ref().expect("validated");
-            let sfd = fsutil::open_path(src, libc::O_PATH)?;
-            let rec = p.flags & libc::MS_REC;
-            mount(
-                Some(&fd_path(&sfd)),
-                &tpath,
-                None,
-                libc::MS_BIND | rec,
-                None,
-            )?;
+            if let Some(tree) = idmapped {
+                crate::idmap::attach(tree, &target)?;
+            } else {
+                let src = m.source().as_ref().expect("validated");
+                let sfd = fsutil::open_path(src, libc::O_PATH)?;
+                let rec = p.flags & libc::MS_REC;
+                mount(
+                    Some(&fd_path(&sfd)),
+                    &tpath,
+                    None,
+                    libc::MS_BIND | rec,
+                    None,
+                )?;
+            }
             let want = p.flags & !(libc::MS_BIND | libc::MS_REC | libc::MS_REMOUNT);
             if want != 0 {
                 // Re-resolve: the fd still points below the new mount.
