@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 pub use digest::Digest;
 pub use layout::{Image, ImageConfig, Images};
-// pub use snapshot::Snapshotter;
+pub use snapshot::{Snapshotter, View};
 pub use store::Store;
 pub use unpack::{unpack, Compression, Unpacked};
 

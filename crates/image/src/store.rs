@@ -119,6 +119,7 @@ impl Store {
             ingest: path,
             blob: self.blob_path(d),
             w,
+            too_big: false,
         }))
     }
 
@@ -135,7 +136,14 @@ impl Store {
         if skipped < skip {
             return Err(w.fail(format!("source ended after {skipped} bytes")));
         }
-        io::copy(&mut r, &mut w).map_err(err)?;
+        if let Err(e) = io::copy(&mut r, &mut w) {
+            // Too much data is wrong content; a failed read can be resumed.
+            return Err(if w.too_big {
+                w.fail(e.to_string())
+            } else {
+                err(e)
+            });
+        }
         w.commit()
     }
 
@@ -191,6 +199,7 @@ pub struct Writer {
     ingest: PathBuf,
     blob: PathBuf,
     w: DigestWriter<File>,
+    too_big: bool,
 }
 
 impl Writer {
@@ -246,6 +255,7 @@ impl Write for Writer {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if let Some(size) = self.size {
             if self.w.count() + buf.len() as u64 > size {
+                self.too_big = true;
                 return Err(io::Error::other(format!(
                     "blob {} is larger than its expected {size} bytes",
                     self.digest

@@ -375,9 +375,14 @@ impl Unpacker {
                     tar::EntryType::Block => FileType::BlockDevice,
                     _ => FileType::Fifo,
                 };
-                let major = h.device_major().map_err(|e| e.to_string())?.unwrap_or(0);
-                let minor = h.device_minor().map_err(|e| e.to_string())?.unwrap_or(0);
-                let dev: Dev = rfs::makedev(major, minor);
+                // A fifo has no device number (writers leave the fields blank).
+                let dev: Dev = if ft == FileType::Fifo {
+                    0
+                } else {
+                    let major = h.device_major().map_err(|e| e.to_string())?.unwrap_or(0);
+                    let minor = h.device_minor().map_err(|e| e.to_string())?.unwrap_or(0);
+                    rfs::makedev(major, minor)
+                };
                 rfs::mknodat(&dir, name, ft, Mode::from_bits_truncate(0o600), dev).map_err(err)?;
                 rfs::chownat(&dir, name, Some(uid_of(uid)), Some(gid_of(gid)), nofollow)
                     .map_err(err)?;
