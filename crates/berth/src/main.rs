@@ -114,6 +114,14 @@ enum Cmd {
     },
     /// Print the runtime features as JSON.
     Features,
+    /// Print berth's default seccomp profile (linux.seccomp JSON) for a
+    /// process with the given capabilities.
+    #[command(hide = true)]
+    SeccompDefault {
+        /// A capability the process keeps (e.g. CAP_SYS_ADMIN); repeatable.
+        #[arg(long = "cap")]
+        caps: Vec<String>,
+    },
     /// Run a process in a container.
     Exec(ExecArgs),
     /// List a container's processes.
@@ -323,6 +331,11 @@ fn dispatch(cli: &Cli) -> Result<i32> {
                 "{}",
                 serde_json::to_string_pretty(&berth_oci::features::features())?
             );
+            Ok(0)
+        }
+        Cmd::SeccompDefault { caps } => {
+            let p = berth_oci::seccomp_default::profile(caps);
+            println!("{}", serde_json::to_string_pretty(&p)?);
             Ok(0)
         }
         Cmd::Exec(a) => {

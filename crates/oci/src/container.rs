@@ -136,7 +136,7 @@ pub fn create(root: &Root, o: CreateOptions) -> Result<i32> {
         .or(console.as_ref().map(|f| f.as_raw_fd()));
 
     // Compile before creating anything: a bad profile leaves nothing behind.
-    let seccomp = compile_seccomp(&bundle.spec)?;
+    let seccomp = compile_seccomp_cached(&bundle.spec, &root.path)?;
     // Idmapped mounts need the host's privileges: made here, attached by the init.
     let idmapped = crate::idmap::prepare(&bundle.spec)?;
     crate::debug::trace("config loaded and validated");
@@ -223,6 +223,17 @@ pub fn create(root: &Root, o: CreateOptions) -> Result<i32> {
 pub fn compile_seccomp(spec: &Spec) -> Result<Option<crate::seccomp::Compiled>> {
     match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
         Some(s) => crate::seccomp::compile(s).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// [`compile_seccomp`] through the BPF cache in the state root.
+pub fn compile_seccomp_cached(
+    spec: &Spec,
+    root: &Path,
+) -> Result<Option<crate::seccomp::Compiled>> {
+    match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        Some(s) => crate::seccomp::compile_cached(s, root).map(Some),
         None => Ok(None),
     }
 }
@@ -327,6 +338,13 @@ fn drive(
                     }
                 }
                 ch.send(&Msg::HookState(hook_state(rec, "created")))?;
+            }
+            Some(Msg::SeccompListener) => {
+                let fd = crate::seccomp::recv_listener(ch)?;
+                if let Some(l) = launch.seccomp.and_then(|s| s.listener.as_ref()) {
+                    let st = serde_json::from_str(&hook_state(rec, "creating")).unwrap_or_default();
+                    crate::seccomp::send_to_agent(l, &fd, rec.pid, st)?;
+                }
             }
             Some(Msg::Ready) => {
                 crate::debug::trace("init ready");

@@ -95,6 +95,13 @@ pub fn exec(root: &Root, o: ExecOptions) -> Result<i32> {
                     pid2 = p;
                     parent_ch.send(&Msg::Go)?;
                 }
+                Some(Msg::SeccompListener) => {
+                    let fd = crate::seccomp::recv_listener(&parent_ch)?;
+                    if let Some(l) = seccomp.as_ref().and_then(|s| s.listener.as_ref()) {
+                        let st = state::oci_state(root, &rec);
+                        crate::seccomp::send_to_agent(l, &fd, pid2, st)?;
+                    }
+                }
                 Some(Msg::Error(m)) => return Err(Error::Init(m)),
                 Some(m) => return Err(Error::Other(format!("sync: unexpected {m:?}"))),
                 // The channel is close-on-exec: EOF after stage 2 exists

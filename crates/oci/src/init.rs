@@ -248,7 +248,7 @@ fn stage2_inner(l: &Launch, ch: &Channel) -> Result<Never> {
     } = l.role
     {
         let hook_state = build_container(l, ch, rootfs, no_pivot)?;
-        let argv0 = prepare_process(l)?;
+        let argv0 = prepare_process(l, ch)?;
         ch.send(&Msg::Ready)?;
         wait_fifo(fifo)?;
         // The fifo stays open (O_CLOEXEC) until execve: `start` waits for
@@ -267,7 +267,7 @@ fn stage2_inner(l: &Launch, ch: &Channel) -> Result<Never> {
         if terminal {
             setup_console(l)?;
         }
-        let argv0 = prepare_process(l)?;
+        let argv0 = prepare_process(l, ch)?;
         load_seccomp_late(l)?;
         exec(l.process, &argv0)
     }
@@ -280,9 +280,11 @@ fn nnp(l: &Launch) -> bool {
 /// With no_new_privs the filter goes on last, right before execve, so it
 /// constrains only the container's program. Without it, loading needs
 /// CAP_SYS_ADMIN, so it happens in [`prepare_process`] before privileges drop.
+/// A notifying filter must reach its agent before the init reports Ready, so
+/// it is loaded at the end of [`prepare_process`] instead.
 fn load_seccomp_late(l: &Launch) -> Result<()> {
     match l.seccomp {
-        Some(s) if nnp(l) => crate::seccomp::load(s),
+        Some(s) if nnp(l) && s.listener.is_none() => crate::seccomp::load(s).map(|_| ()),
         _ => Ok(()),
     }
 }
@@ -443,7 +445,7 @@ fn mask_of(set: &Option<oci_spec::runtime::Capabilities>) -> Mask {
 /// Everything about the process short of execve: rlimits, personality, cwd,
 /// user and groups, capabilities, no_new_privs, fds. Returns the resolved
 /// executable path.
-fn prepare_process(l: &Launch) -> Result<CString> {
+fn prepare_process(l: &Launch, ch: &Channel) -> Result<CString> {
     let p = l.process;
     for r in p.rlimits().iter().flatten() {
         let name = r.typ().to_string();
@@ -484,7 +486,7 @@ fn prepare_process(l: &Launch) -> Result<CString> {
     chdir_inside_root(p.cwd())?;
     if let Some(s) = l.seccomp {
         if !nnp(l) {
-            crate::seccomp::load(s)?;
+            crate::seccomp::load_and_hand_over(s, ch)?;
         }
     }
     let caps = p.capabilities().clone().unwrap_or_default();
@@ -535,6 +537,9 @@ fn prepare_process(l: &Launch) -> Result<CString> {
         {
             return Err(last_os("PR_SET_NO_NEW_PRIVS"));
         }
+    }
+    if let Some(s) = l.seccomp.filter(|s| nnp(l) && s.listener.is_some()) {
+        crate::seccomp::load_and_hand_over(s, ch)?;
     }
     crate::debug::trace("process prepared");
     let path = lookup(p)?;

@@ -20,6 +20,7 @@ pub mod init;
 pub mod mount_opts;
 pub mod rootfs;
 pub mod seccomp;
+pub mod seccomp_default;
 pub mod selfclone;
 pub mod spec_default;
 pub mod state;

@@ -20,6 +20,9 @@ pub enum Msg {
     /// Parent → stage 2: the OCI state JSON for createContainer and
     /// startContainer hooks.
     HookState(String),
+    /// Stage 2 → parent: the next datagram carries the seccomp notification
+    /// listener fd (SCM_RIGHTS), or an error.
+    SeccompListener,
     /// Stage 2 → parent: set up and waiting for `start`.
     Ready,
     /// Child → parent: setup failed.
