@@ -11,10 +11,10 @@ pub mod unpack;
 use std::path::{Path, PathBuf};
 
 pub use digest::Digest;
-pub use layout::{Image, ImageConfig, Images};
+pub use layout::{import_archive, import_layout, Image, ImageConfig, Images};
 pub use snapshot::{Snapshotter, View};
 pub use store::Store;
-pub use unpack::{unpack, Compression, Unpacked};
+pub use unpack::{unpack, unpack_onto, Compression, Unpacked};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -43,6 +43,53 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// The three parts under one directory:
+/// `<dir>/content` ([`Store`]), `<dir>/snapshots` ([`Snapshotter`]),
+/// `<dir>/images.json` ([`Images`]).
+#[derive(Debug, Clone)]
+pub struct ImageRoot {
+    pub store: Store,
+    pub snapshots: Snapshotter,
+    pub images: Images,
+}
+
+impl ImageRoot {
+    pub fn open(dir: impl AsRef<Path>) -> Result<ImageRoot> {
+        let dir = dir.as_ref();
+        Ok(ImageRoot {
+            store: Store::open(dir.join("content"))?,
+            snapshots: Snapshotter::open(dir.join("snapshots"))?,
+            images: Images::open(dir.join("images.json")),
+        })
+    }
+
+    /// Imports image `tag` (or the only one) of an OCI layout directory as `name`.
+    pub fn import_layout(&self, layout: &Path, tag: Option<&str>, name: &str) -> Result<Image> {
+        let img = layout::import_layout(layout, tag, name, &self.store, &self.snapshots)?;
+        self.images.put(&img)?;
+        Ok(img)
+    }
+
+    /// Imports from an OCI layout tar archive.
+    pub fn import_archive(
+        &self,
+        r: impl std::io::Read,
+        tag: Option<&str>,
+        name: &str,
+    ) -> Result<Image> {
+        let img = layout::import_archive(r, tag, name, &self.store, &self.snapshots)?;
+        self.images.put(&img)?;
+        Ok(img)
+    }
+
+    /// Removes blobs and layers no image (and no view) uses; returns them.
+    pub fn gc(&self) -> Result<(Vec<Digest>, Vec<Digest>)> {
+        let (blobs, chains) = self.images.referenced()?;
+        let layers = self.snapshots.gc(&chains)?;
+        Ok((self.store.gc(&blobs)?, layers))
+    }
+}
 
 impl Error {
     pub(crate) fn io(path: impl AsRef<Path>, source: impl Into<std::io::Error>) -> Self {

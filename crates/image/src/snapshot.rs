@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, Timespec, Timestamps};
 
-use crate::unpack::unpack;
+use crate::unpack::unpack_onto;
 use crate::{Digest, Error, Result};
 
 #[derive(Debug, Clone)]
@@ -126,7 +126,16 @@ impl Snapshotter {
             .map_err(ioe(&self.root.join("tmp")))?;
         let fs_dir = tmp.path().join("fs");
         fs::create_dir(&fs_dir).map_err(ioe(&fs_dir))?;
-        unpack(r, media_type, &fs_dir, Some(diff_id))?;
+        let lowers = match parent {
+            Some(p) => self
+                .ancestry(p)?
+                .iter()
+                .map(|c| self.layer_path(c))
+                .collect(),
+            None => Vec::new(),
+        };
+        let lowers: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
+        unpack_onto(r, media_type, &fs_dir, Some(diff_id), &lowers)?;
         let write = |name: &str, s: String| {
             let p = tmp.path().join(name);
             fs::write(&p, s).map_err(ioe(&p))

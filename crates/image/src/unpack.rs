@@ -92,6 +92,20 @@ pub fn unpack(
     dest: &Path,
     expected_diff_id: Option<&Digest>,
 ) -> Result<Unpacked> {
+    unpack_onto(r, media_type, dest, expected_diff_id, &[])
+}
+
+/// [`unpack`] for a layer that will sit on `lowers` (the unpacked layers
+/// below, top first): a directory the archive implies without an entry of
+/// its own takes its mode and owner from them, as it would if the layer
+/// were applied onto their merged view (what umoci and docker do).
+pub fn unpack_onto(
+    r: impl Read,
+    media_type: Option<&str>,
+    dest: &Path,
+    expected_diff_id: Option<&Digest>,
+    lowers: &[&Path],
+) -> Result<Unpacked> {
     if let Some(mt) = media_type {
         Compression::from_media_type(mt)?;
     }
@@ -125,7 +139,17 @@ pub fn unpack(
         root,
         dirs: Vec::new(),
         cache: None,
+        lowers: Vec::new(),
     };
+    for l in lowers {
+        let fd = rfs::open(
+            *l,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::io(l, e))?;
+        u.lowers.push(fd);
+    }
     let mut prev = String::from("(start of archive)");
     {
         let mut entries = archive.entries().map_err(|e| Error::entry(&prev, e))?;
@@ -220,6 +244,8 @@ struct Unpacker {
     dirs: Vec<(Vec<OsString>, Timestamps)>,
     /// The last parent directory resolved (entries come grouped by dir).
     cache: Option<(Vec<OsString>, OwnedFd)>,
+    /// The layers below, top first (for directories the archive implies).
+    lowers: Vec<OwnedFd>,
 }
 
 impl Unpacker {
@@ -410,8 +436,22 @@ impl Unpacker {
             let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
             let next = match rfs::openat(&cur, c, flags, Mode::empty()) {
                 Err(Errno::NOENT) if create => {
-                    match rfs::mkdirat(&cur, c, Mode::from_bits_truncate(0o755)) {
-                        Ok(()) | Err(Errno::EXIST) => {}
+                    let (mode, owner) = self.implicit_dir(&comps[..=i]);
+                    match rfs::mkdirat(&cur, c, mode) {
+                        Ok(()) => {
+                            if let Some((uid, gid)) = owner {
+                                rfs::chownat(
+                                    &cur,
+                                    c,
+                                    Some(uid),
+                                    Some(gid),
+                                    AtFlags::SYMLINK_NOFOLLOW,
+                                )
+                                .map_err(err)?;
+                                rfs::chmodat(&cur, c, mode, AtFlags::empty()).map_err(err)?;
+                            }
+                        }
+                        Err(Errno::EXIST) => {}
                         Err(e) => return Err(err(e)),
                     }
                     rfs::openat(&cur, c, flags, Mode::empty())
@@ -462,6 +502,41 @@ impl Unpacker {
         }
     }
 
+    /// Mode and owner for a directory the archive uses without listing it:
+    /// those of the same directory in the layers below (as it would look
+    /// through the overlay), else 0755 root. Looked up through fds, never
+    /// following a symlink; a whiteout, non-directory or opaque directory
+    /// on the way hides the layers further down.
+    fn implicit_dir(&self, comps: &[OsString]) -> (Mode, Option<(rfs::Uid, rfs::Gid)>) {
+        let default = (Mode::from_bits_truncate(0o755), None);
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        'lowers: for lower in &self.lowers {
+            let Ok(mut cur) = lower.try_clone() else {
+                return default;
+            };
+            for (i, c) in comps.iter().enumerate() {
+                match rfs::openat(&cur, c, flags, Mode::empty()) {
+                    Ok(fd) => cur = fd,
+                    Err(Errno::NOENT) => {
+                        if i > 0 && is_opaque(cur.as_fd()) {
+                            return default;
+                        }
+                        continue 'lowers;
+                    }
+                    Err(_) => return default,
+                }
+            }
+            return match rfs::fstat(&cur) {
+                Ok(st) => (
+                    Mode::from_bits_truncate(st.st_mode & 0o7777),
+                    Some((rfs::Uid::from_raw(st.st_uid), rfs::Gid::from_raw(st.st_gid))),
+                ),
+                Err(_) => default,
+            };
+        }
+        default
+    }
+
     fn finish_dirs(&mut self) -> std::result::Result<(), (String, Msg)> {
         self.cache = None;
         let dirs = std::mem::take(&mut self.dirs);
@@ -483,6 +558,11 @@ impl Unpacker {
         }
         Ok(())
     }
+}
+
+fn is_opaque(dir: BorrowedFd<'_>) -> bool {
+    let mut v = [0u8; 2];
+    matches!(rfs::getxattr(proc_path(dir, None), "trusted.overlay.opaque", &mut v), Ok(1) if v[0] == b'y')
 }
 
 fn err(e: Errno) -> Msg {
