@@ -52,6 +52,7 @@ pub struct ImageRoot {
     pub store: Store,
     pub snapshots: Snapshotter,
     pub images: Images,
+    dir: PathBuf,
 }
 
 impl ImageRoot {
@@ -61,11 +62,22 @@ impl ImageRoot {
             store: Store::open(dir.join("content"))?,
             snapshots: Snapshotter::open(dir.join("snapshots"))?,
             images: Images::open(dir.join("images.json")),
+            dir: dir.to_path_buf(),
         })
+    }
+
+    /// Imports hold it shared, gc exclusive: gc must not collect the blobs
+    /// and layers of an import not yet recorded in the index.
+    fn lock(&self, op: rustix::fs::FlockOperation) -> Result<std::fs::File> {
+        let p = self.dir.join("gc.lock");
+        let f = std::fs::File::create(&p).map_err(|e| Error::io(&p, e))?;
+        rustix::fs::flock(&f, op).map_err(|e| Error::io(&p, e))?;
+        Ok(f)
     }
 
     /// Imports image `tag` (or the only one) of an OCI layout directory as `name`.
     pub fn import_layout(&self, layout: &Path, tag: Option<&str>, name: &str) -> Result<Image> {
+        let _l = self.lock(rustix::fs::FlockOperation::LockShared)?;
         let img = layout::import_layout(layout, tag, name, &self.store, &self.snapshots)?;
         self.images.put(&img)?;
         Ok(img)
@@ -78,6 +90,7 @@ impl ImageRoot {
         tag: Option<&str>,
         name: &str,
     ) -> Result<Image> {
+        let _l = self.lock(rustix::fs::FlockOperation::LockShared)?;
         let img = layout::import_archive(r, tag, name, &self.store, &self.snapshots)?;
         self.images.put(&img)?;
         Ok(img)
@@ -85,6 +98,7 @@ impl ImageRoot {
 
     /// Removes blobs and layers no image (and no view) uses; returns them.
     pub fn gc(&self) -> Result<(Vec<Digest>, Vec<Digest>)> {
+        let _l = self.lock(rustix::fs::FlockOperation::LockExclusive)?;
         let (blobs, chains) = self.images.referenced()?;
         let layers = self.snapshots.gc(&chains)?;
         Ok((self.store.gc(&blobs)?, layers))
