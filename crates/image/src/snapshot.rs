@@ -126,16 +126,15 @@ impl Snapshotter {
             .map_err(ioe(&self.root.join("tmp")))?;
         let fs_dir = tmp.path().join("fs");
         fs::create_dir(&fs_dir).map_err(ioe(&fs_dir))?;
-        let lowers = match parent {
+        // Only read if the layer implies a directory it does not list.
+        let lowers = || match parent {
             Some(p) => self
-                .ancestry(p)?
-                .iter()
-                .map(|c| self.layer_path(c))
-                .collect(),
+                .ancestry(p)
+                .map(|a| a.iter().map(|c| self.layer_path(c)).collect())
+                .unwrap_or_default(),
             None => Vec::new(),
         };
-        let lowers: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
-        unpack_onto(r, media_type, &fs_dir, Some(diff_id), &lowers)?;
+        unpack_onto(r, media_type, &fs_dir, Some(diff_id), lowers)?;
         let write = |name: &str, s: String| {
             let p = tmp.path().join(name);
             fs::write(&p, s).map_err(ioe(&p))

@@ -92,11 +92,11 @@ pub fn unpack(
     dest: &Path,
     expected_diff_id: Option<&Digest>,
 ) -> Result<Unpacked> {
-    unpack_onto(r, media_type, dest, expected_diff_id, &[])
+    unpack_onto(r, media_type, dest, expected_diff_id, Vec::new)
 }
 
-/// [`unpack`] for a layer that will sit on `lowers` (the unpacked layers
-/// below, top first): a directory the archive implies without an entry of
+/// [`unpack`] for a layer that will sit on the layers `lowers` returns
+/// (their unpacked directories, top first; asked for only if needed): a directory the archive implies without an entry of
 /// its own takes its mode and owner from them, as it would if the layer
 /// were applied onto their merged view (what umoci and docker do).
 pub fn unpack_onto(
@@ -104,7 +104,7 @@ pub fn unpack_onto(
     media_type: Option<&str>,
     dest: &Path,
     expected_diff_id: Option<&Digest>,
-    lowers: &[&Path],
+    lowers: impl FnOnce() -> Vec<PathBuf>,
 ) -> Result<Unpacked> {
     if let Some(mt) = media_type {
         Compression::from_media_type(mt)?;
@@ -139,17 +139,8 @@ pub fn unpack_onto(
         root,
         dirs: Vec::new(),
         cache: None,
-        lowers: Vec::new(),
+        lowers: Lowers::Later(Box::new(lowers)),
     };
-    for l in lowers {
-        let fd = rfs::open(
-            *l,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| Error::io(l, e))?;
-        u.lowers.push(fd);
-    }
     let mut prev = String::from("(start of archive)");
     {
         let mut entries = archive.entries().map_err(|e| Error::entry(&prev, e))?;
@@ -238,17 +229,22 @@ fn show(comps: &[OsString]) -> String {
 
 type Msg = String;
 
-struct Unpacker {
+struct Unpacker<'a> {
     root: OwnedFd,
     /// Directories whose mtime is set last (creating children changes it).
     dirs: Vec<(Vec<OsString>, Timestamps)>,
     /// The last parent directory resolved (entries come grouped by dir).
     cache: Option<(Vec<OsString>, OwnedFd)>,
     /// The layers below, top first (for directories the archive implies).
-    lowers: Vec<OwnedFd>,
+    lowers: Lowers<'a>,
 }
 
-impl Unpacker {
+enum Lowers<'a> {
+    Later(Box<dyn FnOnce() -> Vec<PathBuf> + 'a>),
+    Known(Vec<PathBuf>),
+}
+
+impl Unpacker<'_> {
     fn entry<R: Read>(&mut self, e: &mut tar::Entry<'_, R>) -> std::result::Result<(), Msg> {
         let comps = components(&e.path_bytes())?;
         let h = e.header().clone();
@@ -507,11 +503,21 @@ impl Unpacker {
     /// through the overlay), else 0755 root. Looked up through fds, never
     /// following a symlink; a whiteout, non-directory or opaque directory
     /// on the way hides the layers further down.
-    fn implicit_dir(&self, comps: &[OsString]) -> (Mode, Option<(rfs::Uid, rfs::Gid)>) {
+    fn implicit_dir(&mut self, comps: &[OsString]) -> (Mode, Option<(rfs::Uid, rfs::Gid)>) {
+        if let Lowers::Later(_) = self.lowers {
+            let Lowers::Later(f) = std::mem::replace(&mut self.lowers, Lowers::Known(Vec::new()))
+            else {
+                unreachable!()
+            };
+            self.lowers = Lowers::Known(f());
+        }
+        let Lowers::Known(lowers) = &self.lowers else {
+            unreachable!()
+        };
         let default = (Mode::from_bits_truncate(0o755), None);
         let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        'lowers: for lower in &self.lowers {
-            let Ok(mut cur) = lower.try_clone() else {
+        'lowers: for lower in lowers {
+            let Ok(mut cur) = rfs::open(lower, flags, Mode::empty()) else {
                 return default;
             };
             for (i, c) in comps.iter().enumerate() {

@@ -196,3 +196,26 @@ fn bad_view_ids_are_refused() {
         .next()
         .is_none());
 }
+
+#[test]
+fn falls_back_to_a_copy_when_overlay_refuses_the_mount() {
+    // 501 layers: on tmpfs, where metadata operations are cheap.
+    let t = tempfile::tempdir_in("/dev/shm").unwrap();
+    let s = Snapshotter::open(t.path()).unwrap();
+    let _c = Cleanup(&s);
+    // overlayfs stacks at most 500 lower layers.
+    let tars: Vec<Vec<u8>> = (0..501)
+        .map(|i| {
+            Layer::new()
+                .dir("d")
+                .file(&format!("d/f{i:03}"), b"x")
+                .finish()
+        })
+        .collect();
+    let chains = apply_all(&s, &tars);
+    let v = s.create_view("tall", chains.last().unwrap()).unwrap();
+    assert!(!v.overlay, "overlay accepted 501 lowers?");
+    assert_eq!(fs::read_dir(v.rootfs.join("d")).unwrap().count(), 501);
+    assert!(!t.path().join("views/tall/upper").exists());
+    s.remove_view("tall").unwrap();
+}
