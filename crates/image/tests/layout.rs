@@ -5,6 +5,8 @@ use std::os::unix::fs::MetadataExt;
 
 use berth_image::{Digest, Error, ImageRoot};
 
+mod common;
+
 #[test]
 fn import_layout_directory() {
     let t = tempfile::tempdir().unwrap();

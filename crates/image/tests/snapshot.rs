@@ -9,7 +9,7 @@ use std::io::Read;
 use std::path::Path;
 
 use berth_image::{Digest, Error, Snapshotter};
-use common::{tree, Layer};
+use common::{tree, Cleanup, Layer};
 
 /// Applies `tars` bottom-up, returning the chain IDs.
 fn apply_all(s: &Snapshotter, tars: &[Vec<u8>]) -> Vec<Digest> {
@@ -53,16 +53,6 @@ fn check_merged(root: &Path) {
         "whiteouts, opaque dir and dir-over-symlink"
     );
     assert_eq!(fs::read(root.join("c/new")).unwrap(), b"new");
-}
-
-/// Unmounts views a failed assertion left behind.
-struct Cleanup<'a>(&'a Snapshotter);
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        for v in self.0.views().unwrap_or_default() {
-            let _ = self.0.remove_view(&v.id);
-        }
-    }
 }
 
 #[test]

@@ -221,6 +221,7 @@ fn layered_rootfs_matches_umoci_unpack() {
 
     let root = ImageRoot::open(t.path().join("root")).unwrap();
     let img = root.import_layout(&layout, Some("t"), "layered").unwrap();
+    let _c = common::Cleanup(&root.snapshots);
     let view = root.snapshots.create_view("ov", &img.chain_id).unwrap();
     let ours = describe(&view.rootfs);
     root.snapshots.remove_view("ov").unwrap();

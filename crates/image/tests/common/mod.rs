@@ -122,3 +122,14 @@ pub fn tree(root: &Path) -> Vec<String> {
 pub fn mode(p: &Path) -> u32 {
     fs::symlink_metadata(p).unwrap().mode()
 }
+
+/// Unmounts views a failed assertion left behind.
+pub struct Cleanup<'a>(pub &'a berth_image::Snapshotter);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        for v in self.0.views().unwrap_or_default() {
+            let _ = self.0.remove_view(&v.id);
+        }
+    }
+}
