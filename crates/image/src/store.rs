@@ -251,6 +251,41 @@ impl Writer {
     }
 }
 
+/// A reader that stores what passes through it: a download is unpacked
+/// and stored in one pass, with both its digest and its diff_id verified.
+pub struct Tee<R> {
+    inner: R,
+    writer: Writer,
+}
+
+impl Writer {
+    /// Wraps `r`, which yields the blob from [`Writer::offset`] on.
+    pub fn tee<R: Read>(self, r: R) -> Tee<R> {
+        Tee {
+            inner: r,
+            writer: self,
+        }
+    }
+}
+
+impl<R: Read> Tee<R> {
+    /// Stores the rest of the stream (what the consumer did not read, such
+    /// as compression trailers) and commits the blob.
+    pub fn commit(mut self) -> Result<()> {
+        let ingest = self.writer.ingest.clone();
+        io::copy(&mut self.inner, &mut self.writer).map_err(|e| Error::io(&ingest, e))?;
+        self.writer.commit()
+    }
+}
+
+impl<R: Read> Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.writer.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
 impl Write for Writer {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if let Some(size) = self.size {
@@ -300,6 +335,20 @@ mod tests {
         assert!(e.contains("larger than"), "{e}");
         assert!(!s.contains(&d));
         assert_eq!(fs::read_dir(t.path().join("ingest")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn tee_stores_while_another_consumer_reads() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::open(t.path()).unwrap();
+        let data = b"layer bytes, as they arrive from a registry".to_vec();
+        let d = Digest::of(&data);
+        let w = s.writer(&d, Some(data.len() as u64)).unwrap().unwrap();
+        let mut tee = w.tee(&data[..]);
+        let mut head = [0u8; 5];
+        tee.read_exact(&mut head).unwrap();
+        tee.commit().unwrap();
+        assert_eq!(s.read(&d).unwrap(), data);
     }
 
     #[test]

@@ -209,3 +209,32 @@ fn falls_back_to_a_copy_when_overlay_refuses_the_mount() {
     assert!(!t.path().join("views/tall/upper").exists());
     s.remove_view("tall").unwrap();
 }
+
+#[test]
+fn a_download_is_unpacked_and_stored_in_one_pass() {
+    let t = tempfile::tempdir().unwrap();
+    let s = Snapshotter::open(t.path().join("snap")).unwrap();
+    let store = berth_image::Store::open(t.path().join("content")).unwrap();
+    let tar = two_layers().remove(0);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &tar).unwrap();
+    let blob = gz.finish().unwrap();
+    let digest = Digest::of(&blob);
+
+    // `&blob[..]` stands for the HTTP body.
+    let w = store
+        .writer(&digest, Some(blob.len() as u64))
+        .unwrap()
+        .unwrap();
+    let mut tee = w.tee(&blob[..]);
+    let mt = "application/vnd.oci.image.layer.v1.tar+gzip";
+    let chain = s
+        .apply(None, &Digest::of(&tar), Some(mt), &mut tee)
+        .unwrap();
+    tee.commit().unwrap();
+    assert!(store.contains(&digest));
+    assert_eq!(
+        fs::read(s.layer_path(&chain).join("a/keep")).unwrap(),
+        b"keep"
+    );
+}
