@@ -314,16 +314,13 @@ impl Snapshotter {
             return Err(Error::NotFound(format!("view {id}")));
         }
         let rootfs = dir.join("rootfs");
-        if let Ok(v) = self.view(id) {
-            if v.overlay {
-                let c = CString::new(rootfs.as_os_str().as_bytes()).unwrap_or_default();
-                // EINVAL: not mounted (any more); anything else keeps the view.
-                if unsafe { libc::umount2(c.as_ptr(), libc::UMOUNT_NOFOLLOW) } != 0 {
-                    let e = io::Error::last_os_error();
-                    if e.raw_os_error() != Some(libc::EINVAL) {
-                        return Err(Error::io(&rootfs, e));
-                    }
-                }
+        // Whatever "mode" says (a crash may have come between mount and
+        // writing it). EINVAL: not a mount point; ENOENT: no rootfs yet.
+        let c = CString::new(rootfs.as_os_str().as_bytes()).unwrap_or_default();
+        if unsafe { libc::umount2(c.as_ptr(), libc::UMOUNT_NOFOLLOW) } != 0 {
+            let e = io::Error::last_os_error();
+            if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) {
+                return Err(Error::io(&rootfs, e));
             }
         }
         // Never delete through a mount we failed to remove.

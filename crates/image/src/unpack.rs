@@ -119,7 +119,8 @@ pub fn unpack_onto(
     let stream = io::Cursor::new(magic).chain(r);
     let decoded: Box<dyn Read> = match kind {
         Compression::None => Box::new(stream),
-        Compression::Gzip => Box::new(flate2::read::GzDecoder::new(stream)),
+        // Multi-member: parallel compressors (pigz) may emit several.
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(stream)),
         Compression::Zstd => Box::new(zstd::Decoder::new(stream).map_err(|e| Error::io(dest, e))?),
     };
     let root = rfs::open(
