@@ -4,7 +4,11 @@
 //! default 100; `OCI_START_WARMUP`, default 3). Each runtime gets its own
 //! private `--root` and a busybox bundle running `/bin/true` (the `runc spec`
 //! config without a terminal; crun and runc get ociVersion 1.0.2 because
-//! Debian's crun 1.8 rejects newer ones). Iterations are interleaved
+//! Debian's crun 1.8 rejects newer ones). Every config carries the same
+//! `linux.seccomp`, berth's built-in default profile for the config's
+//! capabilities (what the CRI daemon applies as RuntimeDefault), and every
+//! run creates the container's cgroup, as a Kubernetes start does
+//! (`OCI_START_SECCOMP=0` leaves seccomp out). Iterations are interleaved
 //! (berth, crun, runc, berth, ...) so drift hits all runtimes alike.
 //!
 //! Two passes, each with uncounted warm-up runs:
@@ -501,6 +505,16 @@ fn setup_runtime(name: &'static str, bin: PathBuf, parent: &str) -> Result<Runti
     let mut config = berth_testutil::runc_spec(&["/bin/true"]);
     if name != "berth" {
         config["ociVersion"] = json!("1.0.2");
+    }
+    if std::env::var("OCI_START_SECCOMP").as_deref() != Ok("0") {
+        let caps: Vec<String> = config["process"]["capabilities"]["bounding"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.as_str().map(str::to_string))
+            .collect();
+        config["linux"]["seccomp"] =
+            serde_json::to_value(berth_oci::seccomp_default::profile(&caps))?;
     }
     // One cgroup per runtime under our parent; containers run one at a time.
     config["linux"]["cgroupsPath"] = json!(format!("/{parent}/{name}"));

@@ -612,3 +612,27 @@ fn listener_nobody_listens_on() {
         &["linux.seccomp.listenerPath", "/nonexistent/agent.sock"],
     );
 }
+
+#[test]
+fn exec_gets_the_containers_profile() {
+    let b = berth();
+    let bundle = bundle_with(&["sleep", "30"], Some(default_profile(&[])));
+    let cid = id("exec");
+    b.run_detached(&bundle, &cid);
+    let o = b
+        .cmd()
+        .args(["exec", &cid, "/probe", "unshare-user", "socket-unix"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = all(&o);
+    assert!(o.status.success(), "{text}");
+    let res = probe_results(&String::from_utf8_lossy(&o.stdout));
+    assert_eq!(
+        result_of(&res, "unshare-user"),
+        "Operation not permitted",
+        "{text}"
+    );
+    assert_eq!(result_of(&res, "socket-unix"), "ok", "{text}");
+    b.ok(&["delete", "--force", &cid]);
+}

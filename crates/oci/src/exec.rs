@@ -58,7 +58,7 @@ pub fn exec(root: &Root, o: ExecOptions) -> Result<i32> {
             )
         })
         .collect();
-    let seccomp = crate::container::compile_seccomp(&rec.spec)?;
+    let seccomp = crate::container::compile_seccomp_cached(&rec.spec, &root.path)?;
     let mgr = rec.cgroup.as_ref().map(|p| cgroup_manager(p));
     let launch = Launch {
         spec: &rec.spec,
