@@ -259,15 +259,14 @@ fn spawn(
     new_keyring: bool,
 ) -> Result<i32> {
     let (parent_ch, child_ch) = Channel::pair()?;
-    // SAFETY: berth is single-threaded here; the child only runs our code.
-    let pid1 = unsafe { libc::fork() };
-    if pid1 < 0 {
-        return Err(last_os("fork"));
-    }
+    let (pid1, in_cgroup) = fork_stage1(launch.cgroup)?;
     if pid1 == 0 {
         drop(parent_ch);
         if new_keyring {
             join_session_keyring(&rec.id);
+        }
+        if in_cgroup {
+            init::stage1_in_cgroup(launch, &child_ch);
         }
         init::stage1(launch, &child_ch);
     }
@@ -285,6 +284,75 @@ fn spawn(
         return Err(e);
     }
     Ok(rec.pid)
+}
+
+/// `struct clone_args` up to `cgroup` (CLONE_ARGS_SIZE_VER2, Linux 5.7).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Forks stage 1 and returns (pid or 0 in the child, born in its cgroup).
+/// On a unified host the child is created directly in the container's
+/// cgroup with clone3(CLONE_INTO_CGROUP): no migration afterwards, and
+/// nothing of the container ever runs outside its limits. Kernels or
+/// sandboxes without clone3 get a plain fork, and stage 1 joins itself.
+fn fork_stage1(cg: Option<&berth_cgroups::Manager>) -> Result<(i32, bool)> {
+    let dir = cg
+        .filter(|m| m.mode() == berth_cgroups::Mode::Unified)
+        .and_then(|m| m.dirs().first())
+        .and_then(|d| crate::fsutil::open_path(d, libc::O_RDONLY | libc::O_DIRECTORY).ok());
+    if let Some(dir) = dir {
+        let args = CloneArgs {
+            flags: CLONE_INTO_CGROUP,
+            exit_signal: libc::SIGCHLD as u64,
+            cgroup: dir.as_raw_fd() as u64,
+            ..Default::default()
+        };
+        // SAFETY: like fork (no stack given: the child continues on a copy
+        // of ours); berth is single-threaded here and the child only runs
+        // our code.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &args as *const CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        if r == 0 {
+            // The container must not inherit a handle on its cgroup dir.
+            drop(dir);
+            return Ok((0, true));
+        }
+        if r > 0 {
+            crate::debug::trace("stage 1 cloned into its cgroup");
+            return Ok((r as i32, true));
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENOSYS | libc::EINVAL | libc::E2BIG | libc::EPERM) => {}
+            _ => return Err(last_os("clone3 into the container's cgroup")),
+        }
+    }
+    // SAFETY: berth is single-threaded here; the child only runs our code.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(last_os("fork"));
+    }
+    Ok((pid, false))
 }
 
 fn drive(

@@ -104,7 +104,16 @@ impl Launch<'_> {
 
 /// Runs stage 1 in a freshly forked child. Never returns.
 pub fn stage1(l: &Launch, ch: &Channel) -> ! {
-    match stage1_inner(l, ch) {
+    stage1_run(l, ch, false)
+}
+
+/// Stage 1 for a child clone3 already created in the container's cgroup.
+pub fn stage1_in_cgroup(l: &Launch, ch: &Channel) -> ! {
+    stage1_run(l, ch, true)
+}
+
+fn stage1_run(l: &Launch, ch: &Channel, in_cgroup: bool) -> ! {
+    match stage1_inner(l, ch, in_cgroup) {
         Ok(()) => unreachable_exit(0),
         Err(e) => {
             let _ = ch.send(&Msg::Error(e.to_string()));
@@ -139,13 +148,13 @@ fn setns_fd(fd: &OwnedFd, t: LinuxNamespaceType, path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn stage1_inner(l: &Launch, ch: &Channel) -> Result<()> {
+fn stage1_inner(l: &Launch, ch: &Channel, in_cgroup: bool) -> Result<()> {
     for fd in &l.close_in_child {
         // SAFETY: closing fds the parent named as not ours to keep.
         unsafe { libc::close(*fd) };
     }
     expect_go(ch)?;
-    if let Some(cg) = l.cgroup {
+    if let Some(cg) = l.cgroup.filter(|_| !in_cgroup) {
         cg.join_self()?;
     }
     // Open every namespace before entering any: after joining a mount
