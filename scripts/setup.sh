@@ -3,7 +3,8 @@
 # machine (root, Rust toolchain, gcc, python3 already present). Idempotent.
 set -euo pipefail
 pkgs=(busybox-static libseccomp-dev pkg-config runc crun podman conmon containerd skopeo umoci
-      iproute2 iptables uidmap procps bsdutils)
+      iproute2 iptables uidmap procps bsdutils
+      qemu-system-x86 linux-image-amd64 cpio kmod xz-utils zstd)  # the cgroup v2 VM (test-cgroup2.sh)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -6,3 +6,5 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --workspace --all-targets
 cargo test --workspace --no-fail-fast -- --test-threads="${BERTH_TEST_THREADS:-4}"
+# cgroup v2 for real, in a qemu guest (this host may be v1); says so if it cannot.
+scripts/test-cgroup2.sh
