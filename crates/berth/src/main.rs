@@ -1,6 +1,8 @@
 //! `berth`: an OCI runtime with runc's command line, so containerd, CRI-O,
 //! podman and conmon can use it in place of runc.
 
+mod resources;
+
 use anyhow::{anyhow, bail, Context as _, Result};
 use berth_oci::container::{self, CreateOptions};
 use berth_oci::exec::ExecOptions;
@@ -140,18 +142,18 @@ enum Cmd {
     /// Update a container's resource limits.
     Update {
         id: String,
-        #[arg(short, long)]
-        resources: Option<String>,
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-        rest: Vec<String>,
+        #[command(flatten)]
+        args: resources::UpdateArgs,
     },
-    /// Stream a container's events and stats.
+    /// Stream a container's stats and OOM events (one JSON object a line).
     Events {
         id: String,
+        /// Print the stats once and exit.
         #[arg(long)]
         stats: bool,
-        #[arg(long)]
-        interval: Option<String>,
+        /// How often to print stats (e.g. 5s, 250ms).
+        #[arg(long, default_value = "5s")]
+        interval: String,
     },
 }
 
@@ -355,13 +357,14 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             container::pause(&root, id, false)?;
             Ok(0)
         }
-        Cmd::Update { id, .. } => {
+        Cmd::Update { id, args } => resources::update(&root, id, args),
+        Cmd::Events {
+            id,
+            stats,
+            interval,
+        } => {
             root.load(id)?;
-            bail!("update: resource updates are not implemented yet")
-        }
-        Cmd::Events { id, .. } => {
-            root.load(id)?;
-            bail!("events: not implemented yet")
+            resources::events(&root, id, *stats, interval)
         }
     }
 }

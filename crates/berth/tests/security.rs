@@ -1014,10 +1014,8 @@ fn default_container_cannot_reach_host_block_devices() {
 
 /// Even with CAP_MKNOD the device cgroup (linux.resources.devices denies
 /// everything by default) must stop a container from making and opening a
-/// node for a host disk. Only reads are attempted. berth does not apply
-/// linux.resources.devices yet: without this rule the open succeeds.
+/// node for a host disk. Only reads are attempted.
 #[test]
-#[ignore = "device cgroup rules: issue 3"]
 fn device_cgroup_blocks_host_disks_even_with_cap_mknod() {
     let devs = host_block_devices();
     let (maj, min) = devs[0].1.split_once(':').unwrap();

@@ -269,6 +269,9 @@ pub fn validate(file: &str, spec: &Spec) -> Result<()> {
             }
         }
     }
+    if let Some(r) = linux.resources() {
+        validate_resources(file, r)?;
+    }
     if let Some(p) = linux.personality() {
         if let Some((i, f)) = p.flags().iter().flatten().enumerate().next() {
             return err(
@@ -278,6 +281,21 @@ pub fn validate(file: &str, spec: &Spec) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Checks `linux.resources` (also an `update`'s resources); errors name the
+/// field as `linux.resources.<path>`.
+pub fn validate_resources(file: &str, r: &oci_spec::runtime::LinuxResources) -> Result<()> {
+    // Only `unified` depends on the host's cgroup version: detect it only then.
+    let mode = if r.unified().as_ref().is_some_and(|u| !u.is_empty()) {
+        berth_cgroups::detect_mode(Path::new(crate::CGROUP_ROOT))
+    } else {
+        berth_cgroups::Mode::Hybrid
+    };
+    berth_cgroups::resources::validate(r, mode).map_err(|e| match e {
+        berth_cgroups::Error::Resource { field, msg } => Error::config(file, field, msg),
+        e => e.into(),
+    })
 }
 
 /// Checks a process object (config.json's `process` or an exec process.json).

@@ -5,7 +5,7 @@ use crate::error::{last_os, Context, Error, Result};
 use crate::init::{self, Launch, Role};
 use crate::state::{self, Record, Root, Status, EXEC_FIFO};
 use crate::sync::{Channel, Msg};
-use oci_spec::runtime::{LinuxIdMapping, LinuxNamespaceType, Spec};
+use oci_spec::runtime::{LinuxIdMapping, LinuxNamespaceType, LinuxResources, Spec};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -173,6 +173,8 @@ pub fn create(root: &Root, o: CreateOptions) -> Result<i32> {
     guard.cgroup_created = created.clone();
     rec.cgroup_created = created;
     root.save(&rec)?;
+    // Limits hold before the init exists, from its first instruction.
+    apply_resources(&mgr, &bundle.spec)?;
 
     let fifo_path = dir.join(EXEC_FIFO);
     let cpath = crate::fsutil::cstr(&fifo_path)?;
@@ -218,6 +220,23 @@ pub fn create(root: &Root, o: CreateOptions) -> Result<i32> {
     }
     guard.armed = false;
     Ok(pid)
+}
+
+/// Writes `linux.resources` to a new cgroup. Device rules always apply (the
+/// spec's, then the default allow list), as with runc; an absent or empty
+/// resources object costs only those writes.
+fn apply_resources(mgr: &berth_cgroups::Manager, spec: &Spec) -> Result<()> {
+    let mut r = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().clone())
+        .unwrap_or_default();
+    if r.devices().is_none() {
+        r.set_devices(Some(Vec::new()));
+    }
+    mgr.apply(&r)?;
+    crate::debug::trace("resources applied");
+    Ok(())
 }
 
 pub fn compile_seccomp(spec: &Spec) -> Result<Option<crate::seccomp::Compiled>> {
@@ -727,4 +746,71 @@ pub fn pause(root: &Root, id: &str, frozen: bool) -> Result<()> {
         .ok_or_else(|| Error::Other("container has no cgroup".into()))?;
     cgroup_manager(p).set_frozen(frozen)?;
     Ok(())
+}
+
+/// The cgroup of a container that has one.
+pub fn cgroup_of(root: &Root, id: &str) -> Result<berth_cgroups::Manager> {
+    let rec = root.load(id)?;
+    rec.cgroup
+        .as_ref()
+        .map(|p| cgroup_manager(p))
+        .ok_or_else(|| Error::Other(format!("container {id:?} has no cgroup")))
+}
+
+/// The container's accounting (CPU, memory, pids, io, OOM kills).
+pub fn stats(root: &Root, id: &str) -> Result<berth_cgroups::stats::Stats> {
+    Ok(cgroup_of(root, id)?.stats()?)
+}
+
+/// Changes a live container's limits. Only the values `r` sets change; they
+/// are merged into the recorded resources, which must stay consistent
+/// (validated as a whole), then written to the cgroup and recorded. Device
+/// rules are fixed at create: rewriting them on a live cgroup would deny
+/// every device for a moment.
+pub fn update(root: &Root, id: &str, file: &str, r: &LinuxResources) -> Result<()> {
+    config::validate_resources(file, r)?;
+    let _lock = root.lock(id)?;
+    let mut rec = root.load(id)?;
+    let st = state::status_of(root, &rec);
+    if st == Status::Stopped {
+        return Err(Error::BadState {
+            id: id.into(),
+            status: st.to_string(),
+            msg: "cannot update a stopped container".into(),
+        });
+    }
+    let mut linux = rec.spec.linux().clone().unwrap_or_default();
+    let merged = merge_resources(linux.resources().as_ref(), r)?;
+    config::validate_resources(file, &merged)?;
+    let mgr = cgroup_of(root, id)?;
+    let mut delta = r.clone();
+    delta.set_devices(None);
+    mgr.apply(&delta)?;
+    linux.set_resources(Some(merged));
+    rec.spec.set_linux(Some(linux));
+    root.save(&rec)
+}
+
+/// `base` with every value `over` sets replacing it (objects merge key by
+/// key, lists are replaced whole).
+fn merge_resources(base: Option<&LinuxResources>, over: &LinuxResources) -> Result<LinuxResources> {
+    fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
+        match (a, b) {
+            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+                for (k, v) in b {
+                    merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+                }
+            }
+            (a, b) => *a = b,
+        }
+    }
+    let to_json = |r: &LinuxResources| {
+        serde_json::to_value(r).map_err(|e| Error::Other(format!("resources: {e}")))
+    };
+    let mut v = match base {
+        Some(b) => to_json(b)?,
+        None => serde_json::json!({}),
+    };
+    merge(&mut v, to_json(over)?);
+    serde_json::from_value(v).map_err(|e| Error::Other(format!("resources: {e}")))
 }

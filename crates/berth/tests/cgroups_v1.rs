@@ -1,0 +1,484 @@
+//! linux.resources on a cgroup v1 host, with real containers: limits hold
+//! (memory → OOM kill reported, pids, cpu, devices), pause/resume, live
+//! `update`, `events`, and bad resources rejected with nothing left behind.
+//! On a host without v1 controllers the tests return early (the v2 side is
+//! tested in a VM).
+
+use berth_testutil::{random_suffix, Berth, Bundle};
+use serde_json::{json, Value};
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+fn v1_host() -> bool {
+    let ok = Path::new("/sys/fs/cgroup/memory/memory.oom_control").exists();
+    if !ok {
+        eprintln!("skipping: no cgroup v1 memory hierarchy");
+    }
+    ok
+}
+
+fn all(o: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn id(prefix: &str) -> String {
+    format!("{prefix}-{}", random_suffix())
+}
+
+fn run_fg(b: &Berth, bundle: &Bundle, id: &str) -> Output {
+    b.cmd()
+        .args(["run", "--bundle"])
+        .arg(bundle.path())
+        .arg(id)
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawning berth run")
+}
+
+/// The container's own directory in hierarchy `ctrl` on the host.
+fn cg(bundle: &Bundle, ctrl: &str) -> PathBuf {
+    Path::new("/sys/fs/cgroup")
+        .join(ctrl)
+        .join(&bundle.cgroup_parent)
+        .join("ctr")
+}
+
+fn read(p: PathBuf) -> String {
+    fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .trim()
+        .to_string()
+}
+
+fn bundle_with(args: &[&str], resources: Value) -> Bundle {
+    let mut bundle = Bundle::new(args).unwrap();
+    let r = &mut bundle.config["linux"]["resources"];
+    for (k, v) in resources.as_object().unwrap() {
+        r[k] = v.clone();
+    }
+    bundle.write().unwrap();
+    bundle
+}
+
+/// `berth events --stats`' data.
+fn stats(b: &Berth, id: &str) -> Value {
+    let out = b.ok(&["events", "--stats", id]);
+    let ev: Value = serde_json::from_str(out.trim()).expect("one JSON event");
+    assert_eq!(ev["type"], "stats", "{out}");
+    assert_eq!(ev["id"], id, "{out}");
+    ev["data"].clone()
+}
+
+/// Polls `f` until it holds, for at most 20 s (a bound, not a measurement).
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+const MIB: i64 = 1 << 20;
+
+#[test]
+fn memory_limit_oom_kill_is_reported_as_oom() {
+    if !v1_host() {
+        return;
+    }
+    // The shell holds 64 MiB in a variable: far past the 16 MiB limit.
+    let bundle = bundle_with(
+        &[
+            "sh",
+            "-c",
+            "x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo survived",
+        ],
+        json!({"memory": {"limit": 16 * MIB, "swap": 16 * MIB}}),
+    );
+    let b = Berth::new(BERTH).unwrap();
+    let cid = id("oom");
+    // The init keeps the stdio it is given: no pipes, or waiting for their
+    // EOF would wait for the container.
+    let st = b
+        .cmd()
+        .args(["create", "--bundle", bundle.path().to_str().unwrap(), &cid])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "create failed");
+    assert_eq!(
+        read(cg(&bundle, "memory").join("memory.limit_in_bytes")),
+        (16 * MIB).to_string()
+    );
+    let mut ev: Child = b
+        .cmd()
+        .args(["events", "--interval", "50ms", &cid])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(ev.stdout.take().unwrap()).lines();
+    // A first stats line means the OOM watch is registered.
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["type"], "stats");
+    b.ok(&["start", &cid]);
+    // The stream ends when the container stops.
+    let rest: Vec<Value> = lines
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    let st = ev.wait().unwrap();
+    assert!(st.success(), "events failed: {st}");
+    assert!(
+        rest.iter()
+            .any(|e| e["type"] == "oom" && e["id"] == cid.as_str()),
+        "no oom event in {rest:?}"
+    );
+    assert_eq!(b.state(&cid)["status"], "stopped");
+    let s = stats(&b, &cid);
+    assert!(
+        s["memory"]["oomKills"].as_u64().unwrap() >= 1,
+        "oom kills not counted: {s}"
+    );
+    assert_eq!(s["memory"]["usage"]["limit"], 16 * MIB);
+    b.ok(&["delete", &cid]);
+    assert!(!cg(&bundle, "memory").exists());
+}
+
+#[test]
+fn pids_limit_is_enforced() {
+    if !v1_host() {
+        return;
+    }
+    let bundle = bundle_with(
+        &[
+            "sh",
+            "-c",
+            "cat /sys/fs/cgroup/pids/pids.max; for i in 1 2 3 4 5 6 7 8 9 10 11 12; do sleep 2 & done; echo looped",
+        ],
+        json!({"pids": {"limit": 6}}),
+    );
+    let b = Berth::new(BERTH).unwrap();
+    let o = run_fg(&b, &bundle, &id("pids"));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.starts_with("6\n"), "{}", all(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("fork") || err.contains("Resource temporarily unavailable"),
+        "more than 6 processes started: {}",
+        all(&o)
+    );
+}
+
+#[test]
+fn cpu_limits_are_visible_inside_and_outside() {
+    if !v1_host() {
+        return;
+    }
+    let bundle = bundle_with(
+        &[
+            "sh",
+            "-c",
+            "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_period_us \
+             /sys/fs/cgroup/cpu/cpu.shares /sys/fs/cgroup/cpuset/cpuset.cpus",
+        ],
+        json!({"cpu": {"quota": 20000, "period": 50000, "shares": 512, "cpus": "0"}}),
+    );
+    let b = Berth::new(BERTH).unwrap();
+    let o = run_fg(&b, &bundle, &id("cpu"));
+    assert!(o.status.success(), "{}", all(&o));
+    let out: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(out, ["20000", "50000", "512", "0"], "{}", all(&o));
+}
+
+#[test]
+fn devices_outside_the_rules_are_denied() {
+    if !v1_host() {
+        return;
+    }
+    // /dev/mem (c 1:1) is not in the default list; /dev/null is.
+    let script = "busybox mknod /dev/mymem c 1 1 && echo made; \
+                  head -c 1 /dev/mymem >/dev/null 2>&1 && echo READ-MEM || echo mem-denied; \
+                  echo x > /dev/null && echo null-ok; head -c 4 /dev/zero | wc -c";
+    let mut bundle = bundle_with(&["sh", "-c", script], json!({}));
+    for set in ["bounding", "effective", "permitted"] {
+        bundle.config["process"]["capabilities"][set]
+            .as_array_mut()
+            .unwrap()
+            .push(json!("CAP_MKNOD"));
+    }
+    bundle.write().unwrap();
+    let b = Berth::new(BERTH).unwrap();
+    let o = run_fg(&b, &bundle, &id("dev"));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("made"), "mknod is allowed (m): {}", all(&o));
+    assert!(out.contains("mem-denied"), "{}", all(&o));
+    assert!(!out.contains("READ-MEM"), "{}", all(&o));
+    assert!(out.contains("null-ok"), "{}", all(&o));
+    assert!(out.contains('4'), "/dev/zero readable: {}", all(&o));
+}
+
+#[test]
+fn pause_stops_progress_and_resume_restarts_it() {
+    if !v1_host() {
+        return;
+    }
+    let bundle = bundle_with(&["sh", "-c", "while :; do :; done"], json!({}));
+    let b = Berth::new(BERTH).unwrap();
+    let cid = id("pause");
+    b.run_detached(&bundle, &cid);
+    let usage = |b: &Berth| stats(b, &cid)["cpu"]["usage"]["total"].as_u64().unwrap();
+    let start = usage(&b);
+    eventually("cpu usage to grow", || usage(&b) > start);
+    b.ok(&["pause", &cid]);
+    assert_eq!(b.state(&cid)["status"], "paused");
+    let frozen = usage(&b);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(usage(&b), frozen, "a paused container used CPU");
+    b.ok(&["resume", &cid]);
+    eventually("cpu usage to grow after resume", || usage(&b) > frozen);
+    b.ok(&["delete", "--force", &cid]);
+    assert!(!cg(&bundle, "cpuacct").exists());
+}
+
+#[test]
+fn update_changes_live_limits() {
+    if !v1_host() {
+        return;
+    }
+    let bundle = bundle_with(
+        &["sleep", "100"],
+        json!({"memory": {"limit": 64 * MIB}, "pids": {"limit": 20}}),
+    );
+    let b = Berth::new(BERTH).unwrap();
+    let cid = id("upd");
+    b.run_detached(&bundle, &cid);
+    b.ok(&[
+        "update",
+        "--memory",
+        "32m",
+        "--cpu-quota",
+        "30000",
+        "--cpu-period",
+        "60000",
+        "--cpu-share",
+        "256",
+        "--pids-limit",
+        "10",
+        &cid,
+    ]);
+    let mem = cg(&bundle, "memory");
+    assert_eq!(
+        read(mem.join("memory.limit_in_bytes")),
+        (32 * MIB).to_string()
+    );
+    assert_eq!(read(cg(&bundle, "cpu").join("cpu.cfs_quota_us")), "30000");
+    assert_eq!(read(cg(&bundle, "cpu").join("cpu.cfs_period_us")), "60000");
+    assert_eq!(read(cg(&bundle, "cpu").join("cpu.shares")), "256");
+    assert_eq!(read(cg(&bundle, "pids").join("pids.max")), "10");
+    let s = stats(&b, &cid);
+    assert_eq!(s["memory"]["usage"]["limit"], 32 * MIB, "{s}");
+    assert_eq!(s["pids"]["limit"], 10, "{s}");
+
+    // --resources: a JSON file of linux.resources; swap raised with memory.
+    let f = bundle.path().join("res.json");
+    fs::write(
+        &f,
+        json!({"memory": {"limit": 128 * MIB, "swap": 256 * MIB}, "pids": {"limit": -1}})
+            .to_string(),
+    )
+    .unwrap();
+    b.ok(&["update", "--resources", f.to_str().unwrap(), &cid]);
+    assert_eq!(
+        read(mem.join("memory.limit_in_bytes")),
+        (128 * MIB).to_string()
+    );
+    if mem.join("memory.memsw.limit_in_bytes").exists() {
+        assert_eq!(
+            read(mem.join("memory.memsw.limit_in_bytes")),
+            (256 * MIB).to_string()
+        );
+        // Lowering both: memory goes first, so memory+swap never drops below it.
+        b.ok(&["update", "--memory", "16m", "--memory-swap", "24m", &cid]);
+        assert_eq!(
+            read(mem.join("memory.limit_in_bytes")),
+            (16 * MIB).to_string()
+        );
+        // memory+swap below memory is refused, naming the field; nothing changes.
+        let o = b.run(&["update", "--memory-swap", "8m", &cid]);
+        assert!(!o.status.success(), "{}", all(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("linux.resources.memory.swap"),
+            "{}",
+            all(&o)
+        );
+        assert_eq!(
+            read(mem.join("memory.memsw.limit_in_bytes")),
+            (24 * MIB).to_string()
+        );
+    }
+    assert_eq!(read(cg(&bundle, "pids").join("pids.max")), "max");
+
+    // Invalid values: an error naming the field, the live limit untouched.
+    let o = b.run(&["update", "--cpu-quota", "10", &cid]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("linux.resources.cpu.quota"),
+        "{}",
+        all(&o)
+    );
+    assert_eq!(read(cg(&bundle, "cpu").join("cpu.cfs_quota_us")), "30000");
+    let o = b.run(&["update", "--memory", "lots", &cid]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--memory"),
+        "{}",
+        all(&o)
+    );
+    b.ok(&["delete", "--force", &cid]);
+    // Updating a container that is gone fails.
+    assert!(!b.run(&["update", "--memory", "32m", &cid]).status.success());
+}
+
+#[test]
+fn events_streams_stats_until_the_container_stops() {
+    if !v1_host() {
+        return;
+    }
+    let bundle = bundle_with(&["sh", "-c", "sleep 1"], json!({"pids": {"limit": 9}}));
+    let b = Berth::new(BERTH).unwrap();
+    let cid = id("ev");
+    b.run_detached(&bundle, &cid);
+    let o = b
+        .cmd()
+        .args(["events", "--interval", "100ms", &cid])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", all(&o));
+    let evs: Vec<Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let s = evs
+        .iter()
+        .find(|e| e["type"] == "stats")
+        .unwrap_or_else(|| panic!("no stats in {}", all(&o)));
+    assert_eq!(s["id"], cid.as_str());
+    assert_eq!(s["data"]["pids"]["limit"], 9);
+    assert!(!evs.iter().any(|e| e["type"] == "oom"), "{}", all(&o));
+    let o = b.run(&["events", "--interval", "soon", &cid]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--interval"),
+        "{}",
+        all(&o)
+    );
+}
+
+/// A create that must fail on `resources`, naming `field`, leaving no state
+/// and no cgroup.
+fn rejected(resources: Value, field: &str) {
+    let bundle = bundle_with(&["true"], resources.clone());
+    let b = Berth::new(BERTH).unwrap();
+    let cid = id("bad");
+    // stderr to a file: a create that wrongly succeeds must not hang us on
+    // a pipe its init holds.
+    let errf = bundle.path().join("create.err");
+    let st = b
+        .cmd()
+        .args(["create", "--bundle", bundle.path().to_str().unwrap(), &cid])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&errf).unwrap())
+        .status()
+        .unwrap();
+    let err = fs::read_to_string(&errf).unwrap();
+    assert!(!st.success(), "{resources} accepted: {err}");
+    assert!(
+        err.contains(field),
+        "{resources}: error does not name {field}: {err}"
+    );
+    assert!(
+        !b.root.path().join(&cid).exists(),
+        "{resources}: state left behind"
+    );
+    assert!(
+        bundle.cgroup_dirs().is_empty(),
+        "{resources}: cgroups left behind: {:?}",
+        bundle.cgroup_dirs()
+    );
+}
+
+#[test]
+fn invalid_resources_name_the_field_and_leave_nothing() {
+    if !v1_host() {
+        return;
+    }
+    rejected(
+        json!({"memory": {"limit": -5}}),
+        "linux.resources.memory.limit",
+    );
+    rejected(
+        json!({"memory": {"limit": 64 * MIB, "swap": 32 * MIB}}),
+        "linux.resources.memory.swap",
+    );
+    rejected(json!({"cpu": {"quota": 500}}), "linux.resources.cpu.quota");
+    rejected(json!({"cpu": {"period": 10}}), "linux.resources.cpu.period");
+    rejected(
+        json!({"cpu": {"quota": 10000, "burst": 20000}}),
+        "linux.resources.cpu.burst",
+    );
+    rejected(json!({"cpu": {"shares": 1}}), "linux.resources.cpu.shares");
+    rejected(json!({"pids": {"limit": -7}}), "linux.resources.pids.limit");
+    rejected(
+        json!({"unified": {"memory.max": "1"}}),
+        "linux.resources.unified",
+    );
+    rejected(
+        json!({"devices": [{"allow": true, "type": "c", "access": "rwx"}]}),
+        "linux.resources.devices[0].access",
+    );
+    rejected(
+        json!({"memory": {"limit": "lots"}}),
+        "linux.resources.memory.limit",
+    );
+    // Valid syntax the kernel refuses: the error comes after the cgroup
+    // exists, and create still removes it.
+    rejected(json!({"cpu": {"cpus": "4000"}}), "linux.resources.cpu.cpus");
+}
+
+#[test]
+fn limits_hold_in_a_nested_relative_cgroup_path() {
+    if !v1_host() {
+        return;
+    }
+    let mut bundle = bundle_with(
+        &["cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes"],
+        json!({"memory": {"limit": 48 * MIB}}),
+    );
+    // A relative path is taken from the hierarchy roots, as runc does.
+    let rel = format!("{}/a/b", bundle.cgroup_parent);
+    bundle.config["linux"]["cgroupsPath"] = json!(rel);
+    bundle.write().unwrap();
+    let b = Berth::new(BERTH).unwrap();
+    let o = run_fg(&b, &bundle, &id("nest"));
+    assert!(o.status.success(), "{}", all(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        (48 * MIB).to_string()
+    );
+    assert!(!Path::new("/sys/fs/cgroup/memory").join(&rel).exists());
+}
