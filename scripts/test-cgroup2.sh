@@ -18,7 +18,7 @@ ls /boot/vmlinuz-*-amd64 >/dev/null 2>&1 || skip "no Debian kernel in /boot (apt
 
 # The berth binary and the test binaries, without running anything.
 cargo build -p berth --bin berth
-json=$(cargo test -p berth --test cgroups_v2 --no-run --message-format=json 2>/dev/null)
+json=$(cargo test -p berth --test cgroups_v2 --no-run --message-format=json)
 cg_test=$(printf '%s\n' "$json" | python3 -c '
 import json, sys
 for l in sys.stdin:
@@ -26,7 +26,7 @@ for l in sys.stdin:
     except ValueError: continue
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "cgroups_v2":
         print(m["executable"])')
-json=$(cargo test -p berth-cgroups --lib --no-run --message-format=json 2>/dev/null)
+json=$(cargo test -p berth-cgroups --lib --no-run --message-format=json)
 unit_test=$(printf '%s\n' "$json" | python3 -c '
 import json, sys
 for l in sys.stdin:
