@@ -16,8 +16,9 @@ use std::path::{Path, PathBuf};
 #[command(name = "berth", version = concat!(env!("CARGO_PKG_VERSION"), "\nspec: ", "1.2.1"),
           about = "berth: a runc-compatible OCI container runtime")]
 struct Cli {
-    /// Directory for container state (tmpfs recommended).
-    #[arg(long, global = true, default_value = "/run/berth", env = "BERTH_ROOT")]
+    /// Directory for container state (tmpfs recommended). Default: /run/berth
+    /// for root; $XDG_RUNTIME_DIR/berth, else /tmp/berth-<uid>, for others.
+    #[arg(long, global = true, default_value_os_t = default_root(), env = "BERTH_ROOT")]
     root: PathBuf,
     /// Write errors and debug output to this file instead of only stderr.
     #[arg(long, global = true)]
@@ -268,6 +269,34 @@ fn absolute(p: &Path) -> PathBuf {
     }
 }
 
+/// The state root when --root is not given (runc's choice for rootless).
+fn default_root() -> PathBuf {
+    // SAFETY: geteuid cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    if uid == 0 {
+        return PathBuf::from("/run/berth");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => Path::new(&d).join("berth"),
+        _ => PathBuf::from(format!("/tmp/berth-{uid}")),
+    }
+}
+
+/// An unprivileged caller's state root must be its own directory: in a
+/// shared /tmp another user could have made it first.
+fn check_root_owner(root: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    match std::fs::symlink_metadata(root) {
+        Ok(m) if uid != 0 && (!m.is_dir() || m.uid() != uid) => bail!(
+            "state root {} is not a directory owned by uid {uid}",
+            root.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
 fn dispatch(cli: &Cli) -> Result<i32> {
     if cli.systemd_cgroup {
         bail!("--systemd-cgroup: no systemd is reachable on this host (/run/systemd/system is missing); use the cgroupfs driver");
@@ -276,6 +305,7 @@ fn dispatch(cli: &Cli) -> Result<i32> {
         berth_oci::debug::enable();
         berth_oci::debug::trace("start");
     }
+    check_root_owner(&cli.root)?;
     let root = Root::new(&cli.root);
     match &cli.cmd {
         Cmd::Create(a) => {

@@ -120,3 +120,167 @@ fn idmap_without_any_mappings_names_the_field_and_leaves_nothing() {
     assert_eq!(std::fs::read_dir(berth.root.path()).unwrap().count(), 0);
     assert!(b.cgroup_dirs().is_empty(), "{:?}", b.cgroup_dirs());
 }
+
+/// Why unprivileged user namespaces are unavailable here, if they are.
+fn unprivileged_userns_blocked() -> Option<String> {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
+    if read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
+        return Some("user.max_user_namespaces is 0".into());
+    }
+    // Debian's older switch and Ubuntu's AppArmor restriction.
+    if read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") {
+        return Some("kernel.unprivileged_userns_clone is 0".into());
+    }
+    if read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1") {
+        return Some("kernel.apparmor_restrict_unprivileged_userns is 1".into());
+    }
+    if std::process::Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return Some("setpriv (util-linux) is not installed".into());
+    }
+    None
+}
+
+/// A throwaway unprivileged user: berth run through setpriv with only that
+/// uid/gid, its default state root under its own XDG_RUNTIME_DIR.
+struct User {
+    uid: u32,
+    runtime_dir: tempfile::TempDir,
+}
+
+impl User {
+    fn new() -> User {
+        // Far above real users and the 100000+ ranges other tests map.
+        let uid = 3_000_000 + u32::from_str_radix(&random_suffix()[..4], 16).unwrap();
+        let runtime_dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::chown(runtime_dir.path(), Some(uid), Some(uid)).unwrap();
+        User { uid, runtime_dir }
+    }
+
+    fn cmd(&self, dir: &Path, args: &[&str]) -> std::process::Command {
+        let id = self.uid.to_string();
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid", &id, "--regid", &id, "--clear-groups", "--"])
+            .arg(BIN)
+            .args(args)
+            .current_dir(dir)
+            .env("XDG_RUNTIME_DIR", self.runtime_dir.path())
+            .env_remove("BERTH_ROOT")
+            .stdin(std::process::Stdio::null());
+        c
+    }
+
+    fn berth(&self, dir: &Path, args: &[&str]) -> std::process::Output {
+        self.cmd(dir, args).output().unwrap()
+    }
+
+    fn ok(&self, dir: &Path, args: &[&str]) -> String {
+        let o = self.berth(dir, args);
+        assert!(
+            o.status.success(),
+            "berth {args:?} as uid {} failed: {}{}",
+            self.uid,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn state_root(&self) -> std::path::PathBuf {
+        self.runtime_dir.path().join("berth")
+    }
+}
+
+#[test]
+fn rootless_lifecycle_as_an_unprivileged_user() {
+    if let Some(why) = unprivileged_userns_blocked() {
+        eprintln!("SKIPPED: unprivileged user namespaces are not available: {why}");
+        return;
+    }
+    // Detached containers are reparented here, so the test can reap them.
+    // SAFETY: plain prctl.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    let user = User::new();
+    let mut b = Bundle::new(&["true"]).unwrap();
+    std::fs::set_permissions(b.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The config `berth spec --rootless` writes for this user.
+    let specdir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(specdir.path(), Some(user.uid), Some(user.uid)).unwrap();
+    user.ok(specdir.path(), &["spec", "--rootless"]);
+    let mut c: Value =
+        serde_json::from_slice(&std::fs::read(specdir.path().join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(c["linux"]["uidMappings"][0]["hostID"], json!(user.uid));
+    c["process"]["terminal"] = json!(false);
+    c["process"]["args"] = json!(["sh", "-c", "id -u; id -g; echo hi"]);
+    b.config = c.clone();
+    b.write().unwrap();
+
+    let id = format!("rootless-{}", random_suffix());
+    let o = user.berth(b.path(), &["run", &id]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "0\n0\nhi\n", "{err}");
+    // The host's cgroups are not the user's: berth says it runs without one.
+    assert!(err.contains("warning: rootless: no cgroup"), "{err}");
+
+    // Detached: state, list, kill, delete by the same user.
+    c["process"]["args"] = json!(["sleep", "1000"]);
+    b.config = c;
+    b.write().unwrap();
+    let id = format!("rootless-d-{}", random_suffix());
+    // The container keeps run's stdio: no pipes, or they would stay open.
+    let st = user
+        .cmd(b.path(), &["run", "-d", &id])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let st: Value = serde_json::from_str(&user.ok(b.path(), &["state", &id])).unwrap();
+    assert_eq!(st["status"], "running", "{st}");
+    let pid = st["pid"].as_i64().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let host_uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap();
+    assert_eq!(host_uid, user.uid.to_string());
+    assert!(user.ok(b.path(), &["list", "-q"]).lines().any(|l| l == id));
+    user.ok(b.path(), &["kill", &id, "KILL"]);
+    let mut stopped = false;
+    for _ in 0..500 {
+        let st: Value = serde_json::from_str(&user.ok(b.path(), &["state", &id])).unwrap();
+        if st["status"] == "stopped" {
+            stopped = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(stopped, "{id} did not stop after SIGKILL");
+    user.ok(b.path(), &["delete", &id]);
+    assert_eq!(
+        std::fs::read_dir(user.state_root()).unwrap().count(),
+        0,
+        "state left in {}",
+        user.state_root().display()
+    );
+    // The init was reparented to this test (a subreaper): reap it, so no
+    // zombie outlives the test.
+    let mut wst = 0;
+    // SAFETY: waitpid on our own child with a valid out-pointer.
+    assert_eq!(
+        unsafe { libc::waitpid(pid as i32, &mut wst, 0) },
+        pid as i32
+    );
+    assert!(libc::WIFSIGNALED(wst) && libc::WTERMSIG(wst) == libc::SIGKILL);
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+}

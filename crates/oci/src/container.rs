@@ -168,13 +168,30 @@ pub fn create(root: &Root, o: CreateOptions) -> Result<i32> {
     root.save(&rec)?;
     let mgr = cgroup_manager(&cg_path);
     guard.cgroup = Some(mgr.clone());
-    let created = mgr.create()?;
-    crate::debug::trace("cgroup created");
-    guard.cgroup_created = created.clone();
-    rec.cgroup_created = created;
+    let mgr = match mgr.create() {
+        Ok(created) => {
+            crate::debug::trace("cgroup created");
+            guard.cgroup_created = created.clone();
+            rec.cgroup_created = created;
+            Some(mgr)
+        }
+        Err(e) if rootless_cgroup_denied(&e) => {
+            // An unprivileged caller without a delegated cgroup: the
+            // container stays in the caller's (never silently for root).
+            eprintln!(
+                "warning: rootless: no cgroup for the container, linux.resources not applied ({e})"
+            );
+            guard.cgroup = None;
+            rec.cgroup = None;
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
     root.save(&rec)?;
     // Limits hold before the init exists, from its first instruction.
-    apply_resources(&mgr, &bundle.spec)?;
+    if let Some(mgr) = &mgr {
+        apply_resources(mgr, &bundle.spec)?;
+    }
 
     let fifo_path = dir.join(EXEC_FIFO);
     let cpath = crate::fsutil::cstr(&fifo_path)?;
@@ -200,7 +217,7 @@ pub fn create(root: &Root, o: CreateOptions) -> Result<i32> {
         preserve_fds: o.preserve_fds,
         close_in_child: vec![lock.as_raw_fd()],
         seccomp: seccomp.as_ref(),
-        cgroup: Some(&mgr),
+        cgroup: mgr.as_ref(),
         idmapped: idmapped
             .iter()
             .map(|(i, fd)| (*i, fd.as_raw_fd()))
@@ -220,6 +237,15 @@ pub fn create(root: &Root, o: CreateOptions) -> Result<i32> {
     }
     guard.armed = false;
     Ok(pid)
+}
+
+/// True when an unprivileged caller may not create the cgroup.
+fn rootless_cgroup_denied(e: &berth_cgroups::Error) -> bool {
+    // SAFETY: geteuid cannot fail.
+    let unprivileged = unsafe { libc::geteuid() } != 0;
+    let denied = matches!(e, berth_cgroups::Error::Io { source, .. }
+        if matches!(source.raw_os_error(), Some(libc::EACCES | libc::EPERM | libc::EROFS)));
+    unprivileged && denied
 }
 
 /// Writes `linux.resources` to a new cgroup. Device rules always apply (the
@@ -395,6 +421,11 @@ fn drive(
                     "uid_map",
                     linux.uid_mappings().as_deref().unwrap_or(&[]),
                 )?;
+                // SAFETY: geteuid cannot fail.
+                if unsafe { libc::geteuid() } != 0 {
+                    let p = format!("/proc/{pid1}/setgroups");
+                    std::fs::write(&p, "deny").ctx(|| format!("writing {p}"))?;
+                }
                 write_id_map(
                     pid1,
                     "gid_map",

@@ -94,10 +94,8 @@ pub fn default_spec(rootless: bool) -> Value {
                     "mode=0620"
                 ]);
             }
-            if m["destination"] == "/dev/mqueue" {
-                *m = json!({"destination": "/dev/mqueue", "type": "bind", "source": "/dev/mqueue",
-                            "options": ["rbind", "nosuid", "noexec", "nodev"]});
-            }
+            // mqueue stays a fresh mount: the container's user namespace
+            // owns its IPC namespace (and hosts may have no /dev/mqueue).
         }
     }
     v
