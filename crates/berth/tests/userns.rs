@@ -255,6 +255,7 @@ fn rootless_lifecycle_as_an_unprivileged_user() {
         .unwrap();
     assert_eq!(host_uid, user.uid.to_string());
     assert!(user.ok(b.path(), &["list", "-q"]).lines().any(|l| l == id));
+    assert_eq!(user.ok(b.path(), &["exec", &id, "id", "-u"]), "0\n");
     user.ok(b.path(), &["kill", &id, "KILL"]);
     let mut stopped = false;
     for _ in 0..500 {
