@@ -88,6 +88,20 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// `berth create` with null stdio: the init keeps the stdio it is given,
+/// and waiting for a pipe's EOF would wait for the container.
+fn create(b: &Berth, bundle: &Bundle, cid: &str) {
+    let st = b
+        .cmd()
+        .args(["create", "--bundle", bundle.path().to_str().unwrap(), cid])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "create {cid} failed");
+}
+
 const MIB: i64 = 1 << 20;
 
 #[test]
@@ -106,17 +120,7 @@ fn memory_limit_oom_kill_is_reported_as_oom() {
     );
     let b = Berth::new(BERTH).unwrap();
     let cid = id("oom");
-    // The init keeps the stdio it is given: no pipes, or waiting for their
-    // EOF would wait for the container.
-    let st = b
-        .cmd()
-        .args(["create", "--bundle", bundle.path().to_str().unwrap(), &cid])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "create failed");
+    create(&b, &bundle, &cid);
     assert_eq!(
         read(cg(&bundle, "memory").join("memory.limit_in_bytes")),
         (16 * MIB).to_string()
@@ -481,4 +485,39 @@ fn limits_hold_in_a_nested_relative_cgroup_path() {
         (48 * MIB).to_string()
     );
     assert!(!Path::new("/sys/fs/cgroup/memory").join(&rel).exists());
+}
+
+#[test]
+fn delete_removes_the_cgroup_even_when_processes_linger() {
+    if !v1_host() {
+        return;
+    }
+    // Without a pid namespace the init's exit does not take its child along:
+    // the sleep stays in the container's cgroup after the container stops.
+    let mut bundle = bundle_with(&["sh", "-c", "sleep 300 & exit 0"], json!({}));
+    bundle.config["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|n| n["type"] != "pid");
+    bundle.write().unwrap();
+    let b = Berth::new(BERTH).unwrap();
+    let cid = id("linger");
+    create(&b, &bundle, &cid);
+    b.ok(&["start", &cid]);
+    eventually("the init to exit", || b.state(&cid)["status"] == "stopped");
+    let procs = cg(&bundle, "pids").join("cgroup.procs");
+    let lingering: Vec<i32> = read(procs.clone())
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(lingering.len(), 1, "expected the sleep to linger");
+    b.ok(&["delete", &cid]);
+    for ctrl in ["pids", "memory", "cpu", "devices", "freezer"] {
+        assert!(!cg(&bundle, ctrl).exists(), "{ctrl} cgroup left behind");
+    }
+    eventually("the lingering process to die", || {
+        !Path::new(&format!("/proc/{}", lingering[0])).exists()
+            || fs::read_to_string(format!("/proc/{}/stat", lingering[0]))
+                .is_ok_and(|s| s.contains(") Z "))
+    });
 }

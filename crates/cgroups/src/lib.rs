@@ -96,6 +96,10 @@ pub const V1_CONTROLLERS: &[&str] = &[
     "net_prio",
     "perf_event",
     "systemd",
+    // Co-mounted hierarchies (systemd hosts), whose single names above are
+    // symlinks and skipped.
+    "cpu,cpuacct",
+    "net_cls,net_prio",
 ];
 
 /// Validates and normalises an OCI `cgroupsPath` (cgroupfs driver form):
@@ -318,9 +322,10 @@ impl Manager {
         if self.mode == Mode::Unified {
             return self.dirs.first().map(|d| d.as_path());
         }
+        // "cpu" is found in a co-mounted "cpu,cpuacct" too.
         self.names
             .iter()
-            .position(|n| n == name)
+            .position(|n| n.split(',').any(|part| part == name))
             .map(|i| self.dirs[i].as_path())
     }
 
