@@ -256,7 +256,8 @@ fn rootless_lifecycle_as_an_unprivileged_user() {
     assert_eq!(host_uid, user.uid.to_string());
     assert!(user.ok(b.path(), &["list", "-q"]).lines().any(|l| l == id));
     assert_eq!(user.ok(b.path(), &["exec", &id, "id", "-u"]), "0\n");
-    user.ok(b.path(), &["kill", &id, "KILL"]);
+    // No cgroup to list the processes: --all reaches the init.
+    user.ok(b.path(), &["kill", "--all", &id, "KILL"]);
     let mut stopped = false;
     for _ in 0..500 {
         let st: Value = serde_json::from_str(&user.ok(b.path(), &["state", &id])).unwrap();

@@ -646,6 +646,8 @@ pub fn kill(root: &Root, id: &str, sig: i32, all: bool) -> Result<()> {
         });
     }
     let mgr = rec.cgroup.as_ref().map(|p| cgroup_manager(p));
+    // Without a cgroup (rootless) --all can only reach the init.
+    let all = all && mgr.is_some();
     if all {
         if let Some(m) = &mgr {
             m.signal_all(sig)?;
