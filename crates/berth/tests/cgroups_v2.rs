@@ -73,12 +73,15 @@ fn limits_are_written_and_read_back_inside_the_container() {
     let mut bundle = Bundle::new(&[
         "sh",
         "-c",
-        "cd /sys/fs/cgroup; for f in cpu.weight cpu.max memory.max memory.low memory.high \
-         memory.swap.max pids.max; do echo \"$f=$(cat $f)\"; done",
+        "cd /sys/fs/cgroup; for f in cpu.weight cpu.max cpuset.cpus memory.max memory.low \
+         memory.high memory.swap.max pids.max io.weight hugetlb.2MB.max; \
+         do echo \"$f=$(cat $f)\"; done",
     ])
     .unwrap();
     let r = &mut bundle.config["linux"]["resources"];
-    r["cpu"] = json!({"shares": 512, "quota": 25000, "period": 50000});
+    r["cpu"] = json!({"shares": 512, "quota": 25000, "period": 50000, "cpus": "0"});
+    r["blockIO"] = json!({"weight": 500});
+    r["hugepageLimits"] = json!([{"pageSize": "2MB", "limit": 4 << 20}]);
     r["memory"] = json!({"limit": 64 << 20, "reservation": 16 << 20, "swap": 96 << 20});
     r["pids"] = json!({"limit": 42});
     r["unified"] = json!({"memory.high": (48 << 20).to_string()});
@@ -94,6 +97,10 @@ fn limits_are_written_and_read_back_inside_the_container() {
         format!("memory.high={}", 48 << 20),
         format!("memory.swap.max={}", 32 << 20),
         "pids.max=42".to_string(),
+        "cpuset.cpus=0".to_string(),
+        // 1 + (500 - 10) * 9999 / 990
+        "io.weight=default 4950".to_string(),
+        format!("hugetlb.2MB.max={}", 4 << 20),
     ] {
         assert!(out.lines().any(|l| l == want), "no {want:?} in:\n{out}");
     }
@@ -271,4 +278,40 @@ fn the_init_is_born_in_its_cgroup() {
     assert!(err.contains("stage 1 cloned into its cgroup"), "{err}");
     // And the process is there: the root of its cgroup namespace.
     assert_eq!(out.trim(), "0::/", "{out}");
+}
+
+#[test]
+fn applying_new_device_rules_replaces_the_filter() {
+    if !v2_host("applying_new_device_rules_replaces_the_filter") {
+        return;
+    }
+    let b = Berth::new(BERTH).unwrap();
+    let mut bundle = mknod_bundle();
+    bundle.config["process"]["args"] = json!(["sleep", "600"]);
+    bundle.write().unwrap();
+    b.run_detached(&bundle, "v2-dev-update");
+    let try_kmsg = || {
+        let o = b.run(&[
+            "exec",
+            "v2-dev-update",
+            "sh",
+            "-c",
+            "[ -e /dev/foo ] || mknod /dev/foo c 1 11; (echo hi > /dev/foo) 2>/dev/null && echo OPEN || echo DENIED",
+        ]);
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    assert_eq!(try_kmsg(), "DENIED");
+    // What an update does: apply the resources again with one more rule.
+    let mut devs = vec![json!({"allow": false, "access": "rwm"})];
+    devs.push(json!({"allow": true, "type": "c", "major": 1, "minor": 11, "access": "w"}));
+    let r: oci_spec::runtime::LinuxResources =
+        serde_json::from_value(json!({ "devices": devs })).unwrap();
+    manager(&bundle).apply(&r).unwrap();
+    // The old program is gone (programs on one cgroup must all allow).
+    assert_eq!(try_kmsg(), "OPEN");
+    let r: oci_spec::runtime::LinuxResources =
+        serde_json::from_value(json!({"devices": [{"allow": false, "access": "rwm"}]})).unwrap();
+    manager(&bundle).apply(&r).unwrap();
+    assert_eq!(try_kmsg(), "DENIED");
+    b.ok(&["delete", "--force", "v2-dev-update"]);
 }
