@@ -315,3 +315,33 @@ fn applying_new_device_rules_replaces_the_filter() {
     assert_eq!(try_kmsg(), "DENIED");
     b.ok(&["delete", "--force", "v2-dev-update"]);
 }
+
+#[test]
+fn kill_all_empties_the_cgroup() {
+    if !v2_host("kill_all_empties_the_cgroup") {
+        return;
+    }
+    let b = Berth::new(BERTH).unwrap();
+    let bundle = Bundle::new(&["sh", "-c", "sleep 600 & sleep 600 & wait"]).unwrap();
+    b.run_detached(&bundle, "v2-killall");
+    let m = manager(&bundle);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while m.pids().unwrap().len() < 3 {
+        assert!(Instant::now() < deadline, "the sleeps never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SIGKILL to everything goes through cgroup.kill.
+    b.ok(&["kill", "--all", "v2-killall", "KILL"]);
+    wait_status(&b, "v2-killall", "stopped");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !m.pids().unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "processes survived: {:?}",
+            m.pids()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    b.ok(&["delete", "v2-killall"]);
+    assert!(!cgroup_dir(&bundle).exists());
+}

@@ -342,6 +342,14 @@ impl Manager {
 
     /// Sends `sig` to every process in the cgroup.
     pub fn signal_all(&self, sig: i32) -> Result<()> {
+        // v2 (Linux 5.14+): the kernel kills the whole subtree at once, with
+        // no window for a fork to escape.
+        if sig == libc::SIGKILL
+            && self.mode == Mode::Unified
+            && write_file(&self.procs_dir.join("cgroup.kill"), "1").is_ok()
+        {
+            return Ok(());
+        }
         // Freeze first so no process can fork out of the sweep.
         let froze = sig == libc::SIGKILL && self.set_frozen(true).is_ok();
         for pid in self.pids()? {
