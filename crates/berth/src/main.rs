@@ -305,8 +305,13 @@ fn dispatch(cli: &Cli) -> Result<i32> {
         berth_oci::debug::enable();
         berth_oci::debug::trace("start");
     }
-    check_root_owner(&cli.root)?;
     let root = Root::new(&cli.root);
+    if matches!(cli.cmd, Cmd::Create(_) | Cmd::Run { .. }) {
+        // Made here with mode 0700 before anything else creates it, then
+        // checked: it may have existed already.
+        root.ensure()?;
+    }
+    check_root_owner(&cli.root)?;
     match &cli.cmd {
         Cmd::Create(a) => {
             berth_oci::selfclone::ensure_cloned(&cli.root)?;

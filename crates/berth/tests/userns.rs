@@ -230,6 +230,16 @@ fn rootless_lifecycle_as_an_unprivileged_user() {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "0\n0\nhi\n", "{err}");
     // The host's cgroups are not the user's: berth says it runs without one.
     assert!(err.contains("warning: rootless: no cgroup"), "{err}");
+    // The default state root: the user's own, private.
+    let md = std::fs::metadata(user.state_root()).unwrap();
+    assert_eq!((md.uid(), md.mode() & 0o777), (user.uid, 0o700));
+    // A state root another user owns is refused.
+    let o = user.berth(b.path(), &["--root", "/tmp", "list"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("state root /tmp is not a directory owned by uid"),
+        "{err}"
+    );
 
     // Detached: state, list, kill, delete by the same user.
     c["process"]["args"] = json!(["sleep", "1000"]);
