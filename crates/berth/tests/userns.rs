@@ -35,10 +35,15 @@ fn idmapped_bind_shows_host_ids_as_container_ids() {
     std::os::unix::fs::chown(data.path().join("user_file"), Some(1000), Some(1000)).unwrap();
     let script = "stat -c '%n %u:%g' /root/root_file /root/user_file /home/user/root_file; \
                   echo x > /root/made_by_root; \
-                  stat -c '%n %u:%g' /root/made_by_root";
+                  touch /root/given_to_user; chown 1000:1000 /root/given_to_user; \
+                  stat -c '%n %u:%g' /root/made_by_root /root/given_to_user";
     let mut b = Bundle::new(&["sh", "-c", script]).unwrap();
     let mut c = b.config.clone();
     userns(&mut c);
+    // chown needs CAP_CHOWN (runc's default set has none).
+    for set in ["bounding", "effective", "permitted"] {
+        c["process"]["capabilities"][set] = json!(["CAP_CHOWN"]);
+    }
     let map = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
     c["mounts"].as_array_mut().unwrap().extend([
         json!({"destination": "/root", "type": "bind", "source": data.path(),
@@ -62,12 +67,14 @@ fn idmapped_bind_shows_host_ids_as_container_ids() {
             "/root/user_file 1000:1000",
             "/home/user/root_file 65534:65534",
             "/root/made_by_root 0:0",
+            "/root/given_to_user 1000:1000",
         ],
         "{out}"
     );
     // Written through the idmapped mount by the container's root (host
     // 100000): owned by host root on disk.
     assert_eq!(owner(&data.path().join("made_by_root")), (0, 0));
+    assert_eq!(owner(&data.path().join("given_to_user")), (1000, 1000));
     assert_eq!(owner(&data.path().join("user_file")), (1000, 1000));
 }
 
@@ -219,7 +226,12 @@ fn rootless_lifecycle_as_an_unprivileged_user() {
             .unwrap();
     assert_eq!(c["linux"]["uidMappings"][0]["hostID"], json!(user.uid));
     c["process"]["terminal"] = json!(false);
-    c["process"]["args"] = json!(["sh", "-c", "id -u; id -g; echo hi"]);
+    // Device nodes are host binds and /sys the host's, read-only.
+    c["process"]["args"] = json!([
+        "sh",
+        "-c",
+        "id -u; id -g; echo x >/dev/null && test -d /sys/kernel && ! touch /sys/x 2>/dev/null && echo hi"
+    ]);
     b.config = c.clone();
     b.write().unwrap();
 
