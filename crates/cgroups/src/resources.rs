@@ -44,17 +44,17 @@ pub fn validate(r: &LinuxResources, mode: Mode) -> Result<()> {
                 }
             }
         }
+        if m.swap().is_some_and(|s| s > 0) && m.limit().is_none_or(|l| l <= 0) {
+            return Err(bad(
+                "memory.swap",
+                "a memory+swap limit needs a memory.limit",
+            ));
+        }
         if let (Some(l), Some(s)) = (m.limit(), m.swap()) {
             if l > 0 && s > 0 && s < l {
                 return Err(bad(
                     "memory.swap",
                     format!("{s} is below memory.limit {l} (swap is the memory+swap total)"),
-                ));
-            }
-            if l == -1 && s > 0 {
-                return Err(bad(
-                    "memory.swap",
-                    "a memory+swap limit needs a memory limit (memory.limit is -1)",
                 ));
             }
         }
@@ -386,6 +386,10 @@ mod tests {
         );
         assert_eq!(
             field(serde_json::json!({"memory": {"limit": 100000000, "swap": 1000}})),
+            "linux.resources.memory.swap"
+        );
+        assert_eq!(
+            field(serde_json::json!({"memory": {"swap": 100000000}})),
             "linux.resources.memory.swap"
         );
         assert_eq!(

@@ -801,7 +801,6 @@ pub fn stats(root: &Root, id: &str) -> Result<berth_cgroups::stats::Stats> {
 /// rules are fixed at create: rewriting them on a live cgroup would deny
 /// every device for a moment.
 pub fn update(root: &Root, id: &str, file: &str, r: &LinuxResources) -> Result<()> {
-    config::validate_resources(file, r)?;
     let _lock = root.lock(id)?;
     let mut rec = root.load(id)?;
     let st = state::status_of(root, &rec);
@@ -813,6 +812,8 @@ pub fn update(root: &Root, id: &str, file: &str, r: &LinuxResources) -> Result<(
         });
     }
     let mut linux = rec.spec.linux().clone().unwrap_or_default();
+    // Validated merged: a new swap limit is checked against the recorded
+    // memory limit. The merge holds every value `r` sets.
     let merged = merge_resources(linux.resources().as_ref(), r)?;
     config::validate_resources(file, &merged)?;
     let mgr = cgroup_of(root, id)?;
