@@ -160,6 +160,8 @@ fn unprivileged_userns_blocked() -> Option<String> {
 struct User {
     uid: u32,
     runtime_dir: tempfile::TempDir,
+    /// A copy of berth the user can reach (the build tree may not be).
+    bin: tempfile::TempDir,
 }
 
 impl User {
@@ -168,14 +170,21 @@ impl User {
         let uid = 3_000_000 + u32::from_str_radix(&random_suffix()[..4], 16).unwrap();
         let runtime_dir = tempfile::tempdir().unwrap();
         std::os::unix::fs::chown(runtime_dir.path(), Some(uid), Some(uid)).unwrap();
-        User { uid, runtime_dir }
+        let bin = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::copy(BIN, bin.path().join("berth")).unwrap();
+        User {
+            uid,
+            runtime_dir,
+            bin,
+        }
     }
 
     fn cmd(&self, dir: &Path, args: &[&str]) -> std::process::Command {
         let id = self.uid.to_string();
         let mut c = std::process::Command::new("setpriv");
         c.args(["--reuid", &id, "--regid", &id, "--clear-groups", "--"])
-            .arg(BIN)
+            .arg(self.bin.path().join("berth"))
             .args(args)
             .current_dir(dir)
             .env("XDG_RUNTIME_DIR", self.runtime_dir.path())
