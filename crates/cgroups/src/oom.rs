@@ -44,6 +44,8 @@ pub struct OomWatcher {
     last: u64,
     /// Whether `file` has an oom_kill counter (v1 kernels before 4.13 do not).
     has_counter: bool,
+    /// OOMs reported before their kill showed in the counter.
+    credit: u64,
 }
 
 fn os_err(op: &'static str, path: &Path) -> Error {
@@ -104,6 +106,7 @@ impl OomWatcher {
             mode: Mode::Legacy,
             has_counter: cur.is_some(),
             last: cur.unwrap_or(0),
+            credit: 0,
             file,
         })
     }
@@ -130,6 +133,7 @@ impl OomWatcher {
             mode: Mode::Unified,
             has_counter: true,
             last: cur.unwrap_or(0),
+            credit: 0,
             file,
         })
     }
@@ -164,13 +168,25 @@ impl OomWatcher {
                 gone: true,
             });
         };
-        let mut ooms = cur.saturating_sub(self.last);
+        let kills = cur.saturating_sub(self.last);
         self.last = cur;
-        if ooms == 0 && notified > 0 && self.mode != Mode::Unified {
-            // An OOM without a kill: the killer is disabled, or this kernel
-            // has no counter.
-            ooms = if self.has_counter { 1 } else { notified };
-        }
+        // v1 notifies before the OOM killer picks a victim, so a wake may
+        // come before the counter moves: report it now and let the kill
+        // that follows settle the credit instead of counting twice.
+        let ooms = if kills > 0 {
+            let settled = kills.min(self.credit);
+            self.credit -= settled;
+            kills - settled
+        } else if notified > 0 && self.mode != Mode::Unified {
+            if self.has_counter {
+                self.credit += 1;
+                1
+            } else {
+                notified
+            }
+        } else {
+            0
+        };
         Ok(Wake { ooms, gone: false })
     }
 
