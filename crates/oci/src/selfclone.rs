@@ -89,7 +89,9 @@ fn exec_fd(fd: &OwnedFd, args: &[CString], envs: &[CString], flags: i32) {
 /// the mount again: the returned fd keeps the (now invisible) read-only mount
 /// alive for the exec. None if any step is not allowed here.
 fn ro_bind_self(scratch: &std::path::Path) -> Option<OwnedFd> {
-    let _ = std::fs::create_dir_all(scratch);
+    // The state root: private to its owner, as `Root::ensure` makes it.
+    use std::os::unix::fs::DirBuilderExt;
+    let _ = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(scratch);
     let target = scratch.join(format!(".berth-exe.{}", std::process::id()));
     let ct = CString::new(target.as_os_str().as_bytes()).ok()?;
     // SAFETY: plain syscalls on valid C strings; every path is undone below.
