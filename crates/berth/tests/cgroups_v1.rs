@@ -336,6 +336,32 @@ fn update_changes_live_limits() {
     }
     assert_eq!(read(cg(&bundle, "pids").join("pids.max")), "max");
 
+    // '-' reads standard input. Device rules are ignored by update (as with
+    // runc: callers pass whole resources objects), so the device list stays.
+    let mut child = b
+        .cmd()
+        .args(["update", "-r", "-", &cid])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = json!({"cpu": {"shares": 300}, "devices": [{"allow": true, "access": "rwm"}]});
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        input.to_string().as_bytes(),
+    )
+    .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", all(&o));
+    assert_eq!(read(cg(&bundle, "cpu").join("cpu.shares")), "300");
+    let devs = read(cg(&bundle, "devices").join("devices.list"));
+    assert!(
+        !devs.contains("a *:* rwm"),
+        "update changed device rules: {devs}"
+    );
+    assert!(devs.contains("c 1:3 rwm"), "{devs}");
+
     // Invalid values: an error naming the field, the live limit untouched.
     let o = b.run(&["update", "--cpu-quota", "10", &cid]);
     assert!(!o.status.success());

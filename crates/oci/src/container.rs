@@ -811,14 +811,16 @@ pub fn update(root: &Root, id: &str, file: &str, r: &LinuxResources) -> Result<(
             msg: "cannot update a stopped container".into(),
         });
     }
-    let mut linux = rec.spec.linux().clone().unwrap_or_default();
-    // Validated merged: a new swap limit is checked against the recorded
-    // memory limit. The merge holds every value `r` sets.
-    let merged = merge_resources(linux.resources().as_ref(), r)?;
-    config::validate_resources(file, &merged)?;
-    let mgr = cgroup_of(root, id)?;
+    // Device rules are ignored, as runc does (callers such as containerd
+    // pass the whole resources object).
     let mut delta = r.clone();
     delta.set_devices(None);
+    let mut linux = rec.spec.linux().clone().unwrap_or_default();
+    // Validated merged: a new swap limit is checked against the recorded
+    // memory limit. The merge holds every value `delta` sets.
+    let merged = merge_resources(linux.resources().as_ref(), &delta)?;
+    config::validate_resources(file, &merged)?;
+    let mgr = cgroup_of(root, id)?;
     mgr.apply(&delta)?;
     linux.set_resources(Some(merged));
     rec.spec.set_linux(Some(linux));
