@@ -547,3 +547,50 @@ fn delete_removes_the_cgroup_even_when_processes_linger() {
                 .is_ok_and(|s| s.contains(") Z "))
     });
 }
+
+#[test]
+fn blkio_throttles_and_missing_controllers() {
+    if !v1_host() {
+        return;
+    }
+    // Any block device of the host will do: the rule is only written.
+    let dev = fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .find_map(|e| fs::read_to_string(e.path().join("dev")).ok())
+        .map(|s| s.trim().to_string());
+    if let (Some(dev), true) = (dev, Path::new("/sys/fs/cgroup/blkio").exists()) {
+        let (maj, min) = dev.split_once(':').unwrap();
+        let (maj, min): (i64, i64) = (maj.parse().unwrap(), min.parse().unwrap());
+        let bundle = bundle_with(
+            &["cat", "/sys/fs/cgroup/blkio/blkio.throttle.read_bps_device"],
+            json!({"blockIO": {
+                "throttleReadBpsDevice": [{"major": maj, "minor": min, "rate": 1048576}],
+                "throttleWriteIOPSDevice": [{"major": maj, "minor": min, "rate": 100}]
+            }}),
+        );
+        let b = Berth::new(BERTH).unwrap();
+        let o = run_fg(&b, &bundle, &id("blkio"));
+        assert!(o.status.success(), "{}", all(&o));
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).trim(),
+            format!("{dev} 1048576"),
+            "{}",
+            all(&o)
+        );
+    }
+    // A limit for a controller the host does not mount is an error naming
+    // the field, not silently dropped.
+    if !Path::new("/sys/fs/cgroup/hugetlb").exists() {
+        rejected(
+            json!({"hugepageLimits": [{"pageSize": "2MB", "limit": 4194304}]}),
+            "linux.resources.hugepageLimits[0]",
+        );
+    }
+    if !Path::new("/sys/fs/cgroup/net_cls").exists() {
+        rejected(
+            json!({"network": {"classID": 1048577}}),
+            "linux.resources.network.classID",
+        );
+    }
+}
