@@ -323,6 +323,33 @@ fn default_profile_blocks_namespaces_not_workloads() {
 }
 
 #[test]
+fn default_profile_without_no_new_privileges() {
+    // Loaded before the init drops privileges: its own setgroups, setresuid,
+    // capset and prctl calls go through the profile too.
+    let b = berth();
+    let mut bundle = bundle_with(
+        &["sh", "-c", "id -u; /probe unshare-user"],
+        Some(default_profile(&[])),
+    );
+    bundle.config["process"]["noNewPrivileges"] = json!(false);
+    bundle.config["process"]["user"] = json!({"uid": 1000, "gid": 1000});
+    bundle.config["linux"]["seccomp"]["flags"] = json!([
+        "SECCOMP_FILTER_FLAG_LOG",
+        "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"
+    ]);
+    bundle.write().unwrap();
+    let o = run_fg(&b, &bundle);
+    let text = all(&o);
+    assert!(o.status.success(), "{text}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.starts_with("1000\n"), "{text}");
+    assert!(
+        out.contains("unshare-user: Operation not permitted"),
+        "{text}"
+    );
+}
+
+#[test]
 fn default_profile_with_sys_admin_allows_namespaces() {
     let b = berth();
     let mut bundle = bundle_with(&["/probe", "unshare-net"], None);
@@ -635,4 +662,13 @@ fn exec_gets_the_containers_profile() {
     );
     assert_eq!(result_of(&res, "socket-unix"), "ok", "{text}");
     b.ok(&["delete", "--force", &cid]);
+}
+
+#[test]
+fn errno_ret_out_of_range() {
+    rejects(
+        json!({"defaultAction": "SCMP_ACT_ALLOW",
+               "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": 5000}]}),
+        &["linux.seccomp.syscalls[0].errnoRet", "5000"],
+    );
 }

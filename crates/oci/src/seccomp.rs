@@ -211,9 +211,11 @@ fn check(s: &LinuxSeccomp) -> Result<(libc::c_uint, Option<Listener>)> {
         flags |= match f {
             LinuxSeccompFilterFlag::SeccompFilterFlagLog => SECCOMP_FILTER_FLAG_LOG,
             LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => SECCOMP_FILTER_FLAG_SPEC_ALLOW,
-            LinuxSeccompFilterFlag::SeccompFilterFlagWaitKillableRecv => {
+            // Only meaningful with a listener; the kernel refuses it without.
+            LinuxSeccompFilterFlag::SeccompFilterFlagWaitKillableRecv if listener.is_some() => {
                 SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
             }
+            LinuxSeccompFilterFlag::SeccompFilterFlagWaitKillableRecv => 0,
             // Meaningless for a single-threaded init.
             LinuxSeccompFilterFlag::SeccompFilterFlagTsync => 0,
         };
