@@ -446,18 +446,24 @@ fn readable(fd: RawFd, ms: i32) -> bool {
     unsafe { libc::poll(&mut p, 1, ms) == 1 }
 }
 
-/// A seccomp agent: accepts one connection, checks the state it is sent,
-/// answers one notification with `-errno`. Returns (state JSON, syscall nr).
-fn agent(listener: UnixListener, errno: i32) -> Result<(Value, i32), String> {
+/// The seccomp agent's side of one hand-off: accepts a connection and
+/// returns the containerProcessState and the listener fd it came with.
+fn accept_one(listener: &UnixListener) -> Result<(Value, OwnedFd), String> {
     if !readable(listener.as_raw_fd(), 60_000) {
         return Err("nobody connected to the listener".into());
     }
     let (s, _) = listener.accept().map_err(|e| e.to_string())?;
     let (data, fd) = recv_with_fd(s.as_raw_fd());
     let state: Value = serde_json::from_slice(&data).map_err(|e| e.to_string())?;
-    let fd = fd.ok_or("no fd with the state")?;
+    let fd = fd.ok_or_else(|| format!("no fd with the state {state}"))?;
+    Ok((state, fd))
+}
+
+/// Answers the next notification on `fd` with `-errno`; returns the
+/// syscall number it was for.
+fn answer_one(fd: &OwnedFd, errno: i32) -> Result<i32, String> {
     if !readable(fd.as_raw_fd(), 60_000) {
-        return Err(format!("no notification; state {state}"));
+        return Err("no notification".into());
     }
     let mut req = [0u8; 80];
     // SAFETY: req is a zeroed struct seccomp_notif.
@@ -465,13 +471,22 @@ fn agent(listener: UnixListener, errno: i32) -> Result<(Value, i32), String> {
         return Err(format!("NOTIF_RECV: {}", std::io::Error::last_os_error()));
     }
     let nr = i32::from_ne_bytes(req[16..20].try_into().unwrap());
+    // struct seccomp_notif_resp: id, val, error, flags.
     let mut resp = [0u8; 24];
-    resp[0..8].copy_from_slice(&req[0..8]); // id
-    resp[16..20].copy_from_slice(&(-errno).to_ne_bytes()); // error
-                                                           // SAFETY: resp is a struct seccomp_notif_resp.
+    resp[0..8].copy_from_slice(&req[0..8]);
+    resp[16..20].copy_from_slice(&(-errno).to_ne_bytes());
+    // SAFETY: resp is a struct seccomp_notif_resp.
     if unsafe { libc::ioctl(fd.as_raw_fd(), SECCOMP_IOCTL_NOTIF_SEND, resp.as_mut_ptr()) } != 0 {
         return Err(format!("NOTIF_SEND: {}", std::io::Error::last_os_error()));
     }
+    Ok(nr)
+}
+
+/// A seccomp agent: one hand-off, one notification answered with `-errno`.
+/// Returns (state JSON, syscall nr).
+fn agent(listener: UnixListener, errno: i32) -> Result<(Value, i32), String> {
+    let (state, fd) = accept_one(&listener)?;
+    let nr = answer_one(&fd, errno).map_err(|e| format!("{e}; state {state}"))?;
     Ok((state, nr))
 }
 
@@ -671,4 +686,49 @@ fn errno_ret_out_of_range() {
                "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": 5000}]}),
         &["linux.seccomp.syscalls[0].errnoRet", "5000"],
     );
+}
+
+#[test]
+fn notify_for_exec_processes() {
+    let b = berth();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("agent.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let bundle = bundle_with(
+        &["sleep", "30"],
+        Some(json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "listenerPath": sock,
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}]
+        })),
+    );
+    // One hand-off for the container's init, one for the exec'd process,
+    // whose mkdir is answered.
+    let agent = std::thread::spawn(move || -> Result<(Value, Value), String> {
+        let (init_state, _init_fd) = accept_one(&listener)?;
+        let (exec_state, fd) = accept_one(&listener)?;
+        answer_one(&fd, libc::EDQUOT)?;
+        Ok((init_state, exec_state))
+    });
+    let cid = id("notify-exec");
+    b.run_detached(&bundle, &cid);
+    let o = b
+        .cmd()
+        .args(["exec", &cid, "sh", "-c", "mkdir /tmp/n; echo rc=$?"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = all(&o);
+    let (init_state, exec_state) = agent
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    b.ok(&["delete", "--force", &cid]);
+    assert!(o.status.success(), "{text}");
+    assert!(text.contains("Disk quota exceeded"), "{text}");
+    assert!(text.contains("rc=1"), "{text}");
+    assert_eq!(init_state["state"]["id"], cid.as_str(), "{init_state}");
+    assert_eq!(exec_state["state"]["id"], cid.as_str(), "{exec_state}");
+    assert_eq!(exec_state["state"]["status"], "running", "{exec_state}");
+    assert_ne!(exec_state["pid"], init_state["pid"], "{exec_state}");
 }
