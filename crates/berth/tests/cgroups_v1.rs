@@ -594,3 +594,53 @@ fn blkio_throttles_and_missing_controllers() {
         );
     }
 }
+
+#[test]
+fn oom_with_the_killer_disabled_is_reported_and_delete_still_works() {
+    if !v1_host() {
+        return;
+    }
+    // With the OOM killer off the hog waits at the limit instead of dying:
+    // the eventfd still fires, and the counter of kills stays at zero.
+    let bundle = bundle_with(
+        &[
+            "sh",
+            "-c",
+            "x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo survived",
+        ],
+        json!({"memory": {"limit": 16 * MIB, "swap": 16 * MIB, "disableOOMKiller": true}}),
+    );
+    let b = Berth::new(BERTH).unwrap();
+    let cid = id("oomoff");
+    create(&b, &bundle, &cid);
+    let mut ev: Child = b
+        .cmd()
+        .args(["events", "--interval", "50ms", &cid])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(ev.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["type"], "stats");
+    b.ok(&["start", &cid]);
+    // Stats keep coming every 50 ms, so this loop never blocks for long.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = false;
+    for l in lines.by_ref() {
+        let e: Value = serde_json::from_str(&l.unwrap()).unwrap();
+        if e["type"] == "oom" {
+            seen = true;
+            break;
+        }
+        assert!(Instant::now() < deadline, "no oom event");
+    }
+    assert!(seen, "events ended without an oom event");
+    assert_eq!(b.state(&cid)["status"], "running");
+    assert_eq!(stats(&b, &cid)["memory"]["oomKills"], 0);
+    b.ok(&["delete", "--force", &cid]);
+    // The stream ends once the container is gone.
+    for _ in lines {}
+    assert!(ev.wait().unwrap().success());
+    assert!(!cg(&bundle, "memory").exists());
+}

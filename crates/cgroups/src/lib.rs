@@ -350,13 +350,19 @@ impl Manager {
         {
             return Ok(());
         }
-        // Freeze first so no process can fork out of the sweep.
-        let froze = sig == libc::SIGKILL && self.set_frozen(true).is_ok();
+        // Freeze first so no process can fork out of the sweep. Briefly: a
+        // task the freezer cannot stop (one waiting at a v1 memory limit
+        // with the OOM killer disabled) keeps the cgroup FREEZING forever.
+        let tried = sig == libc::SIGKILL && self.freezer.is_some();
+        if tried {
+            let _ = self.set_frozen_within(true, Duration::from_millis(100));
+        }
         for pid in self.pids()? {
             // SAFETY: kill has no memory-safety preconditions.
             unsafe { libc::kill(pid, sig) };
         }
-        if froze {
+        // Thaw even after a partial freeze: frozen tasks cannot die.
+        if tried {
             let _ = self.set_frozen(false);
         }
         Ok(())
@@ -364,11 +370,15 @@ impl Manager {
 
     /// Freezes (`true`) or thaws the cgroup and waits until the kernel agrees.
     pub fn set_frozen(&self, frozen: bool) -> Result<()> {
+        self.set_frozen_within(frozen, Duration::from_secs(10))
+    }
+
+    fn set_frozen_within(&self, frozen: bool, limit: Duration) -> Result<()> {
         let dir = self
             .freezer
             .as_ref()
             .ok_or_else(|| Error::Other("no freezer hierarchy is mounted".into()))?;
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + limit;
         match self.mode {
             Mode::Unified => {
                 write_file(&dir.join("cgroup.freeze"), if frozen { "1" } else { "0" })?;
