@@ -212,6 +212,10 @@ fn components(p: &[u8]) -> std::result::Result<Vec<OsString>, String> {
     if p.first() == Some(&b'/') {
         return Err("absolute path".into());
     }
+    // Bounds the depth of the tree (recursive removal and copies).
+    if p.len() >= libc::PATH_MAX as usize {
+        return Err(format!("path longer than {} bytes", libc::PATH_MAX));
+    }
     let mut out = Vec::new();
     for c in p.split(|b| *b == b'/') {
         match c {
@@ -664,6 +668,7 @@ mod tests {
             vec![OsString::from("a"), OsString::from("b")]
         );
         assert!(components(b"./").unwrap().is_empty());
+        assert!(components("a/".repeat(3000).as_bytes()).is_err());
     }
 
     #[test]
