@@ -91,7 +91,10 @@ fn exec_fd(fd: &OwnedFd, args: &[CString], envs: &[CString], flags: i32) {
 fn ro_bind_self(scratch: &std::path::Path) -> Option<OwnedFd> {
     // The state root: private to its owner, as `Root::ensure` makes it.
     use std::os::unix::fs::DirBuilderExt;
-    let _ = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(scratch);
+    let _ = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(scratch);
     let target = scratch.join(format!(".berth-exe.{}", std::process::id()));
     let ct = CString::new(target.as_os_str().as_bytes()).ok()?;
     // SAFETY: plain syscalls on valid C strings; every path is undone below.
