@@ -328,14 +328,26 @@ impl Berth {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
+    /// `berth create` of `bundle` as `id`; returns the init's host pid. Like
+    /// [`run_detached`](Self::run_detached), stdio never goes to a pipe: the
+    /// waiting init would hold it open and a reader would hang.
+    pub fn create(&self, bundle: &Bundle, id: &str) -> i32 {
+        self.detached(&["create"], bundle, id)
+    }
+
     /// `berth run -d` of `bundle` as `id`; returns the init's host pid. The
     /// container inherits berth's stdio, so pipes would stay open as long as
     /// it runs: stdout goes to /dev/null and stderr to a file in the bundle.
     pub fn run_detached(&self, bundle: &Bundle, id: &str) -> i32 {
-        let err = bundle.path().join(format!("run-d-{id}.err"));
+        self.detached(&["run", "-d"], bundle, id)
+    }
+
+    fn detached(&self, verb: &[&str], bundle: &Bundle, id: &str) -> i32 {
+        let err = bundle.path().join(format!("{}-{id}.err", verb[0]));
         let st = self
             .cmd()
-            .args(["run", "-d", "--bundle"])
+            .args(verb)
+            .arg("--bundle")
             .arg(bundle.path())
             .arg(id)
             .stdin(std::process::Stdio::null())
@@ -345,11 +357,11 @@ impl Berth {
             .expect("spawning berth");
         assert!(
             st.success(),
-            "berth run -d {id} failed: {}",
+            "berth {verb:?} {id} failed: {}",
             fs::read_to_string(&err).unwrap_or_default()
         );
         let pid = self.state(id)["pid"].as_i64().unwrap_or(0) as i32;
-        assert!(pid > 0, "container {id} has no pid after run -d");
+        assert!(pid > 0, "container {id} has no pid after {verb:?}");
         pid
     }
 
