@@ -7,9 +7,11 @@
 //!
 //! The program decides each requested access bit (mknod, read, write)
 //! separately, as v1 does: for a bit, the last rule that names it and matches
-//! the device decides; when no rule matches, the device is allowed (v1 starts
-//! from the parent's allow-all, which is why configs begin with a deny-all
-//! rule). An open for read and write is allowed only if both bits are.
+//! the device decides; when no rule matches, access is denied (berth's v1
+//! path writes a deny-all first, and runc's v2 filter starts from deny too).
+//! An open for read and write is allowed only if both bits are. A
+//! privileged container's allow-all rule ("a", all access) matches
+//! everything.
 
 use crate::{Error, Result};
 use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType};
@@ -148,17 +150,13 @@ impl Asm {
     }
 }
 
-/// Compiles OCI device rules into a cgroup device program. `None` when there
-/// are no rules (nothing to attach: everything stays allowed).
-pub fn compile(rules: &[LinuxDeviceCgroup]) -> Result<Option<Vec<Insn>>> {
+/// Compiles OCI device rules into a cgroup device program.
+pub fn compile(rules: &[LinuxDeviceCgroup]) -> Result<Vec<Insn>> {
     let mut conv = Vec::new();
     for (i, r) in rules.iter().enumerate() {
         if let Some(r) = convert(r, i)? {
             conv.push(r);
         }
-    }
-    if rules.is_empty() {
-        return Ok(None);
     }
     let mut a = Asm {
         code: Vec::new(),
@@ -179,7 +177,18 @@ pub fn compile(rules: &[LinuxDeviceCgroup]) -> Result<Option<Vec<Insn>>> {
         a.emit(insn(AND64_K, R0, 0, 0, bit));
         a.jump(JEQ64_K, R0, 0, next_bit);
         // Last matching rule wins: test them newest first.
+        let mut decided = false;
         for r in conv.iter().rev().filter(|r| r.access & bit != 0) {
+            let catch_all = r.typ.is_none() && r.major.is_none() && r.minor.is_none();
+            if catch_all {
+                // Older rules can never be reached (the verifier rejects
+                // unreachable instructions): decide here and stop.
+                if !r.allow {
+                    a.ret(0);
+                }
+                decided = true;
+                break;
+            }
             let next_rule = a.label();
             if let Some(t) = r.typ {
                 a.jump(JNE32_K, R_TYPE, t, next_rule);
@@ -197,10 +206,14 @@ pub fn compile(rules: &[LinuxDeviceCgroup]) -> Result<Option<Vec<Insn>>> {
             }
             a.bind(next_rule);
         }
+        if !decided {
+            // No rule decided this bit.
+            a.ret(0);
+        }
         a.bind(next_bit);
     }
     a.ret(1);
-    a.finish().map(Some)
+    a.finish()
 }
 
 const BPF_PROG_LOAD: libc::c_long = 5;
@@ -396,6 +409,7 @@ mod tests {
     /// Runs the program in a tiny interpreter of the opcodes it uses, so the
     /// rules' meaning is tested without a kernel.
     fn run(p: &[Insn], typ: i32, access: i32, major: u32, minor: u32) -> u64 {
+        all_reachable(p);
         let ctx = [((access as u32) << 16) | typ as u32, major, minor];
         let mut r = [0u64; 11];
         let mut pc = 0usize;
@@ -422,9 +436,38 @@ mod tests {
         }
     }
 
+    /// The kernel's verifier refuses programs with unreachable instructions.
+    fn all_reachable(p: &[Insn]) {
+        let mut seen = vec![false; p.len()];
+        let mut todo = vec![0usize];
+        while let Some(pc) = todo.pop() {
+            if seen[pc] {
+                continue;
+            }
+            seen[pc] = true;
+            let i = p[pc];
+            let target = (pc as i64 + 1 + i.off as i64) as usize;
+            match i.code {
+                EXIT => {}
+                JA => todo.push(target),
+                JEQ64_K | JNE32_K => todo.extend([pc + 1, target]),
+                _ => todo.push(pc + 1),
+            }
+        }
+        let dead: Vec<usize> = (0..p.len()).filter(|i| !seen[*i]).collect();
+        assert!(dead.is_empty(), "unreachable instructions {dead:?}");
+    }
+
     #[test]
-    fn no_rules_no_program() {
-        assert_eq!(compile(&[]).unwrap(), None);
+    fn no_rules_deny_everything_and_allow_all_allows_all() {
+        let p = compile(&[]).unwrap();
+        assert_eq!(run(&p, DEV_CHAR, ACC_READ, 1, 3), 0);
+        let p = compile(&[rule(true, LinuxDeviceType::A, None, None, "rwm")]).unwrap();
+        assert_eq!(
+            run(&p, DEV_BLOCK, ACC_READ | ACC_WRITE | ACC_MKNOD, 8, 0),
+            1
+        );
+        assert_eq!(run(&p, DEV_CHAR, ACC_WRITE, 4095, 1 << 20), 1);
     }
 
     #[test]
@@ -436,7 +479,6 @@ mod tests {
             rule(true, C, None, None, "m"),
             rule(true, C, Some(136), None, "rwm"),
         ])
-        .unwrap()
         .unwrap();
         let rw = ACC_READ | ACC_WRITE;
         assert_eq!(run(&p, DEV_CHAR, rw, 1, 3), 1, "/dev/null rw");
@@ -455,23 +497,30 @@ mod tests {
             rule(true, C, Some(1), Some(3), "rwm"),
             rule(false, C, Some(1), Some(3), "w"),
         ])
-        .unwrap()
         .unwrap();
         assert_eq!(run(&p, DEV_CHAR, ACC_READ, 1, 3), 1);
         assert_eq!(run(&p, DEV_CHAR, ACC_WRITE, 1, 3), 0);
         assert_eq!(run(&p, DEV_CHAR, ACC_READ | ACC_WRITE, 1, 3), 0);
-        // Unmatched devices keep v1's inherited allow.
-        assert_eq!(run(&p, DEV_BLOCK, ACC_WRITE, 8, 0), 1);
+        // Unmatched devices are denied.
+        assert_eq!(run(&p, DEV_BLOCK, ACC_WRITE, 8, 0), 0);
         // Split allows add up: r from one rule, w from another.
         let p = compile(&[
             rule(false, A, None, None, "rwm"),
             rule(true, C, Some(1), Some(3), "r"),
             rule(true, C, Some(1), Some(3), "w"),
         ])
-        .unwrap()
         .unwrap();
         assert_eq!(run(&p, DEV_CHAR, ACC_READ | ACC_WRITE, 1, 3), 1);
         assert_eq!(run(&p, DEV_CHAR, ACC_MKNOD, 1, 3), 0);
+        // A deny-all in the middle cancels what came before it.
+        let p = compile(&[
+            rule(true, C, Some(1), Some(3), "rwm"),
+            rule(false, A, None, None, "rwm"),
+            rule(true, C, Some(1), Some(5), "rwm"),
+        ])
+        .unwrap();
+        assert_eq!(run(&p, DEV_CHAR, ACC_READ, 1, 3), 0);
+        assert_eq!(run(&p, DEV_CHAR, ACC_READ, 1, 5), 1);
     }
 
     #[test]

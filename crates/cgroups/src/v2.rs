@@ -292,10 +292,7 @@ fn apply_io(d: &Path, b: &oci_spec::runtime::LinuxBlockIo) -> Result<()> {
 }
 
 fn apply_devices(d: &Path, r: &LinuxResources) -> Result<()> {
-    let rules = effective_device_rules(Some(r));
-    let Some(prog) = devices_bpf::compile(&rules)? else {
-        return Ok(());
-    };
+    let prog = devices_bpf::compile(&effective_device_rules(Some(r)))?;
     let dir =
         fs::File::open(d).map_err(|e| field_err("devices", format!("{}: {e}", d.display())))?;
     devices_bpf::attach(dir.as_raw_fd(), &prog).map_err(|e| field_err("devices", e.to_string()))
