@@ -220,6 +220,14 @@ pub fn apply(m: &Manager, r: &LinuxResources) -> Result<()> {
             if k.contains('/') || k == "." || k == ".." || k.is_empty() {
                 return Err(field_err(&field, "not a file name"));
             }
+            // Membership and tree shape stay the runtime's (also checked by
+            // `resources::validate`; repeated for callers that skip it).
+            if matches!(
+                k.as_str(),
+                "cgroup.procs" | "cgroup.threads" | "cgroup.subtree_control" | "cgroup.kill"
+            ) {
+                return Err(field_err(&field, "managed by the runtime"));
+            }
             if !d.join(k).exists() {
                 return Err(field_err(
                     &field,
