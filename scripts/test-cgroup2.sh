@@ -37,6 +37,7 @@ for l in sys.stdin:
 [ -x "$cg_test" ] && [ -x "$unit_test" ] || { echo "test-cgroup2: test binaries not found" >&2; exit 1; }
 
 # Inside the guest: the v2 integration tests must really run, not skip.
+mkdir -p "$repo/target"  # shared read-write with the guest
 guest=$(mktemp "$repo/target/cgroup2-guest.XXXXXX.sh")
 trap 'rm -f "$guest"' EXIT
 cat > "$guest" <<GUEST
