@@ -7,7 +7,7 @@
 use berth_cgroups::{Manager, Mode};
 use berth_testutil::{Berth, Bundle};
 use serde_json::json;
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -349,4 +349,81 @@ fn kill_all_empties_the_cgroup() {
     }
     b.ok(&["delete", "v2-killall"]);
     assert!(!cgroup_dir(&bundle).exists());
+}
+
+#[test]
+fn update_rewrites_limits_and_events_report_stats_and_the_oom() {
+    if !v2_host("update_rewrites_limits_and_events_report_stats_and_the_oom") {
+        return;
+    }
+    let b = Berth::new(BERTH).unwrap();
+    // Waits for the test's go, then grows until the OOM killer stops it.
+    let mut bundle = Bundle::new(&[
+        "sh",
+        "-c",
+        "while [ ! -e /tmp/go ]; do sleep 0.1; done; x=a; while :; do x=$x$x; done",
+    ])
+    .unwrap();
+    bundle.config["linux"]["resources"]["memory"] = json!({"limit": 256 << 20});
+    bundle.write().unwrap();
+    b.run_detached(&bundle, "v2-update");
+    let dir = cgroup_dir(&bundle);
+    b.ok(&[
+        "update",
+        "--memory",
+        "24m",
+        "--memory-swap",
+        "24m",
+        "--pids-limit",
+        "9",
+        "--cpu-quota",
+        "20000",
+        "--cpu-period",
+        "100000",
+        "v2-update",
+    ]);
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(read("memory.max"), (24 << 20).to_string());
+    assert_eq!(read("memory.swap.max"), "0");
+    assert_eq!(read("pids.max"), "9");
+    assert_eq!(read("cpu.max"), "20000 100000");
+
+    let stats: serde_json::Value =
+        serde_json::from_str(&b.ok(&["events", "--stats", "v2-update"])).unwrap();
+    assert_eq!(stats["type"], "stats", "{stats}");
+    assert_eq!(
+        stats["data"]["memory"]["usage"]["limit"],
+        24 << 20,
+        "{stats}"
+    );
+    assert_eq!(stats["data"]["pids"]["limit"], 9, "{stats}");
+
+    // The event stream ends when the container does, after reporting the OOM.
+    let mut events = b
+        .cmd()
+        .args(["events", "--interval", "100ms", "v2-update"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(events.stdout.take().unwrap()).lines();
+    // A first stats event means the OOM watch is set up: only then grow.
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains("\"stats\""), "{first}");
+    std::fs::write(bundle.rootfs().join("tmp/go"), "").unwrap();
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    events.wait().unwrap();
+    assert!(
+        rest.iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|e| e["type"] == "oom"),
+        "no oom event in:\n{}",
+        rest.join("\n")
+    );
+    b.ok(&["delete", "v2-update"]);
 }
