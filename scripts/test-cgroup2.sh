@@ -16,25 +16,22 @@ skip() { echo "test-cgroup2: SKIPPED the cgroup v2 tests: $*" >&2; exit 0; }
 command -v qemu-system-x86_64 >/dev/null || skip "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)"
 ls /boot/vmlinuz-*-amd64 >/dev/null 2>&1 || skip "no Debian kernel in /boot (apt-get install linux-image-amd64)"
 
-# The berth binary and the test binaries, without running anything.
+# The berth binary and the test binaries, without running anything: the
+# berth-cgroups crate's own tests (unit, OOM watcher) and the v2 integration
+# tests of the berth binary.
 cargo build -p berth --bin berth
-json=$(cargo test -p berth --test cgroups_v2 --no-run --message-format=json)
-cg_test=$(printf '%s\n' "$json" | python3 -c '
+executables() {  # cargo's JSON messages on stdin -> test executables
+  python3 -c '
 import json, sys
 for l in sys.stdin:
     try: m = json.loads(l)
     except ValueError: continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "cgroups_v2":
-        print(m["executable"])')
-json=$(cargo test -p berth-cgroups --lib --no-run --message-format=json)
-unit_test=$(printf '%s\n' "$json" | python3 -c '
-import json, sys
-for l in sys.stdin:
-    try: m = json.loads(l)
-    except ValueError: continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "berth_cgroups":
-        print(m["executable"])')
-[ -x "$cg_test" ] && [ -x "$unit_test" ] || { echo "test-cgroup2: test binaries not found" >&2; exit 1; }
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["executable"])'
+}
+cg_test=$(cargo test -p berth --test cgroups_v2 --no-run --message-format=json | executables)
+crate_tests=$(cargo test -p berth-cgroups --lib --tests --no-run --message-format=json | executables | tr '\n' ' ')
+[ -x "$cg_test" ] && [ -n "$crate_tests" ] || { echo "test-cgroup2: test binaries not found" >&2; exit 1; }
 
 # Inside the guest: the v2 integration tests must really run, not skip.
 mkdir -p "$repo/target"  # shared read-write with the guest
@@ -43,7 +40,7 @@ trap 'rm -f "$guest"' EXIT
 cat > "$guest" <<GUEST
 set -e
 grep -q cgroup2 /proc/mounts
-"$unit_test" -q
+for t in $crate_tests; do "\$t" -q; done
 out=\$("$cg_test" --test-threads=2 2>&1) || { echo "\$out"; exit 1; }
 echo "\$out"
 if echo "\$out" | grep -q "skipped: not a cgroup v2 host"; then
