@@ -236,6 +236,26 @@ fn devices_outside_the_rules_are_denied() {
 }
 
 #[test]
+fn devices_listed_in_the_spec_are_allowed() {
+    if !v1_host() {
+        return;
+    }
+    // linux.devices asks for /dev/kmsg (c 1:11), which the default list
+    // does not allow: the node is made and its cgroup rule added.
+    let mut bundle = bundle_with(&["sh", "-c", "ls -l /dev/kmsg; sleep 600"], json!({}));
+    bundle.config["linux"]["devices"] =
+        json!([{"path": "/dev/kmsg", "type": "c", "major": 1, "minor": 11, "fileMode": 420}]);
+    bundle.write().unwrap();
+    let b = Berth::new(BERTH).unwrap();
+    let cid = id("specdev");
+    create(&b, &bundle, &cid);
+    let list = read(cg(&bundle, "devices").join("devices.list"));
+    assert!(list.lines().any(|l| l == "c 1:11 rwm"), "{list}");
+    assert!(!list.lines().any(|l| l == "c 1:1 rwm"), "{list}");
+    b.ok(&["delete", "--force", &cid]);
+}
+
+#[test]
 fn pause_stops_progress_and_resume_restarts_it() {
     if !v1_host() {
         return;

@@ -257,9 +257,24 @@ fn apply_resources(mgr: &berth_cgroups::Manager, spec: &Spec) -> Result<()> {
         .as_ref()
         .and_then(|l| l.resources().clone())
         .unwrap_or_default();
-    if r.devices().is_none() {
-        r.set_devices(Some(Vec::new()));
+    let mut rules = r.devices().clone().unwrap_or_default();
+    // Nodes the spec asks berth to create in /dev are usable, as with runc:
+    // each gets an allow rule after the spec's own rules.
+    for d in spec.linux().as_ref().and_then(|l| l.devices().clone()).unwrap_or_default() {
+        let typ = match d.typ() {
+            oci_spec::runtime::LinuxDeviceType::B => oci_spec::runtime::LinuxDeviceType::B,
+            oci_spec::runtime::LinuxDeviceType::P => continue,
+            _ => oci_spec::runtime::LinuxDeviceType::C,
+        };
+        let mut rule = oci_spec::runtime::LinuxDeviceCgroup::default();
+        rule.set_allow(true);
+        rule.set_typ(Some(typ));
+        rule.set_major(Some(d.major()));
+        rule.set_minor(Some(d.minor()));
+        rule.set_access(Some("rwm".into()));
+        rules.push(rule);
     }
+    r.set_devices(Some(rules));
     mgr.apply(&r)?;
     crate::debug::trace("resources applied");
     Ok(())
