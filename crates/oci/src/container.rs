@@ -260,7 +260,12 @@ fn apply_resources(mgr: &berth_cgroups::Manager, spec: &Spec) -> Result<()> {
     let mut rules = r.devices().clone().unwrap_or_default();
     // Nodes the spec asks berth to create in /dev are usable, as with runc:
     // each gets an allow rule after the spec's own rules.
-    for d in spec.linux().as_ref().and_then(|l| l.devices().clone()).unwrap_or_default() {
+    for d in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.devices().clone())
+        .unwrap_or_default()
+    {
         let typ = match d.typ() {
             oci_spec::runtime::LinuxDeviceType::B => oci_spec::runtime::LinuxDeviceType::B,
             oci_spec::runtime::LinuxDeviceType::P => continue,
@@ -370,7 +375,7 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 /// cgroup with clone3(CLONE_INTO_CGROUP): no migration afterwards, and
 /// nothing of the container ever runs outside its limits. Kernels or
 /// sandboxes without clone3 get a plain fork, and stage 1 joins itself.
-fn fork_stage1(cg: Option<&berth_cgroups::Manager>) -> Result<(i32, bool)> {
+pub(crate) fn fork_stage1(cg: Option<&berth_cgroups::Manager>) -> Result<(i32, bool)> {
     let dir = cg
         .filter(|m| m.mode() == berth_cgroups::Mode::Unified)
         .and_then(|m| m.dirs().first())

@@ -2,7 +2,7 @@
 //! cgroup, with the same two-stage fork as create.
 
 use crate::container::{cgroup_manager, write_atomic};
-use crate::error::{last_os, Error, Result};
+use crate::error::{Error, Result};
 use crate::init::{self, ns_proc_name, Launch, Role};
 use crate::state::{self, Root, Status};
 use crate::sync::{Channel, Msg};
@@ -73,13 +73,12 @@ pub fn exec(root: &Root, o: ExecOptions) -> Result<i32> {
         idmapped: Vec::new(),
     };
     let (parent_ch, child_ch) = Channel::pair()?;
-    // SAFETY: single-threaded; the child runs only our code.
-    let pid1 = unsafe { libc::fork() };
-    if pid1 < 0 {
-        return Err(last_os("fork"));
-    }
+    let (pid1, in_cgroup) = crate::container::fork_stage1(launch.cgroup)?;
     if pid1 == 0 {
         drop(parent_ch);
+        if in_cgroup {
+            init::stage1_in_cgroup(&launch, &child_ch);
+        }
         init::stage1(&launch, &child_ch);
     }
     drop(child_ch);
