@@ -15,59 +15,16 @@ pub fn connect(path: &Path) -> Result<OwnedFd> {
     Ok(s.into())
 }
 
-/// Sends `fd` with `name` as payload over the unix socket `sock`.
+/// Sends `fd` with `name` (the pty's path) as payload over the unix socket `sock`.
 pub fn send_fd(sock: RawFd, name: &str, fd: RawFd) -> Result<()> {
-    let payload = name.as_bytes();
-    let mut iov = libc::iovec {
-        iov_base: payload.as_ptr() as *mut _,
-        iov_len: payload.len().max(1),
-    };
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut cbuf = vec![0u8; space];
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = space;
-    // SAFETY: msg points at a control buffer large enough for one fd.
-    unsafe {
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut RawFd, fd);
-        if libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) < 0 {
-            return Err(last_os("sending the console fd"));
-        }
-    }
-    Ok(())
+    crate::fdpass::send_fd(sock, name.as_bytes(), fd)
 }
 
 /// Receives one fd sent with [`send_fd`].
 pub fn recv_fd(sock: RawFd) -> Result<OwnedFd> {
-    let mut buf = [0u8; 4096];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut cbuf = vec![0u8; space];
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = space;
-    // SAFETY: msg describes valid buffers.
-    unsafe {
-        if libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) < 0 {
-            return Err(last_os("receiving the console fd"));
-        }
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        if c.is_null() || (*c).cmsg_type != libc::SCM_RIGHTS {
-            return Err(Error::Other("console socket: no fd received".into()));
-        }
-        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const RawFd);
-        Ok(OwnedFd::from_raw_fd(fd))
+    match crate::fdpass::recv_fd(sock)? {
+        (_, Some(fd)) => Ok(fd),
+        (_, None) => Err(Error::Other("console socket: no fd received".into())),
     }
 }
 

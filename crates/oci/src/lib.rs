@@ -11,6 +11,7 @@ pub mod container;
 pub mod debug;
 pub mod error;
 pub mod exec;
+pub mod fdpass;
 pub mod features;
 pub mod foreground;
 pub mod fsutil;

@@ -462,79 +462,19 @@ pub fn load_and_hand_over(c: &Compiled, ch: &Channel) -> Result<()> {
     }
     ch.send(&Msg::SeccompListener)?;
     let fd = load(c)?.ok_or_else(|| Error::Other("seccomp: no listener fd".into()))?;
-    send_fd(ch.raw(), b"seccomp", fd.as_raw_fd())
-}
-
-fn send_fd(sock: RawFd, payload: &[u8], fd: RawFd) -> Result<()> {
-    let mut iov = libc::iovec {
-        iov_base: payload.as_ptr() as *mut _,
-        iov_len: payload.len(),
-    };
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut cbuf = vec![0u8; space];
-    // SAFETY: a zeroed msghdr is valid; the pointers set below outlive the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = space;
-    // SAFETY: the control buffer has room for one fd.
-    unsafe {
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut RawFd, fd);
-        loop {
-            if libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) >= 0 {
-                return Ok(());
-            }
-            if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-                return Err(last_os("passing the seccomp listener"));
-            }
-        }
-    }
+    crate::fdpass::send_fd(ch.raw(), b"seccomp", fd.as_raw_fd())
 }
 
 /// Runtime side, after [`Msg::SeccompListener`]: the next datagram carries
 /// the listener, or is the init's error.
 pub fn recv_listener(ch: &Channel) -> Result<OwnedFd> {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut cbuf = vec![0u8; space];
-    // SAFETY: a zeroed msghdr is valid; the pointers set below outlive the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = space;
-    let n = loop {
-        // SAFETY: msg describes valid buffers.
-        let n = unsafe { libc::recvmsg(ch.raw(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if n >= 0 {
-            break n as usize;
-        }
-        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return Err(last_os("receiving the seccomp listener"));
-        }
-    };
-    // SAFETY: msg was filled in by recvmsg.
-    unsafe {
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        if !c.is_null() && (*c).cmsg_type == libc::SCM_RIGHTS {
-            let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const RawFd);
-            return Ok(OwnedFd::from_raw_fd(fd));
-        }
+    let (payload, fd) = crate::fdpass::recv_fd(ch.raw())?;
+    if let Some(fd) = fd {
+        return Ok(fd);
     }
-    match serde_json::from_slice::<Msg>(&buf[..n]) {
+    match serde_json::from_slice::<Msg>(&payload) {
         Ok(Msg::Error(m)) => Err(Error::Init(m)),
-        _ if n == 0 => Err(Error::Init(
+        _ if payload.is_empty() => Err(Error::Init(
             "the container's init exited before passing the seccomp listener".into(),
         )),
         _ => Err(Error::Other("sync: expected the seccomp listener".into())),
@@ -555,7 +495,7 @@ pub fn send_to_agent(l: &Listener, fd: &OwnedFd, pid: i32, state: serde_json::Va
         "metadata": l.metadata,
         "state": state,
     });
-    send_fd(sock.as_raw_fd(), msg.to_string().as_bytes(), fd.as_raw_fd())
+    crate::fdpass::send_fd(sock.as_raw_fd(), msg.to_string().as_bytes(), fd.as_raw_fd())
 }
 
 /// The seccomp part of `berth features`.
