@@ -7,6 +7,34 @@
 
 use crate::{Error, Mode, Result};
 use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType, LinuxResources};
+use std::io::Write;
+use std::path::Path;
+
+/// An error about `linux.resources.<field>`.
+pub(crate) fn field_err(field: &str, msg: impl Into<String>) -> Error {
+    Error::Resource {
+        field: format!("linux.resources.{field}"),
+        msg: msg.into(),
+    }
+}
+
+/// Writes `val` to `<dir>/<file>` (v1 or v2); an error names the field and
+/// the file, with a hint for the two errors users meet most.
+pub(crate) fn set(dir: &Path, file: &str, val: &str, field: &str) -> Result<()> {
+    let p = dir.join(file);
+    let r = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .and_then(|mut f| f.write_all(val.as_bytes()));
+    r.map_err(|e| {
+        let why = match e.raw_os_error() {
+            Some(libc::ENOENT) => format!("{e} (this kernel or cgroup lacks the setting)"),
+            Some(libc::EBUSY) => format!("{e} (current usage is above the new limit?)"),
+            _ => e.to_string(),
+        };
+        field_err(field, format!("writing {val:?} to {}: {why}", p.display()))
+    })
+}
 
 fn bad(field: &str, msg: impl Into<String>) -> Error {
     Error::Resource {

@@ -4,46 +4,18 @@
 //! alone, -1 means unlimited. A requested limit whose controller is not
 //! mounted is an error naming the field, never silently dropped.
 
-use crate::resources::{device_rule_lines, effective_device_rules, page_size_bytes};
+use crate::resources::{
+    device_rule_lines, effective_device_rules, field_err, page_size_bytes, set,
+};
 use crate::stats::Stats;
-use crate::{Error, Manager, Result};
+use crate::{Manager, Result};
 use oci_spec::runtime::LinuxResources;
 use std::fs;
-use std::io::{self, Write};
+use std::io::Write;
 use std::path::Path;
 
 /// v1 reports "unlimited" as the largest page-aligned i64.
 const V1_UNLIMITED: u64 = 0x7FFF_FFFF_FFFF_F000;
-
-fn field_err(field: &str, msg: impl Into<String>) -> Error {
-    Error::Resource {
-        field: format!("linux.resources.{field}"),
-        msg: msg.into(),
-    }
-}
-
-/// Writes `val` to `<dir>/<file>`; an error names the field and the file.
-fn set(dir: &Path, file: &str, val: &str, field: &str) -> Result<()> {
-    let p = dir.join(file);
-    let r = fs::OpenOptions::new()
-        .write(true)
-        .open(&p)
-        .and_then(|mut f| f.write_all(val.as_bytes()));
-    r.map_err(|e| {
-        field_err(
-            field,
-            format!("writing {val:?} to {}: {}", p.display(), explain(&e)),
-        )
-    })
-}
-
-fn explain(e: &io::Error) -> String {
-    match e.raw_os_error() {
-        Some(libc::EBUSY) => format!("{e} (the cgroup's current usage is above the new limit?)"),
-        Some(libc::ENOENT) => format!("{e} (this kernel lacks the setting)"),
-        _ => e.to_string(),
-    }
-}
 
 fn dir<'a>(m: &'a Manager, ctrl: &str, field: &str) -> Result<&'a Path> {
     m.controller_dir(ctrl).ok_or_else(|| {

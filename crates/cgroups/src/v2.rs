@@ -26,39 +26,15 @@
 //! crun do on v2: the kernel accounts kernel memory in memory.max, and
 //! network classification is done with eBPF by the network plugin.
 
-use crate::resources::{effective_device_rules, page_size_bytes};
+use crate::resources::{effective_device_rules, field_err, page_size_bytes, set};
 use crate::stats::Stats;
 use crate::{devices_bpf, Error, Manager, Result};
 use oci_spec::runtime::{LinuxResources, LinuxThrottleDevice};
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
-
-fn field_err(field: &str, msg: impl Into<String>) -> Error {
-    Error::Resource {
-        field: format!("linux.resources.{field}"),
-        msg: msg.into(),
-    }
-}
-
-/// Writes `val` to `<dir>/<file>`; an error names the field and the file.
-fn set(dir: &Path, file: &str, val: &str, field: &str) -> Result<()> {
-    let p = dir.join(file);
-    let r = fs::OpenOptions::new()
-        .write(true)
-        .open(&p)
-        .and_then(|mut f| f.write_all(val.as_bytes()));
-    r.map_err(|e| {
-        let why = match e.raw_os_error() {
-            Some(libc::ENOENT) => format!("{e} (the controller is not enabled for this cgroup?)"),
-            Some(libc::EBUSY) => format!("{e} (current usage is above the new limit?)"),
-            _ => e.to_string(),
-        };
-        field_err(field, format!("writing {val:?} to {}: {why}", p.display()))
-    })
-}
 
 /// OCI cpu.shares (v1, 2..=262144, default 1024) to cpu.weight (1..=10000,
 /// default 100), mapping the ends of one range onto the other.
