@@ -126,16 +126,7 @@ pub fn resolve_create(root: &OwnedFd, path: &Path, kind: Kind, extra: u64) -> Re
         }
         let name = cstr(Path::new(c.as_os_str()))?;
         // Reopen the parent as a real directory fd for the *at calls.
-        let parent = openat2(
-            cur.as_raw_fd(),
-            Path::new("."),
-            libc::O_DIRECTORY | libc::O_RDONLY,
-            0,
-        )
-        .map_err(|e| Error::Os {
-            ctx: format!("opening parent of {}", prefix.display()),
-            err: std::io::Error::from_raw_os_error(e),
-        })?;
+        let parent = reopen_dir(&cur, &prefix)?;
         // SAFETY: parent is a valid dir fd and name a valid C string.
         let r = if last && kind == Kind::File {
             let fd = unsafe {
@@ -174,6 +165,21 @@ pub fn resolve_create(root: &OwnedFd, path: &Path, kind: Kind, extra: u64) -> Re
         })?;
     }
     Ok(cur)
+}
+
+/// Reopens an O_PATH directory fd as a real directory fd for the *at calls;
+/// `what` names it in the error.
+pub fn reopen_dir(fd: &impl AsRawFd, what: &Path) -> Result<OwnedFd> {
+    openat2(
+        fd.as_raw_fd(),
+        Path::new("."),
+        libc::O_DIRECTORY | libc::O_RDONLY,
+        0,
+    )
+    .map_err(|e| Error::Os {
+        ctx: format!("opening {}", what.display()),
+        err: std::io::Error::from_raw_os_error(e),
+    })
 }
 
 /// `path` without its leading `/` and `.` parts, for *at calls.

@@ -384,16 +384,7 @@ impl Rootfs<'_> {
                     if let Ok(target) = std::fs::read_link(e.path()) {
                         let dir =
                             fsutil::resolve_create(root, dest, Kind::Dir, RESOLVE_NO_SYMLINKS)?;
-                        let dfd = fsutil::openat2(
-                            dir.as_raw_fd(),
-                            Path::new("."),
-                            libc::O_DIRECTORY | libc::O_RDONLY,
-                            0,
-                        )
-                        .map_err(|e| Error::Os {
-                            ctx: format!("opening {}", dest.display()),
-                            err: std::io::Error::from_raw_os_error(e),
-                        })?;
+                        let dfd = fsutil::reopen_dir(&dir, dest)?;
                         let n = cstr(Path::new(&e.file_name()))?;
                         let tg = cstr(&target)?;
                         // SAFETY: valid C strings and dir fd.
@@ -472,16 +463,7 @@ impl Rootfs<'_> {
     ) -> Result<()> {
         let parent = path.parent().unwrap_or(Path::new("/dev"));
         let pfd = fsutil::resolve_create(root, parent, Kind::Dir, 0)?;
-        let pdir = fsutil::openat2(
-            pfd.as_raw_fd(),
-            Path::new("."),
-            libc::O_DIRECTORY | libc::O_RDONLY,
-            0,
-        )
-        .map_err(|e| Error::Os {
-            ctx: format!("opening {}", parent.display()),
-            err: std::io::Error::from_raw_os_error(e),
-        })?;
+        let pdir = fsutil::reopen_dir(&pfd, parent)?;
         let name = cstr(Path::new(path.file_name().unwrap_or_default()))?;
         // Replace whatever the image has there.
         // SAFETY: pdir is a dir fd and name a valid C string.
@@ -545,16 +527,7 @@ impl Rootfs<'_> {
 
     fn dev_symlinks(&self, root: &OwnedFd) -> Result<()> {
         let dev = fsutil::resolve_create(root, Path::new("/dev"), Kind::Dir, 0)?;
-        let ddir = fsutil::openat2(
-            dev.as_raw_fd(),
-            Path::new("."),
-            libc::O_DIRECTORY | libc::O_RDONLY,
-            0,
-        )
-        .map_err(|e| Error::Os {
-            ctx: "opening /dev".into(),
-            err: std::io::Error::from_raw_os_error(e),
-        })?;
+        let ddir = fsutil::reopen_dir(&dev, Path::new("/dev"))?;
         let mut links = vec![
             ("/proc/self/fd", "fd"),
             ("/proc/self/fd/0", "stdin"),
