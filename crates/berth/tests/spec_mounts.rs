@@ -509,3 +509,27 @@ fn bind_source_must_exist() {
     assert!(!r.ok);
     assert!(r.err.contains("/nonexistent/berth-src"), "{}", r.err);
 }
+
+/// A destination behind a dangling symlink (/var/run -> /run, /run missing,
+/// as in many images) is created where the symlink points, inside the
+/// rootfs, as runc does; the mount lands there and nowhere on the host.
+#[test]
+fn mount_behind_a_dangling_symlink_is_created_inside_the_rootfs() {
+    let out = sh(
+        "grep -c ' /run/secrets/token ' /proc/self/mountinfo; ls -d /var/run/secrets/token",
+        |cfg, b| {
+            let rootfs = b.rootfs();
+            let _ = fs::remove_dir_all(rootfs.join("var/run"));
+            let _ = fs::remove_dir_all(rootfs.join("run"));
+            std::os::unix::fs::symlink("/run", rootfs.join("var/run")).unwrap();
+            add_mount(
+                cfg,
+                json!({"destination": "/var/run/secrets/token", "type": "tmpfs", "source": "tmpfs"}),
+            );
+        },
+    );
+    assert_eq!(out, "1\n/var/run/secrets/token\n");
+    assert!(
+        !Path::new("/run/secrets/token").exists() || fs::read_dir("/run/secrets/token").is_ok()
+    );
+}

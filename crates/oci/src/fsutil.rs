@@ -8,7 +8,7 @@
 use crate::error::{last_os, Error, Result};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path};
 
 pub const RESOLVE_NO_XDEV: u64 = 0x01;
@@ -90,17 +90,36 @@ pub enum Kind {
 /// to it, creating missing components (directories, and a final file when
 /// `kind` is File). `extra` adds RESOLVE_* flags such as NO_SYMLINKS.
 pub fn resolve_create(root: &OwnedFd, path: &Path, kind: Kind, extra: u64) -> Result<OwnedFd> {
-    let resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | extra;
-    let rel = relative(path);
-    match openat2(root.as_raw_fd(), &rel, libc::O_PATH, resolve) {
-        Ok(fd) => return Ok(fd),
-        Err(libc::ENOENT) => {}
-        Err(e) => {
-            return Err(Error::Os {
-                ctx: format!("resolving {} in the rootfs", path.display()),
-                err: std::io::Error::from_raw_os_error(e),
-            })
+    let mut rel = relative(path);
+    // Like the kernel's own limit on symlinks followed in one lookup.
+    for _ in 0..40 {
+        match resolve_create_once(root, &rel, kind, extra)? {
+            Step::Done(fd) => return Ok(fd),
+            Step::Retry(next) => rel = next,
         }
+    }
+    Err(Error::Os {
+        ctx: format!("resolving {} in the rootfs", path.display()),
+        err: std::io::Error::from_raw_os_error(libc::ELOOP),
+    })
+}
+
+enum Step {
+    Done(OwnedFd),
+    /// A missing component is a dangling symlink: resolve this path instead.
+    Retry(std::path::PathBuf),
+}
+
+fn resolve_create_once(root: &OwnedFd, rel: &Path, kind: Kind, extra: u64) -> Result<Step> {
+    let resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | extra;
+    let resolve_err = |p: &Path, e: i32| Error::Os {
+        ctx: format!("resolving /{} in the rootfs", p.display()),
+        err: std::io::Error::from_raw_os_error(e),
+    };
+    match openat2(root.as_raw_fd(), rel, libc::O_PATH, resolve) {
+        Ok(fd) => return Ok(Step::Done(fd)),
+        Err(libc::ENOENT) => {}
+        Err(e) => return Err(resolve_err(rel, e)),
     }
     let comps: Vec<_> = rel.components().collect();
     let mut cur = root.try_clone().map_err(|e| Error::Os {
@@ -117,16 +136,29 @@ pub fn resolve_create(root: &OwnedFd, path: &Path, kind: Kind, extra: u64) -> Re
                 continue;
             }
             Err(libc::ENOENT) => {}
-            Err(e) => {
-                return Err(Error::Os {
-                    ctx: format!("resolving {} in the rootfs", prefix.display()),
-                    err: std::io::Error::from_raw_os_error(e),
-                })
-            }
+            Err(e) => return Err(resolve_err(&prefix, e)),
         }
         let name = cstr(Path::new(c.as_os_str()))?;
         // Reopen the parent as a real directory fd for the *at calls.
         let parent = reopen_dir(&cur, &prefix)?;
+        // A dangling symlink: follow it the way the kernel would, but inside
+        // the rootfs (an absolute target restarts at the rootfs' root; `..`
+        // stays for openat2 RESOLVE_IN_ROOT to clamp), as runc creates mount
+        // targets behind e.g. /var/run -> /run when /run is missing.
+        if extra & RESOLVE_NO_SYMLINKS == 0 {
+            if let Some(target) = readlinkat(&parent, &name) {
+                let mut next = if target.is_absolute() {
+                    std::path::PathBuf::new()
+                } else {
+                    prefix.parent().map(Path::to_path_buf).unwrap_or_default()
+                };
+                next.push(relative(&target));
+                for rest in &comps[i + 1..] {
+                    next.push(rest);
+                }
+                return Ok(Step::Retry(next));
+            }
+        }
         // SAFETY: parent is a valid dir fd and name a valid C string.
         let r = if last && kind == Kind::File {
             let fd = unsafe {
@@ -154,17 +186,34 @@ pub fn resolve_create(root: &OwnedFd, path: &Path, kind: Kind, extra: u64) -> Re
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::EEXIST) {
                 return Err(Error::Os {
-                    ctx: format!("creating {} in the rootfs", prefix.display()),
+                    ctx: format!("creating /{} in the rootfs", prefix.display()),
                     err: e,
                 });
             }
         }
-        cur = openat2(root.as_raw_fd(), &prefix, libc::O_PATH, resolve).map_err(|e| Error::Os {
-            ctx: format!("resolving {} in the rootfs", prefix.display()),
-            err: std::io::Error::from_raw_os_error(e),
-        })?;
+        cur = openat2(root.as_raw_fd(), &prefix, libc::O_PATH, resolve)
+            .map_err(|e| resolve_err(&prefix, e))?;
     }
-    Ok(cur)
+    Ok(Step::Done(cur))
+}
+
+/// The target of `name` in `dir` if it is a symlink.
+fn readlinkat(dir: &OwnedFd, name: &std::ffi::CStr) -> Option<std::path::PathBuf> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: buf is valid for its length; dir is an open directory.
+    let n = unsafe {
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n <= 0 {
+        return None;
+    }
+    buf.truncate(n as usize);
+    Some(std::path::PathBuf::from(std::ffi::OsString::from_vec(buf)))
 }
 
 /// Reopens an O_PATH directory fd as a real directory fd for the *at calls;
