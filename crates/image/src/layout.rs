@@ -1,16 +1,14 @@
-//! Import of OCI image layouts (a directory or its tar archive) and a small
-//! index of images by name and ID.
+//! Import and export of OCI image layouts (a directory or its tar archive).
 //!
 //! Import copies the blobs an image needs into the [`Store`] (verified on
 //! the way), then unpacks each layer once into the [`Snapshotter`]. The
 //! image ID is the digest of its config, as with docker and containerd.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, Read};
-use std::path::{Path, PathBuf};
+use std::io::{Read, Write};
+use std::path::Path;
 
-use rustix::fs::{flock, FlockOperation};
 use serde::{Deserialize, Serialize};
 
 use crate::{Digest, Error, Result, Snapshotter, Store};
@@ -54,6 +52,8 @@ struct Manifest {
 #[derive(Debug, Deserialize)]
 struct ConfigFile {
     #[serde(default)]
+    created: Option<String>,
+    #[serde(default)]
     config: ImageConfig,
     rootfs: RootFs,
 }
@@ -89,12 +89,18 @@ pub struct ImageConfig {
     pub stop_signal: Option<String>,
 }
 
-/// An imported image.
+/// An imported image. Its identity is the config digest: the same image
+/// imported or pulled under other names is one image with several names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Image {
-    pub name: String,
     /// The config digest.
     pub id: Digest,
+    /// Names the user asked for (`repo:tag`).
+    #[serde(default)]
+    pub repo_tags: Vec<String>,
+    /// `repo@<manifest digest>` for each repository it was named in.
+    #[serde(default)]
+    pub repo_digests: Vec<String>,
     pub manifest: Digest,
     /// Layer blobs (compressed), bottom first.
     pub layers: Vec<Digest>,
@@ -102,9 +108,49 @@ pub struct Image {
     /// Chain ID of the top layer: what [`Snapshotter::create_view`] takes.
     pub chain_id: Digest,
     pub config: ImageConfig,
+    /// Sum of the (compressed) layer blob sizes, as the manifest states them.
+    #[serde(default)]
+    pub size: u64,
+    /// The config's `created` time (RFC 3339), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+}
+
+/// The repository part of a reference: `reg:5000/a/b:tag` -> `reg:5000/a/b`,
+/// `a@sha256:..` -> `a`.
+pub fn repository(name: &str) -> &str {
+    let name = name.split_once('@').map_or(name, |(r, _)| r);
+    match name.rfind(':') {
+        Some(i) if !name[i..].contains('/') => &name[..i],
+        _ => name,
+    }
 }
 
 impl Image {
+    /// Names the image as `name`: a tag (`repo:tag`, recorded with its
+    /// `repo@manifest` digest) or a digest reference (`repo@sha256:..`).
+    /// An empty name leaves it unnamed (found by ID only).
+    pub fn named(mut self, name: &str) -> Image {
+        let add = |v: &mut Vec<String>, n: String| {
+            if !v.contains(&n) {
+                v.push(n)
+            }
+        };
+        if name.contains('@') {
+            add(&mut self.repo_digests, name.to_string());
+        } else if !name.is_empty() {
+            add(&mut self.repo_tags, name.to_string());
+            let d = format!("{}@{}", repository(name), self.manifest);
+            add(&mut self.repo_digests, d);
+        }
+        self
+    }
+
+    /// Every name it can be found by (besides its ID).
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.repo_tags.iter().chain(&self.repo_digests)
+    }
+
     /// Every blob the image references.
     pub fn blobs(&self) -> impl Iterator<Item = &Digest> {
         [&self.id, &self.manifest].into_iter().chain(&self.layers)
@@ -188,13 +234,18 @@ fn import(
     snaps: &Snapshotter,
 ) -> Result<Image> {
     let index: Index = parse("index.json", index)?;
-    let mut desc = match tag {
+    let one = index
+        .manifests
+        .first()
+        .filter(|m| index.manifests.iter().all(|n| n.digest == m.digest));
+    let desc = match tag {
         Some(t) => index
             .manifests
             .iter()
             .find(|m| m.annotations.get(REF_NAME).map(String::as_str) == Some(t))
             .ok_or_else(|| Error::NotFound(format!("tag {t:?} in index.json")))?,
-        None if index.manifests.len() == 1 => &index.manifests[0],
+        // Several names of one manifest are still one image.
+        None if one.is_some() => one.unwrap(),
         None => {
             return Err(Error::invalid(
                 "index.json",
@@ -203,6 +254,19 @@ fn import(
         }
     }
     .clone();
+    import_manifest(&desc, fetch, name, store, snaps)
+}
+
+/// Imports the image `desc` names (a manifest, or an index resolved to
+/// this machine's platform), getting each blob it needs with `fetch`.
+pub(crate) fn import_manifest(
+    desc: &Descriptor,
+    fetch: &dyn Fn(&Descriptor) -> Result<()>,
+    name: &str,
+    store: &Store,
+    snaps: &Snapshotter,
+) -> Result<Image> {
+    let mut desc = desc.clone();
     // A multi-platform index: take the manifest for this machine.
     while desc.media_type == INDEX_TYPE || desc.media_type == DOCKER_LIST_TYPE {
         fetch(&desc)?;
@@ -261,17 +325,21 @@ fn import(
     }
     let chain_id = chain.ok_or_else(|| Error::invalid(&what, "no layers"))?;
     Ok(Image {
-        name: name.to_string(),
         id: manifest.config.digest.clone(),
+        repo_tags: Vec::new(),
+        repo_digests: Vec::new(),
         manifest: desc.digest.clone(),
         layers: manifest.layers.iter().map(|l| l.digest.clone()).collect(),
         diff_ids: config.rootfs.diff_ids,
         chain_id,
         config: config.config,
-    })
+        size: manifest.layers.iter().map(|l| l.size).sum(),
+        created: config.created,
+    }
+    .named(name))
 }
 
-fn host_arch() -> &'static str {
+pub(crate) fn host_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
@@ -280,93 +348,76 @@ fn host_arch() -> &'static str {
     }
 }
 
-/// Images by name, in one JSON file replaced atomically; read-modify-write
-/// cycles are serialised by an flock on a sibling lock file.
-#[derive(Debug, Clone)]
-pub struct Images {
-    path: PathBuf,
-}
-
-impl Images {
-    pub fn open(path: impl AsRef<Path>) -> Images {
-        Images {
-            path: path.as_ref().to_path_buf(),
-        }
+/// Writes `img` as an OCI layout tar archive (`oci-archive:`): `oci-layout`,
+/// `index.json` with one manifest entry per tag (`org.opencontainers.image.ref.name`
+/// is the tag, `io.containerd.image.name` the full name), and the manifest,
+/// config and layer blobs from `store`. Entries carry fixed metadata, so the
+/// same image always gives the same archive.
+pub fn export(img: &Image, store: &Store, w: impl Write) -> Result<()> {
+    let what = format!("export of {}", img.id);
+    let manifest = store.read(&img.manifest)?;
+    let media_type = serde_json::from_slice::<serde_json::Value>(&manifest)
+        .ok()
+        .and_then(|v| v["mediaType"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into());
+    let desc = |annotations| Descriptor {
+        media_type: media_type.clone(),
+        digest: img.manifest.clone(),
+        size: manifest.len() as u64,
+        annotations,
+        platform: None,
+    };
+    let mut manifests: Vec<Descriptor> = img
+        .repo_tags
+        .iter()
+        .map(|t| {
+            let tag = t.strip_prefix(repository(t)).unwrap_or("");
+            let tag = tag.strip_prefix(':').unwrap_or("latest");
+            desc(BTreeMap::from([
+                (REF_NAME.to_string(), tag.to_string()),
+                ("io.containerd.image.name".to_string(), t.clone()),
+            ]))
+        })
+        .collect();
+    if manifests.is_empty() {
+        manifests.push(desc(BTreeMap::new()));
     }
-
-    fn lock(&self) -> Result<File> {
-        let p = self.path.with_extension("lock");
-        let f = File::create(&p).map_err(|e| Error::io(&p, e))?;
-        flock(&f, FlockOperation::LockExclusive).map_err(|e| Error::io(&p, e))?;
-        Ok(f)
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": INDEX_TYPE,
+        "manifests": manifests,
+    });
+    let index = serde_json::to_vec(&index).map_err(|e| Error::invalid(&what, e))?;
+    let mut b = tar::Builder::new(w);
+    let err = |e: std::io::Error| Error::invalid(&what, e);
+    let header = |kind: tar::EntryType, size: u64, mode: u32| {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(mode);
+        h.set_mtime(0);
+        h
+    };
+    let file = |b: &mut tar::Builder<_>, path: &str, size: u64, r: &mut dyn Read| {
+        let mut h = header(tar::EntryType::Regular, size, 0o644);
+        b.append_data(&mut h, path, r).map_err(err)
+    };
+    file(
+        &mut b,
+        "oci-layout",
+        30,
+        &mut &br#"{"imageLayoutVersion":"1.0.0"}"#[..],
+    )?;
+    file(&mut b, "index.json", index.len() as u64, &mut &index[..])?;
+    for dir in ["blobs/", "blobs/sha256/"] {
+        let mut h = header(tar::EntryType::Directory, 0, 0o755);
+        b.append_data(&mut h, dir, std::io::empty()).map_err(err)?;
     }
-
-    pub fn list(&self) -> Result<Vec<Image>> {
-        match fs::read(&self.path) {
-            Ok(b) => parse(&self.path.display().to_string(), &b),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(Error::io(&self.path, e)),
-        }
+    let mut seen = std::collections::HashSet::new();
+    for d in img.blobs().filter(|d| seen.insert(*d)) {
+        let size = store.size(d)?;
+        let mut f = store.open_blob(d)?;
+        file(&mut b, &format!("blobs/sha256/{}", d.hex()), size, &mut f)?;
     }
-
-    fn save(&self, images: &[Image]) -> Result<()> {
-        let tmp = self.path.with_extension("tmp");
-        let bytes =
-            serde_json::to_vec_pretty(images).map_err(|e| Error::invalid(tmp.display(), e))?;
-        let write = || -> io::Result<()> {
-            let f = File::create(&tmp)?;
-            io::Write::write_all(&mut &f, &bytes)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &self.path)
-        };
-        write().map_err(|e| Error::io(&self.path, e))
-    }
-
-    /// Adds or replaces (by name) an image.
-    pub fn put(&self, image: &Image) -> Result<()> {
-        let _l = self.lock()?;
-        let mut all = self.list()?;
-        all.retain(|i| i.name != image.name);
-        all.push(image.clone());
-        self.save(&all)
-    }
-
-    /// By name, full ID (`sha256:...`) or a unique ID prefix.
-    pub fn get(&self, key: &str) -> Result<Image> {
-        let all = self.list()?;
-        if let Some(i) = all
-            .iter()
-            .find(|i| i.name == key || i.id.to_string() == key)
-        {
-            return Ok(i.clone());
-        }
-        let hits: Vec<_> = all
-            .iter()
-            .filter(|i| key.len() >= 4 && i.id.hex().starts_with(key))
-            .collect();
-        match hits.as_slice() {
-            [one] => Ok((*one).clone()),
-            _ => Err(Error::NotFound(format!("image {key}"))),
-        }
-    }
-
-    pub fn remove(&self, name: &str) -> Result<Image> {
-        let _l = self.lock()?;
-        let mut all = self.list()?;
-        let pos = all
-            .iter()
-            .position(|i| i.name == name)
-            .ok_or_else(|| Error::NotFound(format!("image {name}")))?;
-        let img = all.remove(pos);
-        self.save(&all)?;
-        Ok(img)
-    }
-
-    /// Blobs and top layers of every image (what garbage collection keeps).
-    pub fn referenced(&self) -> Result<(HashSet<Digest>, HashSet<Digest>)> {
-        let all = self.list()?;
-        let blobs = all.iter().flat_map(|i| i.blobs().cloned()).collect();
-        let chains = all.iter().map(|i| i.chain_id.clone()).collect();
-        Ok((blobs, chains))
-    }
+    b.into_inner().and_then(|mut w| w.flush()).map_err(err)
 }

@@ -4,6 +4,7 @@
 
 pub mod digest;
 pub mod layout;
+pub mod metadata;
 pub mod snapshot;
 pub mod store;
 pub mod unpack;
@@ -11,7 +12,8 @@ pub mod unpack;
 use std::path::{Path, PathBuf};
 
 pub use digest::Digest;
-pub use layout::{import_archive, import_layout, Image, ImageConfig, Images};
+pub use layout::{import_archive, import_layout, Image, ImageConfig};
+pub use metadata::{Images, Removed};
 pub use snapshot::{Snapshotter, View};
 pub use store::Store;
 pub use unpack::{unpack, unpack_onto, Compression, Unpacked};
@@ -46,7 +48,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// The three parts under one directory:
 /// `<dir>/content` ([`Store`]), `<dir>/snapshots` ([`Snapshotter`]),
-/// `<dir>/images.json` ([`Images`]).
+/// `<dir>/images.db` ([`Images`]).
 #[derive(Debug, Clone)]
 pub struct ImageRoot {
     pub store: Store,
@@ -61,7 +63,7 @@ impl ImageRoot {
         Ok(ImageRoot {
             store: Store::open(dir.join("content"))?,
             snapshots: Snapshotter::open(dir.join("snapshots"))?,
-            images: Images::open(dir.join("images.json")),
+            images: Images::open(dir.join("images.db"))?,
             dir: dir.to_path_buf(),
         })
     }
@@ -79,8 +81,7 @@ impl ImageRoot {
     pub fn import_layout(&self, layout: &Path, tag: Option<&str>, name: &str) -> Result<Image> {
         let _l = self.lock(rustix::fs::FlockOperation::LockShared)?;
         let img = layout::import_layout(layout, tag, name, &self.store, &self.snapshots)?;
-        self.images.put(&img)?;
-        Ok(img)
+        self.images.put(&img)
     }
 
     /// Imports from an OCI layout tar archive.
@@ -92,8 +93,22 @@ impl ImageRoot {
     ) -> Result<Image> {
         let _l = self.lock(rustix::fs::FlockOperation::LockShared)?;
         let img = layout::import_archive(r, tag, name, &self.store, &self.snapshots)?;
-        self.images.put(&img)?;
-        Ok(img)
+        self.images.put(&img)
+    }
+
+    /// Writes image `key` (tag, digest or ID) as an OCI layout tar archive.
+    pub fn export(&self, key: &str, w: impl std::io::Write) -> Result<()> {
+        layout::export(&self.images.get(key)?, &self.store, w)
+    }
+
+    /// [`Images::remove`], then, when the image went, [`ImageRoot::gc`] to
+    /// free its blobs and layers (those no other image or view uses).
+    pub fn remove(&self, key: &str, in_use: &dyn Fn(&Image) -> Option<String>) -> Result<Removed> {
+        let r = self.images.remove(key, in_use)?;
+        if matches!(r, Removed::Deleted(_)) {
+            self.gc()?;
+        }
+        Ok(r)
     }
 
     /// Removes blobs and layers no image (and no view) uses; returns them.
