@@ -1,0 +1,596 @@
+//! Pulling images from registries (OCI distribution spec).
+//!
+//! HTTP is done with `ureq`, a small blocking client: a blob's response
+//! body is an `io::Read` that goes straight into the store's hashing
+//! [`crate::store::Writer`], so nothing is buffered and digest and size are
+//! verified on the way. (`oci-client` was considered; it is async on
+//! tokio + reqwest and hands blobs to an `AsyncWrite`, which would need a
+//! runtime and a bridge for no gain in a library whose callers block.)
+//!
+//! A pull resolves the reference to a manifest (OCI manifest or index,
+//! Docker schema2 manifest or manifest list), picks the platform's
+//! manifest from an index, then hands that manifest to the same import
+//! path as OCI layouts ([`crate::layout`]), with a fetch function that
+//! downloads each blob the import needs. Blobs already stored and layers
+//! already unpacked are not downloaded again; two pulls of one blob at
+//! once are serialised by the store's ingest lock, so the second finds it
+//! stored.
+//!
+//! Auth: anonymous, basic, and the bearer-token challenge flow (the token
+//! endpoint is asked with basic credentials, or an identity token as an
+//! OAuth2 refresh token); a registry token is sent as is.
+//!
+//! Mirrors follow containerd's `hosts.toml` convention:
+//! `<hosts_dir>/<host>/hosts.toml` with an optional `server` (the
+//! upstream's URL) and `[host."<url>"]` tables, tried in file order before
+//! the upstream. The image keeps the name the user gave, never a mirror's.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde::Deserialize;
+
+use crate::layout::{Descriptor, Image, Platform};
+use crate::reference::{Reference, DOCKER_HUB};
+use crate::{Digest, Error, Result, Snapshotter, Store};
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+/// Manifests are small; a bigger one is a broken or hostile registry.
+const MAX_MANIFEST: u64 = 4 << 20;
+
+/// Credentials, as CRI's `AuthConfig` carries them.
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    pub username: String,
+    pub password: String,
+    /// base64 of `username:password`.
+    pub auth: String,
+    /// An OAuth2 refresh token for the token endpoint.
+    pub identity_token: String,
+    /// A bearer token sent to the registry as is.
+    pub registry_token: String,
+}
+
+impl AuthConfig {
+    fn basic(&self) -> Result<Option<(String, String)>> {
+        if !self.username.is_empty() {
+            return Ok(Some((self.username.clone(), self.password.clone())));
+        }
+        if self.auth.is_empty() {
+            return Ok(None);
+        }
+        let bad = |m: &str| Error::invalid("auth config field \"auth\"", m);
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(self.auth.trim())
+            .map_err(|e| bad(&e.to_string()))?;
+        let s = String::from_utf8(raw).map_err(|_| bad("not UTF-8"))?;
+        let (u, p) = s.split_once(':').ok_or_else(|| bad("not user:password"))?;
+        Ok(Some((u.to_string(), p.to_string())))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// containerd-style `certs.d` directory with `<host>/hosts.toml`.
+    pub hosts_dir: Option<PathBuf>,
+    /// Registries spoken to over plain HTTP (opt-in, per host[:port]).
+    pub insecure: Vec<String>,
+    pub auth: Option<AuthConfig>,
+    /// `os`, `architecture` and optional `variant` to pick from an index.
+    pub platform: Platform,
+    /// Attempts per request on network errors and 5xx/429 answers.
+    pub attempts: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            hosts_dir: None,
+            insecure: Vec::new(),
+            auth: None,
+            platform: Platform {
+                os: "linux".into(),
+                architecture: crate::layout::host_arch().into(),
+                variant: None,
+            },
+            attempts: 3,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct HostsToml {
+    server: Option<String>,
+    #[serde(default)]
+    host: toml::Table,
+}
+
+/// Base URLs to try for `registry`, mirrors first, upstream last.
+pub fn endpoints(registry: &str, opts: &Options) -> Result<Vec<String>> {
+    let scheme = if opts.insecure.iter().any(|h| h == registry) {
+        "http"
+    } else {
+        "https"
+    };
+    let api_host = if registry == DOCKER_HUB {
+        "registry-1.docker.io"
+    } else {
+        registry
+    };
+    let mut upstream = format!("{scheme}://{api_host}");
+    let mut out = Vec::new();
+    if let Some(dir) = &opts.hosts_dir {
+        let path = dir.join(registry).join("hosts.toml");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let what = path.display().to_string();
+                let h: HostsToml = toml::from_str(&text).map_err(|e| Error::invalid(&what, e))?;
+                if let Some(s) = h.server {
+                    upstream = check_url(&what, "server", &s)?;
+                }
+                for url in h.host.keys() {
+                    out.push(check_url(&what, &format!("host.{url:?}"), url)?);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&path, e)),
+        }
+    }
+    out.push(upstream);
+    Ok(out)
+}
+
+fn check_url(file: &str, field: &str, url: &str) -> Result<String> {
+    let url = url.trim_end_matches('/');
+    let url = url.strip_suffix("/v2").unwrap_or(url);
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(Error::invalid(
+            file,
+            format!("{field}: {url:?} is not an http:// or https:// URL"),
+        ));
+    }
+    Ok(url.to_string())
+}
+
+/// One registry endpoint and the token it granted.
+struct Client<'a> {
+    agent: ureq::Agent,
+    base: String,
+    repo: String,
+    opts: &'a Options,
+    /// Cached answer to the last challenge; a `RefCell` because blob
+    /// fetches run inside the import's `Fn` callback.
+    authorization: std::cell::RefCell<Option<String>>,
+}
+
+enum Fail {
+    /// Try the next endpoint (unreachable, not found there, server error).
+    Next(Error),
+    /// Give up (bad content, bad credentials, local I/O).
+    Stop(Error),
+}
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Self {
+        Fail::Stop(e)
+    }
+}
+
+impl Client<'_> {
+    fn what(&self, path: &str) -> String {
+        format!("{}/v2/{}/{path}", self.base, self.repo)
+    }
+
+    /// GET with auth challenges answered and transient errors retried.
+    fn get(&self, path: &str, accept: Option<&str>) -> std::result::Result<ureq::Response, Fail> {
+        let url = self.what(path);
+        let mut challenged = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut req = self.agent.get(&url);
+            if let Some(a) = accept {
+                req = req.set("Accept", a);
+            }
+            if let Some(a) = self.authorization.borrow().as_deref() {
+                req = req.set("Authorization", a);
+            }
+            match req.call() {
+                Ok(r) => return Ok(r),
+                Err(ureq::Error::Status(401, r)) if !challenged => {
+                    challenged = true;
+                    let c = r.header("www-authenticate").unwrap_or("").to_string();
+                    *self.authorization.borrow_mut() = Some(self.answer(&url, &c)?);
+                }
+                Err(ureq::Error::Status(code, r)) => {
+                    let body = r.into_string().unwrap_or_default();
+                    let e = Error::invalid(&url, format!("HTTP {code}: {}", body.trim()));
+                    if (code >= 500 || code == 429) && attempt < self.opts.attempts.max(1) {
+                        backoff(attempt);
+                        continue;
+                    }
+                    return Err(match code {
+                        401 | 403 => Fail::Stop(e),
+                        _ => Fail::Next(e),
+                    });
+                }
+                Err(e) => {
+                    if attempt < self.opts.attempts.max(1) {
+                        backoff(attempt);
+                        continue;
+                    }
+                    return Err(Fail::Next(Error::invalid(&url, e)));
+                }
+            }
+        }
+    }
+
+    /// The Authorization header that answers a `WWW-Authenticate` challenge.
+    fn answer(&self, url: &str, challenge: &str) -> std::result::Result<String, Fail> {
+        let auth = self.opts.auth.clone().unwrap_or_default();
+        let basic = auth.basic()?;
+        let denied = |m: &str| Fail::Stop(Error::invalid(url, format!("unauthorized: {m}")));
+        let (scheme, params) = challenge.split_once(' ').unwrap_or((challenge, ""));
+        if scheme.eq_ignore_ascii_case("basic") {
+            let (u, p) = basic.ok_or_else(|| denied("the registry wants credentials"))?;
+            return Ok(basic_header(&u, &p));
+        }
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(denied(&format!("unknown challenge {challenge:?}")));
+        }
+        if !auth.registry_token.is_empty() {
+            return Ok(format!("Bearer {}", auth.registry_token));
+        }
+        let params = parse_challenge(params);
+        let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let realm = get("realm").ok_or_else(|| denied("bearer challenge without realm"))?;
+        let service = get("service").unwrap_or("");
+        let scope = get("scope")
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("repository:{}:pull", self.repo));
+        #[derive(Deserialize)]
+        struct Token {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let resp = if !auth.identity_token.is_empty() {
+            self.agent.post(realm).send_form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &auth.identity_token),
+                ("service", service),
+                ("scope", &scope),
+                ("client_id", "berth"),
+            ])
+        } else {
+            let mut req = self
+                .agent
+                .get(realm)
+                .query("service", service)
+                .query("scope", &scope);
+            if let Some((u, p)) = &basic {
+                req = req.set("Authorization", &basic_header(u, p));
+            }
+            req.call()
+        };
+        let resp = resp.map_err(|e| denied(&format!("token endpoint {realm}: {e}")))?;
+        let t: Token = serde_json::from_reader(resp.into_reader())
+            .map_err(|e| denied(&format!("token endpoint {realm}: {e}")))?;
+        let t = t
+            .token
+            .or(t.access_token)
+            .ok_or_else(|| denied(&format!("token endpoint {realm} sent no token")))?;
+        Ok(format!("Bearer {t}"))
+    }
+
+    /// The manifest `object` (tag or digest): its bytes, media type, digest.
+    fn manifest(&self, object: &str) -> std::result::Result<(Vec<u8>, String, Digest), Fail> {
+        let accept = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST].join(", ");
+        let r = self.get(&format!("manifests/{object}"), Some(&accept))?;
+        let url = self.what(&format!("manifests/{object}"));
+        let ctype = r.header("content-type").unwrap_or("").to_string();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(r.into_reader(), MAX_MANIFEST + 1),
+            &mut bytes,
+        )
+        .map_err(|e| Fail::Next(Error::invalid(&url, e)))?;
+        if bytes.len() as u64 > MAX_MANIFEST {
+            return Err(Fail::Stop(Error::invalid(
+                &url,
+                "manifest larger than 4 MiB",
+            )));
+        }
+        let digest = Digest::of(&bytes);
+        if let Ok(want) = Digest::parse(object) {
+            if want != digest {
+                return Err(Fail::Stop(Error::Mismatch {
+                    what: format!("digest of manifest {url}"),
+                    expected: want.to_string(),
+                    actual: digest.to_string(),
+                }));
+            }
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Probe {
+            #[serde(default)]
+            media_type: String,
+            #[serde(default)]
+            schema_version: u32,
+            manifests: Option<serde_json::Value>,
+        }
+        let p: Probe = serde_json::from_slice(&bytes).map_err(|e| Error::invalid(&url, e))?;
+        let mt = [
+            ctype.split(';').next().unwrap_or("").trim(),
+            p.media_type.as_str(),
+        ]
+        .into_iter()
+        .find(|m| [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST].contains(m))
+        .map(str::to_string)
+        .or_else(|| {
+            (p.schema_version == 2).then(|| {
+                if p.manifests.is_some() {
+                    OCI_INDEX
+                } else {
+                    OCI_MANIFEST
+                }
+                .to_string()
+            })
+        })
+        .ok_or_else(|| {
+            Error::invalid(
+                &url,
+                format!(
+                    "unsupported manifest (content type {ctype:?}, schemaVersion {})",
+                    p.schema_version
+                ),
+            )
+        })?;
+        Ok((bytes, mt, digest))
+    }
+
+    fn blob(&self, d: &Descriptor, store: &Store) -> std::result::Result<(), Fail> {
+        if store.contains(&d.digest) {
+            return Ok(());
+        }
+        let r = self.get(&format!("blobs/{}", d.digest), None)?;
+        // The store hashes while writing and commits only a blob of the
+        // right digest and size; a bad one is deleted, not kept.
+        store.ingest(&d.digest, Some(d.size), r.into_reader())?;
+        Ok(())
+    }
+}
+
+fn backoff(attempt: u32) {
+    std::thread::sleep(Duration::from_millis(200 << attempt.min(5)));
+}
+
+fn basic_header(u: &str, p: &str) -> String {
+    let b = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+    format!("Basic {b}")
+}
+
+/// `realm="x",service="y"` -> pairs (quoted values may contain commas).
+fn parse_challenge(s: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = s.trim();
+    while let Some((k, v)) = rest.split_once('=') {
+        let k = k.trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let v = v.trim_start();
+        let (val, tail) = if let Some(q) = v.strip_prefix('"') {
+            match q.find('"') {
+                Some(i) => (&q[..i], &q[i + 1..]),
+                None => (q, ""),
+            }
+        } else {
+            match v.find(',') {
+                Some(i) => (&v[..i], &v[i..]),
+                None => (v, ""),
+            }
+        };
+        out.push((k, val.to_string()));
+        rest = tail.trim_start_matches([',', ' ']);
+    }
+    out
+}
+
+fn pick_platform(index: &[u8], what: &str, want: &Platform) -> Result<Descriptor> {
+    #[derive(Deserialize)]
+    struct Index {
+        manifests: Vec<Descriptor>,
+    }
+    let idx: Index = serde_json::from_slice(index).map_err(|e| Error::invalid(what, e))?;
+    let fits = |d: &&Descriptor| {
+        d.platform.as_ref().is_some_and(|p| {
+            p.os == want.os
+                && p.architecture == want.architecture
+                && want
+                    .variant
+                    .as_ref()
+                    .is_none_or(|v| p.variant.as_ref() == Some(v))
+        })
+    };
+    idx.manifests.iter().find(fits).cloned().ok_or_else(|| {
+        let v = want
+            .variant
+            .as_deref()
+            .map(|v| format!("/{v}"))
+            .unwrap_or_default();
+        Error::NotFound(format!(
+            "{}/{}{v} manifest in {what}",
+            want.os, want.architecture
+        ))
+    })
+}
+
+/// Pulls `reference` into `store` and `snaps`; the caller records the
+/// returned image (see [`crate::ImageRoot::pull`]).
+pub fn pull(reference: &str, opts: &Options, store: &Store, snaps: &Snapshotter) -> Result<Image> {
+    let r = Reference::parse(reference)?;
+    let mut last = None;
+    for base in endpoints(&r.registry, opts)? {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(10))
+            .timeout_read(Duration::from_secs(60))
+            .build();
+        let c = Client {
+            agent,
+            base,
+            repo: r.repository.clone(),
+            opts,
+            authorization: Default::default(),
+        };
+        match pull_from(&c, &r, store, snaps) {
+            Ok(img) => return Ok(img),
+            Err(Fail::Next(e)) => last = Some(e),
+            Err(Fail::Stop(e)) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::NotFound(format!("image {r}"))))
+}
+
+fn pull_from(
+    c: &Client,
+    r: &Reference,
+    store: &Store,
+    snaps: &Snapshotter,
+) -> std::result::Result<Image, Fail> {
+    let (mut bytes, mut mt, mut digest) = c.manifest(&r.object())?;
+    let mut hops = 0;
+    while mt == OCI_INDEX || mt == DOCKER_LIST {
+        hops += 1;
+        if hops > 2 {
+            return Err(Fail::Stop(Error::invalid(
+                r.to_string(),
+                "indexes nested too deep",
+            )));
+        }
+        let desc = pick_platform(&bytes, &format!("index {digest} of {r}"), &c.opts.platform)?;
+        (bytes, mt, digest) = c.manifest(&desc.digest.to_string())?;
+    }
+    store.put(&bytes)?;
+    let desc = Descriptor {
+        media_type: mt,
+        digest,
+        size: bytes.len() as u64,
+        annotations: Default::default(),
+        platform: None,
+    };
+    // The same import as an OCI layout's, with blobs fetched from here.
+    // A blob this endpoint cannot serve sends the pull to the next one.
+    let unavailable = std::cell::Cell::new(false);
+    let fetch = |d: &Descriptor| -> Result<()> {
+        c.blob(d, store).map_err(|f| match f {
+            Fail::Next(e) => {
+                unavailable.set(true);
+                e
+            }
+            Fail::Stop(e) => e,
+        })
+    };
+    match crate::layout::import_manifest(&desc, &fetch, &r.to_string(), store, snaps) {
+        Ok(img) => Ok(img),
+        Err(e) if unavailable.get() => Err(Fail::Next(e)),
+        Err(e) => Err(Fail::Stop(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenge_params() {
+        let p = parse_challenge(
+            r#"realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull,push""#,
+        );
+        assert_eq!(
+            p[0],
+            ("realm".into(), "https://auth.docker.io/token".into())
+        );
+        assert_eq!(p[1].1, "registry.docker.io");
+        assert_eq!(p[2].1, "repository:library/busybox:pull,push");
+    }
+
+    #[test]
+    fn hosts_toml_mirrors_in_order_then_upstream() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("docker.io")).unwrap();
+        std::fs::write(
+            t.path().join("docker.io/hosts.toml"),
+            "server = \"https://registry-1.docker.io\"\n\
+             [host.\"https://z-mirror.example\"]\n  capabilities = [\"pull\", \"resolve\"]\n\
+             [host.\"http://a-mirror.example:5000/v2\"]\n",
+        )
+        .unwrap();
+        let opts = Options {
+            hosts_dir: Some(t.path().to_path_buf()),
+            ..Default::default()
+        };
+        assert_eq!(
+            endpoints("docker.io", &opts).unwrap(),
+            [
+                "https://z-mirror.example",
+                "http://a-mirror.example:5000",
+                "https://registry-1.docker.io"
+            ]
+        );
+        assert_eq!(endpoints("quay.io", &opts).unwrap(), ["https://quay.io"]);
+        std::fs::create_dir(t.path().join("bad.io")).unwrap();
+        std::fs::write(t.path().join("bad.io/hosts.toml"), "[host.\"mirror\"]\n").unwrap();
+        let e = endpoints("bad.io", &opts).unwrap_err().to_string();
+        assert!(e.contains("hosts.toml") && e.contains("\"mirror\""), "{e}");
+    }
+
+    #[test]
+    fn auth_field_decodes() {
+        let a = AuthConfig {
+            auth: base64::engine::general_purpose::STANDARD.encode("me:secret"),
+            ..Default::default()
+        };
+        assert_eq!(a.basic().unwrap(), Some(("me".into(), "secret".into())));
+        let bad = AuthConfig {
+            auth: "!!".into(),
+            ..Default::default()
+        };
+        assert!(bad.basic().unwrap_err().to_string().contains("auth"));
+    }
+
+    #[test]
+    fn platform_selection_honours_variant() {
+        let idx = serde_json::json!({"manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": Digest::of(b"a").to_string(), "size": 1,
+             "platform": {"os": "linux", "architecture": "arm", "variant": "v6"}},
+            {"mediaType": OCI_MANIFEST, "digest": Digest::of(b"b").to_string(), "size": 1,
+             "platform": {"os": "linux", "architecture": "arm", "variant": "v7"}},
+            {"mediaType": OCI_MANIFEST, "digest": Digest::of(b"c").to_string(), "size": 1,
+             "platform": {"os": "linux", "architecture": "amd64"}},
+        ]});
+        let bytes = serde_json::to_vec(&idx).unwrap();
+        let want = |a: &str, v: Option<&str>| Platform {
+            os: "linux".into(),
+            architecture: a.into(),
+            variant: v.map(Into::into),
+        };
+        assert_eq!(
+            pick_platform(&bytes, "i", &want("arm", Some("v7")))
+                .unwrap()
+                .digest,
+            Digest::of(b"b")
+        );
+        assert_eq!(
+            pick_platform(&bytes, "i", &want("amd64", None))
+                .unwrap()
+                .digest,
+            Digest::of(b"c")
+        );
+        let e = pick_platform(&bytes, "i", &want("s390x", None))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("linux/s390x"), "{e}");
+    }
+}
