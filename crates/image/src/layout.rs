@@ -128,9 +128,11 @@ pub fn repository(name: &str) -> &str {
 
 impl Image {
     /// Names the image as `name`: a tag (`repo:tag`, recorded with its
-    /// `repo@manifest` digest) or a digest reference (`repo@sha256:..`).
-    /// An empty name leaves it unnamed (found by ID only).
-    pub fn named(mut self, name: &str) -> Image {
+    /// `repo@<digest>`, `digest` being what the name resolved to: the
+    /// multi-platform index if there was one, as docker and containerd
+    /// record it) or a digest reference (`repo@sha256:..`). An empty name
+    /// leaves it unnamed (found by ID only).
+    pub fn named(mut self, name: &str, digest: &Digest) -> Image {
         let add = |v: &mut Vec<String>, n: String| {
             if !v.contains(&n) {
                 v.push(n)
@@ -140,7 +142,7 @@ impl Image {
             add(&mut self.repo_digests, name.to_string());
         } else if !name.is_empty() {
             add(&mut self.repo_tags, name.to_string());
-            let d = format!("{}@{}", repository(name), self.manifest);
+            let d = format!("{}@{digest}", repository(name));
             add(&mut self.repo_digests, d);
         }
         self
@@ -266,6 +268,7 @@ pub(crate) fn import_manifest(
     store: &Store,
     snaps: &Snapshotter,
 ) -> Result<Image> {
+    let top = desc.digest.clone();
     let mut desc = desc.clone();
     // A multi-platform index: take the manifest for this machine.
     while desc.media_type == INDEX_TYPE || desc.media_type == DOCKER_LIST_TYPE {
@@ -336,7 +339,7 @@ pub(crate) fn import_manifest(
         size: manifest.layers.iter().map(|l| l.size).sum(),
         created: config.created,
     }
-    .named(name))
+    .named(name, &top))
 }
 
 pub(crate) fn host_arch() -> &'static str {

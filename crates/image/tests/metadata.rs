@@ -295,3 +295,35 @@ fn export_round_trip() {
         .unwrap();
     assert_eq!(back.id, img.id);
 }
+
+#[test]
+fn repo_digest_of_a_multi_platform_image_is_the_index() {
+    let t = tempfile::tempdir().unwrap();
+    let layout = t.path().join("layout");
+    let manifest = berth_testutil::write_image_layout(&layout, "latest", &["sh"]).unwrap();
+    // Wrap the (linux/amd64) manifest entry in a nested index.
+    let top: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let nested = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": top["manifests"],
+    }))
+    .unwrap();
+    let nd = Digest::of(&nested);
+    fs::write(layout.join("blobs/sha256").join(nd.hex()), &nested).unwrap();
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "digest": nd.to_string(), "size": nested.len()}]});
+    fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+
+    let root = ImageRoot::open(t.path().join("root")).unwrap();
+    let img = root.import_layout(&layout, None, "multi:1").unwrap();
+    assert_eq!(img.manifest.to_string(), manifest);
+    assert_eq!(img.repo_digests, [format!("multi@{nd}")]);
+    assert_eq!(root.images.get(&format!("multi@{nd}")).unwrap().id, img.id);
+}
