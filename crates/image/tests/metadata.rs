@@ -69,6 +69,11 @@ fn one_image_many_names() {
     import(&root, &a, "busybox:latest");
     assert_eq!(root.images.get("busybox").unwrap().id, img.id);
 
+    // A second handle in this process shares the database.
+    let other = ImageRoot::open(t.path().join("root")).unwrap();
+    assert_eq!(other.images.get("busybox").unwrap().id, img.id);
+    drop(other);
+
     // Records survive reopening.
     drop(root);
     let root = ImageRoot::open(t.path().join("root")).unwrap();
@@ -284,6 +289,19 @@ fn export_round_trip() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["Digest"], img.manifest.to_string());
+    // umoci reads layout directories: unpack the archive and stat the tag.
+    let dir = t.path().join("exported");
+    tar::Archive::new(fs::File::open(&out).unwrap())
+        .unpack(&dir)
+        .unwrap();
+    let o = Command::new("umoci")
+        .arg("stat")
+        .arg("--json")
+        .arg("--image")
+        .arg(format!("{}:v1", dir.display()))
+        .output()
+        .expect("umoci (scripts/setup.sh installs it)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     // Several tags: one index entry each, importable without naming one.
     import(&root, &a, "example.org/busybox:v2");
