@@ -5,6 +5,8 @@
 pub mod digest;
 pub mod layout;
 pub mod metadata;
+pub mod reference;
+pub mod registry;
 pub mod snapshot;
 pub mod store;
 pub mod unpack;
@@ -109,6 +111,14 @@ impl ImageRoot {
             self.gc()?;
         }
         Ok(r)
+    }
+
+    /// Pulls `reference` from its registry (or a mirror) and records it
+    /// under its normalised name, e.g. `docker.io/library/busybox:latest`.
+    pub fn pull(&self, reference: &str, opts: &registry::Options) -> Result<Image> {
+        let _l = self.lock(rustix::fs::FlockOperation::LockShared)?;
+        let img = registry::pull(reference, opts, &self.store, &self.snapshots)?;
+        self.images.put(&img)
     }
 
     /// Removes blobs and layers no image (and no view) uses; returns them.
