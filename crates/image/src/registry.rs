@@ -80,6 +80,10 @@ pub struct Options {
     /// Registries spoken to over plain HTTP (opt-in, per host[:port]).
     pub insecure: Vec<String>,
     pub auth: Option<AuthConfig>,
+    /// A docker/podman `config.json` (`{"auths": {"<host>": {"auth": ..}}}`),
+    /// looked up by the host each request goes to when `auth` is not given
+    /// for it.
+    pub auth_file: Option<PathBuf>,
     /// `os`, `architecture` and optional `variant` to pick from an index.
     pub platform: Platform,
     /// Attempts per request on network errors and 5xx/429 answers.
@@ -92,6 +96,7 @@ impl Default for Options {
             hosts_dir: None,
             insecure: Vec::new(),
             auth: None,
+            auth_file: None,
             platform: Platform {
                 os: "linux".into(),
                 architecture: crate::layout::host_arch().into(),
@@ -102,15 +107,45 @@ impl Default for Options {
     }
 }
 
+/// One place to pull from: a mirror or the upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    /// `scheme://host[:port]`.
+    pub url: String,
+    /// Extra CA certificates (PEM) trusted for this endpoint.
+    pub ca: Vec<PathBuf>,
+    /// Skip TLS verification (hosts.toml `skip_verify`): explicit opt-in.
+    pub skip_verify: bool,
+    /// The reference's own registry (the caller's credentials go only here).
+    pub upstream: bool,
+}
+
+#[derive(Deserialize, Default)]
+struct HostSettings {
+    #[serde(default)]
+    ca: Option<OneOrMany>,
+    #[serde(default)]
+    skip_verify: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
 #[derive(Deserialize)]
 struct HostsToml {
     server: Option<String>,
+    #[serde(flatten)]
+    settings: HostSettings,
     #[serde(default)]
     host: toml::Table,
 }
 
-/// Base URLs to try for `registry`, mirrors first, upstream last.
-pub fn endpoints(registry: &str, opts: &Options) -> Result<Vec<String>> {
+/// Where to pull images of `registry` from, mirrors first, upstream last.
+pub fn endpoints(registry: &str, opts: &Options) -> Result<Vec<Endpoint>> {
     let scheme = if opts.insecure.iter().any(|h| h == registry) {
         "http"
     } else {
@@ -121,7 +156,12 @@ pub fn endpoints(registry: &str, opts: &Options) -> Result<Vec<String>> {
     } else {
         registry
     };
-    let mut upstream = format!("{scheme}://{api_host}");
+    let mut upstream = Endpoint {
+        url: format!("{scheme}://{api_host}"),
+        ca: Vec::new(),
+        skip_verify: false,
+        upstream: true,
+    };
     let mut out = Vec::new();
     if let Some(dir) = &opts.hosts_dir {
         let path = dir.join(registry).join("hosts.toml");
@@ -129,11 +169,29 @@ pub fn endpoints(registry: &str, opts: &Options) -> Result<Vec<String>> {
             Ok(text) => {
                 let what = path.display().to_string();
                 let h: HostsToml = toml::from_str(&text).map_err(|e| Error::invalid(&what, e))?;
-                if let Some(s) = h.server {
-                    upstream = check_url(&what, "server", &s)?;
-                }
-                for url in h.host.keys() {
-                    out.push(check_url(&what, &format!("host.{url:?}"), url)?);
+                // Relative CA paths are relative to the host's directory.
+                let base = path.parent().unwrap_or(dir);
+                let settings = |s: HostSettings, url: String, upstream: bool| Endpoint {
+                    url,
+                    ca: match s.ca {
+                        None => Vec::new(),
+                        Some(OneOrMany::One(c)) => vec![base.join(c)],
+                        Some(OneOrMany::Many(v)) => v.into_iter().map(|c| base.join(c)).collect(),
+                    },
+                    skip_verify: s.skip_verify,
+                    upstream,
+                };
+                let url = match h.server {
+                    Some(s) => check_url(&what, "server", &s)?,
+                    None => upstream.url.clone(),
+                };
+                upstream = settings(h.settings, url, true);
+                for (url, table) in h.host {
+                    let field = format!("host.{url:?}");
+                    let s: HostSettings = table
+                        .try_into()
+                        .map_err(|e| Error::invalid(&what, format!("{field}: {e}")))?;
+                    out.push(settings(s, check_url(&what, &field, &url)?, false));
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -156,12 +214,151 @@ fn check_url(file: &str, field: &str, url: &str) -> Result<String> {
     Ok(url.to_string())
 }
 
+/// An HTTP agent for `ep`: webpki roots plus its extra CAs, or no
+/// verification at all when `skip_verify` says so.
+fn agent(ep: &Endpoint) -> Result<ureq::Agent> {
+    let b = ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(10))
+        .timeout_read(Duration::from_secs(60));
+    if ep.ca.is_empty() && !ep.skip_verify {
+        return Ok(b.build());
+    }
+    use rustls_pki_types::pem::PemObject;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::invalid(&ep.url, e))?;
+    let config = if ep.skip_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(std::sync::Arc::new(NoVerify(provider)))
+            .with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        for p in &ep.ca {
+            let what = format!("CA file {} for {}", p.display(), ep.url);
+            let certs = rustls_pki_types::CertificateDer::pem_file_iter(p)
+                .map_err(|e| Error::invalid(&what, e))?;
+            let mut n = 0;
+            for c in certs {
+                roots
+                    .add(c.map_err(|e| Error::invalid(&what, e))?)
+                    .map_err(|e| Error::invalid(&what, e))?;
+                n += 1;
+            }
+            if n == 0 {
+                return Err(Error::invalid(&what, "no PEM certificate in it"));
+            }
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    Ok(b.tls_config(std::sync::Arc::new(config)).build())
+}
+
+/// Accepts any server certificate (signatures are still checked, so the
+/// handshake is sound; only the identity is not).
+#[derive(Debug)]
+struct NoVerify(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &[rustls_pki_types::CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &rustls_pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &rustls_pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Credentials for `ep`: the caller's for the upstream, else the auth
+/// file's entry for the endpoint's host.
+fn credentials(ep: &Endpoint, opts: &Options) -> Result<AuthConfig> {
+    if ep.upstream {
+        if let Some(a) = &opts.auth {
+            return Ok(a.clone());
+        }
+    }
+    let Some(path) = &opts.auth_file else {
+        return Ok(AuthConfig::default());
+    };
+    #[derive(Deserialize)]
+    struct File {
+        #[serde(default)]
+        auths: std::collections::BTreeMap<String, Entry>,
+    }
+    #[derive(Deserialize, Default)]
+    struct Entry {
+        #[serde(default)]
+        auth: String,
+        #[serde(default)]
+        username: String,
+        #[serde(default)]
+        password: String,
+        #[serde(default, rename = "identitytoken")]
+        identity_token: String,
+        #[serde(default, rename = "registrytoken")]
+        registry_token: String,
+    }
+    let what = path.display().to_string();
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(AuthConfig::default()),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let f: File = serde_json::from_slice(&text).map_err(|e| Error::invalid(&what, e))?;
+    let host = ep.url.split_once("://").map_or(ep.url.as_str(), |(_, h)| h);
+    // Keys may be bare hosts or URLs; Docker Hub's is its old index URL.
+    let key_host = |k: &str| {
+        let k = k.split_once("://").map_or(k, |(_, h)| h);
+        k.split('/').next().unwrap_or(k).to_string()
+    };
+    let hub = ["registry-1.docker.io", "index.docker.io", "docker.io"];
+    let entry = f.auths.into_iter().find(|(k, _)| {
+        let k = key_host(k);
+        k == host || (hub.contains(&host) && hub.contains(&k.as_str()))
+    });
+    Ok(match entry {
+        Some((_, e)) => AuthConfig {
+            username: e.username,
+            password: e.password,
+            auth: e.auth,
+            identity_token: e.identity_token,
+            registry_token: e.registry_token,
+        },
+        None => AuthConfig::default(),
+    })
+}
+
 /// One registry endpoint and the token it granted.
 struct Client<'a> {
     agent: ureq::Agent,
     base: String,
     repo: String,
     opts: &'a Options,
+    auth: AuthConfig,
     /// Cached answer to the last challenge; a `RefCell` because blob
     /// fetches run inside the import's `Fn` callback.
     authorization: std::cell::RefCell<Option<String>>,
@@ -231,7 +428,7 @@ impl Client<'_> {
 
     /// The Authorization header that answers a `WWW-Authenticate` challenge.
     fn answer(&self, url: &str, challenge: &str) -> std::result::Result<String, Fail> {
-        let auth = self.opts.auth.clone().unwrap_or_default();
+        let auth = &self.auth;
         let basic = auth.basic()?;
         let denied = |m: &str| Fail::Stop(Error::invalid(url, format!("unauthorized: {m}")));
         let (scheme, params) = challenge.split_once(' ').unwrap_or((challenge, ""));
@@ -432,16 +629,13 @@ fn pick_platform(index: &[u8], what: &str, want: &Platform) -> Result<Descriptor
 pub fn pull(reference: &str, opts: &Options, store: &Store, snaps: &Snapshotter) -> Result<Image> {
     let r = Reference::parse(reference)?;
     let mut last = None;
-    for base in endpoints(&r.registry, opts)? {
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(10))
-            .timeout_read(Duration::from_secs(60))
-            .build();
+    for ep in endpoints(&r.registry, opts)? {
         let c = Client {
-            agent,
-            base,
+            agent: agent(&ep)?,
+            base: ep.url.clone(),
             repo: r.repository.clone(),
             opts,
+            auth: credentials(&ep, opts)?,
             authorization: Default::default(),
         };
         match pull_from(&c, &r, store, snaps) {
@@ -531,19 +725,75 @@ mod tests {
             hosts_dir: Some(t.path().to_path_buf()),
             ..Default::default()
         };
+        let urls = |r: &str| -> Vec<String> {
+            endpoints(r, &opts)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.url)
+                .collect()
+        };
         assert_eq!(
-            endpoints("docker.io", &opts).unwrap(),
+            urls("docker.io"),
             [
                 "https://z-mirror.example",
                 "http://a-mirror.example:5000",
                 "https://registry-1.docker.io"
             ]
         );
-        assert_eq!(endpoints("quay.io", &opts).unwrap(), ["https://quay.io"]);
+        assert_eq!(urls("quay.io"), ["https://quay.io"]);
+        std::fs::create_dir(t.path().join("tls.io")).unwrap();
+        std::fs::write(
+            t.path().join("tls.io/hosts.toml"),
+            "ca = \"up.pem\"\n[host.\"https://m.example\"]\nca = [\"/etc/a.pem\", \"b.pem\"]\nskip_verify = true\n",
+        )
+        .unwrap();
+        let eps = endpoints("tls.io", &opts).unwrap();
+        assert!(eps[0].skip_verify && !eps[0].upstream);
+        assert_eq!(
+            eps[0].ca,
+            [PathBuf::from("/etc/a.pem"), t.path().join("tls.io/b.pem")]
+        );
+        assert!(!eps[1].skip_verify && eps[1].upstream);
+        assert_eq!(eps[1].ca, [t.path().join("tls.io/up.pem")]);
         std::fs::create_dir(t.path().join("bad.io")).unwrap();
         std::fs::write(t.path().join("bad.io/hosts.toml"), "[host.\"mirror\"]\n").unwrap();
         let e = endpoints("bad.io", &opts).unwrap_err().to_string();
         assert!(e.contains("hosts.toml") && e.contains("\"mirror\""), "{e}");
+    }
+
+    #[test]
+    fn auth_file_is_looked_up_by_host() {
+        let t = tempfile::tempdir().unwrap();
+        let file = t.path().join("config.json");
+        std::fs::write(
+            &file,
+            r#"{"auths": {"https://index.docker.io/v1/": {"auth": "aHViOnB3"},
+                          "quay.io": {"identitytoken": "tok"}}}"#,
+        )
+        .unwrap();
+        let opts = Options {
+            auth_file: Some(file),
+            auth: Some(AuthConfig {
+                username: "caller".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let ep = |url: &str, upstream| Endpoint {
+            url: url.into(),
+            ca: vec![],
+            skip_verify: false,
+            upstream,
+        };
+        let hub = credentials(&ep("https://registry-1.docker.io", false), &opts).unwrap();
+        assert_eq!(hub.basic().unwrap(), Some(("hub".into(), "pw".into())));
+        let quay = credentials(&ep("https://quay.io", false), &opts).unwrap();
+        assert_eq!(quay.identity_token, "tok");
+        // The caller's credentials go to the upstream only, never a mirror.
+        let up = credentials(&ep("https://quay.io", true), &opts).unwrap();
+        assert_eq!(up.username, "caller");
+        let other = credentials(&ep("https://mirror.example", false), &opts).unwrap();
+        assert_eq!(other.basic().unwrap(), None);
     }
 
     #[test]

@@ -26,8 +26,23 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `user:s3cret`, bcrypt with the lowest cost (fast to check).
+const HTPASSWD: &str = "user:$2b$04$9QjjQnrrsATREz69CGUwxeSphOswPxlBz1njK4.ZM5bMK40uKAOey\n";
+
+#[derive(Default)]
+struct Config {
+    /// Basic auth with [`HTPASSWD`].
+    basic_auth: bool,
+    /// HTTPS with a self-signed certificate for 127.0.0.1 (`<dir>/cert.pem`).
+    tls: bool,
+}
+
 impl Registry {
     fn start() -> Registry {
+        Self::with(Config::default())
+    }
+
+    fn with(cfg: Config) -> Registry {
         assert!(
             Path::new(REGISTRY).exists(),
             "{REGISTRY} is missing: install Debian's docker-registry package (scripts/setup.sh)"
@@ -44,6 +59,52 @@ impl Registry {
             ),
         )
         .unwrap();
+        let mut extra = String::new();
+        if cfg.tls {
+            let out = Command::new("openssl")
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                ])
+                .args(["-nodes", "-days", "2"])
+                // A leaf, not a CA: webpki refuses a CA as the server's certificate.
+                .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+                .args([
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                ])
+                .arg("-keyout")
+                .arg(dir.path().join("key.pem"))
+                .arg("-out")
+                .arg(dir.path().join("cert.pem"))
+                .output()
+                .expect("openssl is missing: install Debian's openssl package (scripts/setup.sh)");
+            assert!(
+                out.status.success(),
+                "openssl: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            extra += &format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                dir.path().join("cert.pem").display(),
+                dir.path().join("key.pem").display()
+            );
+        }
+        if cfg.basic_auth {
+            fs::write(dir.path().join("htpasswd"), HTPASSWD).unwrap();
+            extra += &format!(
+                "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                dir.path().join("htpasswd").display()
+            );
+        }
+        let mut f = fs::OpenOptions::new().append(true).open(&config).unwrap();
+        std::io::Write::write_all(&mut f, extra.as_bytes()).unwrap();
         let child = Command::new(REGISTRY)
             .arg("serve")
             .arg(&config)
@@ -71,6 +132,11 @@ impl Registry {
         let out = Command::new("skopeo")
             .args(["--insecure-policy", "copy", "-q", "--dest-tls-verify=false"])
             .args(extra)
+            .args(if fs::metadata(self.dir.path().join("htpasswd")).is_ok() {
+                &["--dest-creds", "user:s3cret"][..]
+            } else {
+                &[]
+            })
             .arg(format!("oci-archive:{}:latest", archive.display()))
             .arg(format!("docker://{}/{repo}:latest", self.host()))
             .output()
@@ -253,4 +319,120 @@ fn corrupt_blob_fails_naming_it_and_leaves_nothing() {
     );
     assert!(root.snapshots.layers().unwrap().is_empty());
     assert!(root.images.list().unwrap().is_empty());
+}
+
+#[test]
+fn basic_auth_from_the_caller_or_an_auth_file() {
+    use berth_image::registry::AuthConfig;
+    let f = fixture();
+    let reg = Registry::with(Config {
+        basic_auth: true,
+        ..Default::default()
+    });
+    reg.push(&f.archive, "test/busybox", &[]);
+    let name = format!("{}/test/busybox", reg.host());
+    let root = ImageRoot::open(f.t.path().join("root")).unwrap();
+
+    let e = root
+        .pull(&name, &opts(&[reg.host()]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("unauthorized") && e.contains(&name.replace(&reg.host(), "")),
+        "{e}"
+    );
+    let wrong = Options {
+        auth: Some(AuthConfig {
+            username: "user".into(),
+            password: "wrong".into(),
+            ..Default::default()
+        }),
+        ..opts(&[reg.host()])
+    };
+    let e = root.pull(&name, &wrong).unwrap_err().to_string();
+    assert!(e.contains("401"), "{e}");
+    assert!(root.images.list().unwrap().is_empty());
+
+    let right = Options {
+        auth: Some(AuthConfig {
+            username: "user".into(),
+            password: "s3cret".into(),
+            ..Default::default()
+        }),
+        ..opts(&[reg.host()])
+    };
+    assert_eq!(root.pull(&name, &right).unwrap().id, f.expected.id);
+
+    // A docker config.json, keyed by the host the request goes to.
+    let auth_file = f.t.path().join("config.json");
+    fs::write(
+        &auth_file,
+        format!(
+            r#"{{"auths": {{"http://{}": {{"auth": "dXNlcjpzM2NyZXQ="}}}}}}"#,
+            reg.host()
+        ),
+    )
+    .unwrap();
+    let o = Options {
+        auth_file: Some(auth_file),
+        ..opts(&[reg.host()])
+    };
+    let root2 = ImageRoot::open(f.t.path().join("root2")).unwrap();
+    assert_eq!(root2.pull(&name, &o).unwrap().id, f.expected.id);
+}
+
+#[test]
+fn https_with_an_extra_ca_or_explicitly_unverified() {
+    let f = fixture();
+    let reg = Registry::with(Config {
+        tls: true,
+        ..Default::default()
+    });
+    reg.push(&f.archive, "test/busybox", &[]);
+    let name = format!("{}/test/busybox", reg.host());
+    let hosts = f.t.path().join("certs.d");
+    let toml = hosts.join(reg.host()).join("hosts.toml");
+    fs::create_dir_all(toml.parent().unwrap()).unwrap();
+    let o = Options {
+        hosts_dir: Some(hosts),
+        ..opts(&[])
+    };
+
+    // Self-signed: refused unless trusted.
+    let root = ImageRoot::open(f.t.path().join("root")).unwrap();
+    let e = root.pull(&name, &o).unwrap_err().to_string();
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+
+    fs::copy(
+        reg.dir.path().join("cert.pem"),
+        toml.with_file_name("ca.pem"),
+    )
+    .unwrap();
+    fs::write(&toml, "ca = \"ca.pem\"\n").unwrap();
+    assert_eq!(root.pull(&name, &o).unwrap().id, f.expected.id);
+
+    fs::write(&toml, "skip_verify = true\n").unwrap();
+    let root2 = ImageRoot::open(f.t.path().join("root2")).unwrap();
+    assert_eq!(root2.pull(&name, &o).unwrap().id, f.expected.id);
+}
+
+#[test]
+fn concurrent_pulls_of_one_image_agree() {
+    let f = fixture();
+    let reg = Registry::start();
+    reg.push(&f.archive, "test/busybox", &[]);
+    let root = ImageRoot::open(f.t.path().join("root")).unwrap();
+    let name = format!("{}/test/busybox", reg.host());
+    let o = opts(&[reg.host()]);
+    let ids: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| root.pull(&name, &o).unwrap().id))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(ids.iter().all(|i| *i == f.expected.id), "{ids:?}");
+    assert_eq!(root.images.list().unwrap().len(), 1);
+    assert_eq!(root.snapshots.layers().unwrap().len(), 1);
+    let ingest = root.store.root().join("ingest");
+    assert_eq!(fs::read_dir(&ingest).unwrap().count(), 0);
 }
