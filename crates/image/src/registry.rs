@@ -654,6 +654,9 @@ fn pull_from(
     snaps: &Snapshotter,
 ) -> std::result::Result<Image, Fail> {
     let (mut bytes, mut mt, mut digest) = c.manifest(&r.object())?;
+    // What the name resolved to (an index, if multi-platform) is the
+    // RepoDigest, as with docker and containerd.
+    let top = digest.clone();
     let mut hops = 0;
     while mt == OCI_INDEX || mt == DOCKER_LIST {
         hops += 1;
@@ -686,8 +689,8 @@ fn pull_from(
             Fail::Stop(e) => e,
         })
     };
-    match crate::layout::import_manifest(&desc, &fetch, &r.to_string(), store, snaps) {
-        Ok(img) => Ok(img),
+    match crate::layout::import_manifest(&desc, &fetch, "", store, snaps) {
+        Ok(img) => Ok(img.named(&r.to_string(), &top)),
         Err(e) if unavailable.get() => Err(Fail::Next(e)),
         Err(e) => Err(Fail::Stop(e)),
     }

@@ -436,3 +436,186 @@ fn concurrent_pulls_of_one_image_agree() {
     let ingest = root.store.root().join("ingest");
     assert_eq!(fs::read_dir(&ingest).unwrap().count(), 0);
 }
+
+/// A minimal registry serving one OCI layout, with the bearer-token flow
+/// docker.io uses (`docker-registry` needs a signing setup for that): a
+/// `/v2/` request without the token gets a challenge naming the token
+/// endpoint, which wants basic credentials. The tag resolves to a
+/// multi-platform index; the first authorised request answers 503.
+struct TokenRegistry {
+    port: u16,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl TokenRegistry {
+    fn start(layout: PathBuf, index: Vec<u8>) -> TokenRegistry {
+        use std::io::{BufRead, BufReader, Write};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log2 = log.clone();
+        let failed_once = AtomicBool::new(false);
+        // Serves until the test process ends (the listener is its own).
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                let path = line.split(' ').nth(1).unwrap_or("").to_string();
+                let mut auth = String::new();
+                loop {
+                    let mut h = String::new();
+                    r.read_line(&mut h).unwrap();
+                    if h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(v) = h
+                        .strip_prefix("Authorization: ")
+                        .or(h.strip_prefix("authorization: "))
+                    {
+                        auth = v.trim().to_string();
+                    }
+                }
+                log2.lock().unwrap().push(format!("{path} {auth}"));
+                let blob = |d: &str| {
+                    fs::read(
+                        layout
+                            .join("blobs/sha256")
+                            .join(d.trim_start_matches("sha256:")),
+                    )
+                };
+                let (status, ctype, body, extra) = if let Some(q) = path.strip_prefix("/token?") {
+                    if auth == "Basic dXNlcjpzM2NyZXQ="
+                        && q.contains("scope=repository%3Atest%2Fbusybox%3Apull")
+                    {
+                        (
+                            "200 OK",
+                            "application/json",
+                            br#"{"token":"tok123"}"#.to_vec(),
+                            String::new(),
+                        )
+                    } else {
+                        (
+                            "401 Unauthorized",
+                            "text/plain",
+                            b"bad credentials".to_vec(),
+                            String::new(),
+                        )
+                    }
+                } else if auth != "Bearer tok123" {
+                    let c = format!(
+                        "WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"fake\",scope=\"repository:test/busybox:pull\"\r\n"
+                    );
+                    ("401 Unauthorized", "application/json", b"{}".to_vec(), c)
+                } else if !failed_once.swap(true, Ordering::SeqCst) {
+                    (
+                        "503 Service Unavailable",
+                        "text/plain",
+                        b"busy".to_vec(),
+                        String::new(),
+                    )
+                } else if path == "/v2/test/busybox/manifests/latest" {
+                    (
+                        "200 OK",
+                        "application/vnd.oci.image.index.v1+json",
+                        index.clone(),
+                        String::new(),
+                    )
+                } else if let Some(d) = path.strip_prefix("/v2/test/busybox/manifests/") {
+                    match blob(d) {
+                        Ok(b) => (
+                            "200 OK",
+                            "application/vnd.oci.image.manifest.v1+json",
+                            b,
+                            String::new(),
+                        ),
+                        Err(_) => ("404 Not Found", "text/plain", b"no".to_vec(), String::new()),
+                    }
+                } else if let Some(d) = path.strip_prefix("/v2/test/busybox/blobs/") {
+                    match blob(d) {
+                        Ok(b) => ("200 OK", "application/octet-stream", b, String::new()),
+                        Err(_) => ("404 Not Found", "text/plain", b"no".to_vec(), String::new()),
+                    }
+                } else {
+                    ("404 Not Found", "text/plain", b"no".to_vec(), String::new())
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n",
+                    body.len()
+                );
+                let _ = conn.write_all(head.as_bytes());
+                let _ = conn.write_all(&body);
+            }
+        });
+        TokenRegistry { port, log }
+    }
+}
+
+#[test]
+fn bearer_token_flow_multi_platform_index_and_retry() {
+    use berth_image::registry::AuthConfig;
+    let t = tempfile::tempdir().unwrap();
+    let layout = t.path().join("layout");
+    let manifest = berth_testutil::write_image_layout(&layout, "latest", &["sh"]).unwrap();
+    let manifest = Digest::parse(&manifest).unwrap();
+    let size = fs::metadata(layout.join("blobs/sha256").join(manifest.hex()))
+        .unwrap()
+        .len();
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        a => a,
+    };
+    let other = Digest::of(b"another platform");
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": other.to_string(),
+             "size": 10, "platform": {"os": "linux", "architecture": "s390x"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest.to_string(),
+             "size": size, "platform": {"os": "linux", "architecture": arch}},
+        ]
+    }))
+    .unwrap();
+    let index_digest = Digest::of(&index);
+    let reg = TokenRegistry::start(layout, index);
+    let host = format!("127.0.0.1:{}", reg.port);
+    let name = format!("{host}/test/busybox");
+    let root = ImageRoot::open(t.path().join("root")).unwrap();
+
+    let e = root
+        .pull(&name, &opts(std::slice::from_ref(&host)))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("token endpoint") && e.contains("401"), "{e}");
+
+    let o = Options {
+        auth: Some(AuthConfig {
+            username: "user".into(),
+            password: "s3cret".into(),
+            ..Default::default()
+        }),
+        attempts: 3,
+        ..opts(std::slice::from_ref(&host))
+    };
+    let img = root.pull(&name, &o).unwrap();
+    assert_eq!(img.manifest, manifest, "the platform's manifest");
+    assert_eq!(img.repo_tags, vec![format!("{name}:latest")]);
+    assert_eq!(img.repo_digests, vec![format!("{name}@{index_digest}")]);
+    assert!(root
+        .snapshots
+        .layer_path(&img.chain_id)
+        .join("bin/busybox")
+        .is_file());
+    let log = reg.log.lock().unwrap();
+    assert!(log.iter().any(|l| l.starts_with("/token?")), "{log:?}");
+    // The 503 was retried: the tag was asked for again with the token.
+    let tagged = log
+        .iter()
+        .filter(|l| l.starts_with("/v2/test/busybox/manifests/latest Bearer tok123"))
+        .count();
+    assert_eq!(tagged, 2, "{log:?}");
+}
