@@ -554,11 +554,19 @@ impl Client<'_> {
         if store.contains(&d.digest) {
             return Ok(());
         }
-        let r = self.get(&format!("blobs/{}", d.digest), None)?;
-        // The store hashes while writing and commits only a blob of the
-        // right digest and size; a bad one is deleted, not kept.
-        store.ingest(&d.digest, Some(d.size), r.into_reader())?;
-        Ok(())
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let r = self.get(&format!("blobs/{}", d.digest), None)?;
+            // The store hashes while writing and commits only a blob of the
+            // right digest and size; a bad one is deleted, not kept. A
+            // connection lost mid-body leaves the ingest file, which the
+            // next attempt continues after the bytes it already has.
+            match store.ingest(&d.digest, Some(d.size), r.into_reader()) {
+                Err(Error::Io { .. }) if attempt < self.opts.attempts.max(1) => backoff(attempt),
+                other => return Ok(other?),
+            }
+        }
     }
 }
 
@@ -624,10 +632,25 @@ fn pick_platform(index: &[u8], what: &str, want: &Platform) -> Result<Descriptor
     })
 }
 
+type Gates = std::collections::HashMap<String, std::sync::Arc<std::sync::Mutex<()>>>;
+static IN_FLIGHT: std::sync::LazyLock<std::sync::Mutex<Gates>> =
+    std::sync::LazyLock::new(Default::default);
+
 /// Pulls `reference` into `store` and `snaps`; the caller records the
 /// returned image (see [`crate::ImageRoot::pull`]).
 pub fn pull(reference: &str, opts: &Options, store: &Store, snaps: &Snapshotter) -> Result<Image> {
     let r = Reference::parse(reference)?;
+    // Pulls of one image into one store in this process run one after
+    // another: the later ones find every blob and layer in place and only
+    // resolve the manifest again. (Across processes, the store's ingest
+    // locks keep one download per blob.)
+    let key = format!("{}\0{r}", store.root().display());
+    let gate = {
+        let mut m = IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner());
+        m.retain(|_, g| std::sync::Arc::strong_count(g) > 1);
+        m.entry(key).or_default().clone()
+    };
+    let _turn = gate.lock().unwrap_or_else(|e| e.into_inner());
     let mut last = None;
     for ep in endpoints(&r.registry, opts)? {
         let c = Client {

@@ -618,4 +618,23 @@ fn bearer_token_flow_multi_platform_index_and_retry() {
         .filter(|l| l.starts_with("/v2/test/busybox/manifests/latest Bearer tok123"))
         .count();
     assert_eq!(tagged, 2, "{log:?}");
+    drop(log);
+
+    // Concurrent pulls of the image into a fresh root: each blob is
+    // downloaded once.
+    let fresh = ImageRoot::open(t.path().join("fresh")).unwrap();
+    let before = reg.log.lock().unwrap().len();
+    let ids: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| fresh.pull(&name, &o).unwrap().id))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(ids.iter().all(|i| *i == img.id));
+    let log = reg.log.lock().unwrap();
+    let blobs: Vec<_> = log[before..]
+        .iter()
+        .filter(|l| l.contains("/blobs/") && l.contains("Bearer"))
+        .collect();
+    assert_eq!(blobs.len(), 2, "config and layer once each: {blobs:?}");
 }
