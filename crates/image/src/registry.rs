@@ -489,6 +489,7 @@ impl Client<'_> {
         let r = self.get(&format!("manifests/{object}"), Some(&accept))?;
         let url = self.what(&format!("manifests/{object}"));
         let ctype = r.header("content-type").unwrap_or("").to_string();
+        let announced = r.header("docker-content-digest").map(str::to_string);
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(
             &mut std::io::Read::take(r.into_reader(), MAX_MANIFEST + 1),
@@ -502,7 +503,12 @@ impl Client<'_> {
             )));
         }
         let digest = Digest::of(&bytes);
-        if let Ok(want) = Digest::parse(object) {
+        // By digest, the bytes must match it; by tag, what the registry
+        // says it sent (when it says so, in sha256).
+        let expected = Digest::parse(object)
+            .ok()
+            .or_else(|| announced.and_then(|a| Digest::parse(&a).ok()));
+        if let Some(want) = expected {
             if want != digest {
                 return Err(Fail::Stop(Error::Mismatch {
                     what: format!("digest of manifest {url}"),
@@ -613,10 +619,14 @@ fn pick_platform(index: &[u8], what: &str, want: &Platform) -> Result<Descriptor
         d.platform.as_ref().is_some_and(|p| {
             p.os == want.os
                 && p.architecture == want.architecture
-                && want
-                    .variant
-                    .as_ref()
-                    .is_none_or(|v| p.variant.as_ref() == Some(v))
+                && want.variant.as_deref().is_none_or(|v| {
+                    // arm64's only variant is v8; containerd treats it as none.
+                    let norm = |x: Option<&str>| match (p.architecture.as_str(), x) {
+                        ("arm64", Some("v8")) => None,
+                        (_, x) => x.map(str::to_string),
+                    };
+                    norm(p.variant.as_deref()) == norm(Some(v))
+                })
         })
     };
     idx.manifests.iter().find(fits).cloned().ok_or_else(|| {
@@ -864,6 +874,12 @@ mod tests {
                 .digest,
             Digest::of(b"c")
         );
+        let arm64 = serde_json::to_vec(&serde_json::json!({"manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": Digest::of(b"d").to_string(), "size": 1,
+             "platform": {"os": "linux", "architecture": "arm64"}}]}))
+        .unwrap();
+        assert!(pick_platform(&arm64, "i", &want("arm64", Some("v8"))).is_ok());
+        assert!(pick_platform(&bytes, "i", &want("arm", Some("v8"))).is_err());
         let e = pick_platform(&bytes, "i", &want("s390x", None))
             .unwrap_err()
             .to_string();

@@ -465,6 +465,7 @@ impl TokenRegistry {
                 r.read_line(&mut line).unwrap();
                 let path = line.split(' ').nth(1).unwrap_or("").to_string();
                 let mut auth = String::new();
+                let mut length = 0;
                 loop {
                     let mut h = String::new();
                     r.read_line(&mut h).unwrap();
@@ -477,7 +478,13 @@ impl TokenRegistry {
                     {
                         auth = v.trim().to_string();
                     }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length: ") {
+                        length = v.trim().parse().unwrap();
+                    }
                 }
+                let mut body = vec![0u8; length];
+                std::io::Read::read_exact(&mut r, &mut body).unwrap();
+                let body = String::from_utf8(body).unwrap();
                 log2.lock().unwrap().push(format!("{path} {auth}"));
                 let blob = |d: &str| {
                     fs::read(
@@ -486,7 +493,27 @@ impl TokenRegistry {
                             .join(d.trim_start_matches("sha256:")),
                     )
                 };
-                let (status, ctype, body, extra) = if let Some(q) = path.strip_prefix("/token?") {
+                let (status, ctype, body, extra) = if path == "/token" {
+                    // OAuth2 with an identity (refresh) token.
+                    if body.contains("grant_type=refresh_token")
+                        && body.contains("refresh_token=idtok")
+                        && body.contains("scope=repository%3Atest%2Fbusybox%3Apull")
+                    {
+                        (
+                            "200 OK",
+                            "application/json",
+                            br#"{"access_token":"tok123"}"#.to_vec(),
+                            String::new(),
+                        )
+                    } else {
+                        (
+                            "401 Unauthorized",
+                            "text/plain",
+                            b"bad token".to_vec(),
+                            String::new(),
+                        )
+                    }
+                } else if let Some(q) = path.strip_prefix("/token?") {
                     if auth == "Basic dXNlcjpzM2NyZXQ="
                         && q.contains("scope=repository%3Atest%2Fbusybox%3Apull")
                     {
@@ -637,4 +664,16 @@ fn bearer_token_flow_multi_platform_index_and_retry() {
         .filter(|l| l.contains("/blobs/") && l.contains("Bearer"))
         .collect();
     assert_eq!(blobs.len(), 2, "config and layer once each: {blobs:?}");
+    drop(log);
+
+    // An identity token is exchanged at the token endpoint (OAuth2).
+    let o = Options {
+        auth: Some(AuthConfig {
+            identity_token: "idtok".into(),
+            ..Default::default()
+        }),
+        ..opts(std::slice::from_ref(&host))
+    };
+    let root3 = ImageRoot::open(t.path().join("root3")).unwrap();
+    assert_eq!(root3.pull(&name, &o).unwrap().id, img.id);
 }
