@@ -118,6 +118,9 @@ pub struct Endpoint {
     pub skip_verify: bool,
     /// The reference's own registry (the caller's credentials go only here).
     pub upstream: bool,
+    /// hosts.toml `capabilities`: may serve content / resolve tags.
+    pub pull: bool,
+    pub resolve: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -126,6 +129,7 @@ struct HostSettings {
     ca: Option<OneOrMany>,
     #[serde(default)]
     skip_verify: bool,
+    capabilities: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -161,6 +165,8 @@ pub fn endpoints(registry: &str, opts: &Options) -> Result<Vec<Endpoint>> {
         ca: Vec::new(),
         skip_verify: false,
         upstream: true,
+        pull: true,
+        resolve: true,
     };
     let mut out = Vec::new();
     if let Some(dir) = &opts.hosts_dir {
@@ -180,6 +186,14 @@ pub fn endpoints(registry: &str, opts: &Options) -> Result<Vec<Endpoint>> {
                     },
                     skip_verify: s.skip_verify,
                     upstream,
+                    pull: s
+                        .capabilities
+                        .as_ref()
+                        .is_none_or(|c| c.iter().any(|x| x == "pull")),
+                    resolve: s
+                        .capabilities
+                        .as_ref()
+                        .is_none_or(|c| c.iter().any(|x| x == "resolve")),
                 };
                 let url = match h.server {
                     Some(s) => check_url(&what, "server", &s)?,
@@ -663,6 +677,10 @@ pub fn pull(reference: &str, opts: &Options, store: &Store, snaps: &Snapshotter)
     let _turn = gate.lock().unwrap_or_else(|e| e.into_inner());
     let mut last = None;
     for ep in endpoints(&r.registry, opts)? {
+        // A mirror that may not resolve tags serves pulls by digest only.
+        if !ep.pull || (r.digest.is_none() && !ep.resolve) {
+            continue;
+        }
         let c = Client {
             agent: agent(&ep)?,
             base: ep.url.clone(),
@@ -791,6 +809,9 @@ mod tests {
         );
         assert!(!eps[1].skip_verify && eps[1].upstream);
         assert_eq!(eps[1].ca, [t.path().join("tls.io/up.pem")]);
+        assert!(eps[0].pull && eps[0].resolve);
+        let eps = endpoints("docker.io", &opts).unwrap();
+        assert!(eps[0].pull && eps[0].resolve, "capabilities pull, resolve");
         std::fs::create_dir(t.path().join("bad.io")).unwrap();
         std::fs::write(t.path().join("bad.io/hosts.toml"), "[host.\"mirror\"]\n").unwrap();
         let e = endpoints("bad.io", &opts).unwrap_err().to_string();
@@ -820,6 +841,8 @@ mod tests {
             ca: vec![],
             skip_verify: false,
             upstream,
+            pull: true,
+            resolve: true,
         };
         let hub = credentials(&ep("https://registry-1.docker.io", false), &opts).unwrap();
         assert_eq!(hub.basic().unwrap(), Some(("hub".into(), "pw".into())));

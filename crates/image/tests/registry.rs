@@ -287,6 +287,25 @@ fn mirrors_are_tried_in_order_and_names_stay_upstream() {
     let root2 = ImageRoot::open(f.t.path().join("root2")).unwrap();
     let img = root2.pull(&format!("{up}/test/busybox"), &o).unwrap();
     assert_eq!(img.id, f.expected.id);
+
+    // A pull-only mirror (no "resolve") is not asked for tags, only for
+    // digests: with the upstream down, the tag fails and the digest works.
+    fs::write(
+        hosts.join(&dead).join("hosts.toml"),
+        format!(
+            "server = \"http://{dead}\"\n[host.\"http://{}\"]\ncapabilities = [\"pull\"]\n",
+            reg.host()
+        ),
+    )
+    .unwrap();
+    let root3 = ImageRoot::open(f.t.path().join("root3")).unwrap();
+    let e = root3
+        .pull(&format!("{dead}/test/busybox"), &o)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&format!("http://{dead}/v2/")), "{e}");
+    let by_digest = format!("{dead}/test/busybox@{}", img.manifest);
+    assert_eq!(root3.pull(&by_digest, &o).unwrap().id, f.expected.id);
 }
 
 #[test]
