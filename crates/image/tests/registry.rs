@@ -479,15 +479,21 @@ impl TokenRegistry {
         std::thread::spawn(move || {
             for conn in l.incoming() {
                 let Ok(mut conn) = conn else { continue };
-                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let Ok(c2) = conn.try_clone() else { continue };
+                let mut r = BufReader::new(c2);
                 let mut line = String::new();
-                r.read_line(&mut line).unwrap();
+                // A client that went away is no reason to stop serving.
+                if r.read_line(&mut line).is_err() {
+                    continue;
+                }
                 let path = line.split(' ').nth(1).unwrap_or("").to_string();
                 let mut auth = String::new();
                 let mut length = 0;
                 loop {
                     let mut h = String::new();
-                    r.read_line(&mut h).unwrap();
+                    if r.read_line(&mut h).is_err() {
+                        break;
+                    }
                     if h.trim().is_empty() {
                         break;
                     }
@@ -498,12 +504,14 @@ impl TokenRegistry {
                         auth = v.trim().to_string();
                     }
                     if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length: ") {
-                        length = v.trim().parse().unwrap();
+                        length = v.trim().parse().unwrap_or(0);
                     }
                 }
                 let mut body = vec![0u8; length];
-                std::io::Read::read_exact(&mut r, &mut body).unwrap();
-                let body = String::from_utf8(body).unwrap();
+                if std::io::Read::read_exact(&mut r, &mut body).is_err() {
+                    continue;
+                }
+                let body = String::from_utf8_lossy(&body).into_owned();
                 log2.lock().unwrap().push(format!("{path} {auth}"));
                 let blob = |d: &str| {
                     fs::read(
