@@ -24,6 +24,18 @@
 //! `<hosts_dir>/<host>/hosts.toml` with an optional `server` (the
 //! upstream's URL) and `[host."<url>"]` tables, tried in file order before
 //! the upstream. The image keeps the name the user gave, never a mirror's.
+//!
+//! ```toml
+//! # <hosts_dir>/docker.io/hosts.toml
+//! server = "https://registry-1.docker.io"
+//!
+//! [host."https://mirror.internal:5000"]
+//!   capabilities = ["pull", "resolve"]   # without "resolve": digests only
+//!   ca = "mirror-ca.pem"                 # relative to this directory
+//!
+//! [host."http://10.0.0.5:5000"]         # plain HTTP, said explicitly
+//!   skip_verify = false
+//! ```
 
 use std::path::PathBuf;
 use std::time::Duration;
