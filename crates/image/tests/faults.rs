@@ -1,0 +1,530 @@
+//! Pull faults against a real registry (Debian's `docker-registry`): a
+//! fault-injecting HTTP proxy in front of it answers 500s or cuts blob
+//! bodies, and hostile layers pushed with `skopeo` must be refused. Each
+//! case ends in a clear error or a complete image, and the store stays
+//! consistent: no unverified blob, no half-unpacked layer, no image record.
+
+mod common;
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use berth_image::registry::Options;
+use berth_image::{Digest, ImageRoot};
+use common::{tree, Layer};
+
+const REGISTRY: &str = "/usr/bin/docker-registry";
+
+/// A `docker-registry` serving from a temp dir; killed on drop.
+struct Registry {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        assert!(
+            Path::new(REGISTRY).exists(),
+            "{REGISTRY} is missing: install Debian's docker-registry package (scripts/setup.sh)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.path().join("config.yml");
+        fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+                 http:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(REGISTRY)
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut r = Registry {
+            child,
+            port,
+            _dir: dir,
+        };
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(st) = r.child.try_wait().unwrap() {
+                panic!("docker-registry exited before listening: {st}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        r
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Pushes `src` (a skopeo source such as `oci:DIR:t`) as `repo:latest`.
+    fn push(&self, src: &str, repo: &str) {
+        let out = Command::new("skopeo")
+            .args(["--insecure-policy", "copy", "-q", "--dest-tls-verify=false"])
+            .arg(src)
+            .arg(format!("docker://{}/{repo}:latest", self.host()))
+            .output()
+            .expect("skopeo is missing: install Debian's skopeo package (scripts/setup.sh)");
+        assert!(
+            out.status.success(),
+            "skopeo copy: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the proxy does to requests whose path contains a key.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// Answer 500 to the next `n` such requests.
+    Error500(u32),
+    /// Forward, but close the connection after half the body, `n` times.
+    Cut(u32),
+}
+
+/// A proxy between the client and the registry: one request per client
+/// connection (it asks the registry to close, which tells the client not to
+/// reuse the connection), faults injected by path.
+struct Proxy {
+    port: u16,
+    /// "METHOD path" of every request, in order.
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proxy {
+    fn start(upstream: u16, faults: Vec<(String, Fault)>) -> Proxy {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let faults = Arc::new(Mutex::new(faults));
+        let log2 = log.clone();
+        // Serves until the test process ends (the listener is its own).
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(conn) = conn else { continue };
+                let (log, faults) = (log2.clone(), faults.clone());
+                std::thread::spawn(move || {
+                    let _ = serve(conn, upstream, &log, &faults);
+                });
+            }
+        });
+        Proxy { port, log }
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn requests(&self, needle: &str) -> Vec<String> {
+        let log = self.log.lock().unwrap();
+        log.iter().filter(|l| l.contains(needle)).cloned().collect()
+    }
+}
+
+fn serve(
+    client: TcpStream,
+    upstream: u16,
+    log: &Mutex<Vec<String>>,
+    faults: &Mutex<Vec<(String, Fault)>>,
+) -> std::io::Result<()> {
+    let mut r = BufReader::new(client.try_clone()?);
+    let mut head = String::new();
+    r.read_line(&mut head)?;
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h)? == 0 || h.trim().is_empty() {
+            break;
+        }
+        if !h.to_ascii_lowercase().starts_with("connection:") {
+            headers.push(h);
+        }
+    }
+    let mut parts = head.split(' ');
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    log.lock().unwrap().push(format!("{method} {path}"));
+    let mut client = client;
+
+    // Pick the fault, if any, and count it down.
+    let mut fault = None;
+    for (key, f) in faults.lock().unwrap().iter_mut() {
+        if !path.contains(key.as_str()) {
+            continue;
+        }
+        match f {
+            Fault::Error500(n) | Fault::Cut(n) if *n > 0 => {
+                *n -= 1;
+                fault = Some(*f);
+            }
+            _ => {}
+        }
+        break;
+    }
+    if let Some(Fault::Error500(_)) = fault {
+        client.write_all(
+            b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )?;
+        return Ok(());
+    }
+
+    let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
+    let mut req = head.clone();
+    for h in &headers {
+        req += h;
+    }
+    req += "Connection: close\r\n\r\n";
+    up.write_all(req.as_bytes())?;
+    let mut ur = BufReader::new(up);
+    let mut resp = String::new();
+    let mut length = None;
+    loop {
+        let mut h = String::new();
+        if ur.read_line(&mut h)? == 0 {
+            break;
+        }
+        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse::<u64>().ok();
+        }
+        resp += &h;
+        if h.trim().is_empty() {
+            break;
+        }
+    }
+    client.write_all(resp.as_bytes())?;
+    match (fault, length) {
+        (Some(Fault::Cut(_)), Some(len)) if method == "GET" && len > 1 => {
+            std::io::copy(&mut (&mut ur).take(len / 2), &mut client)?;
+            client.flush()?;
+            // A reset, not a clean end: the body is short of its length.
+            client.shutdown(Shutdown::Both)?;
+        }
+        _ => {
+            std::io::copy(&mut ur, &mut client)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes an OCI layout whose image has `layers` (gzip'd tars), tagged "t".
+/// Returns the layers' digests.
+fn write_layout(dir: &Path, layers: &[Vec<u8>]) -> Vec<Digest> {
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs).unwrap();
+    let put = |b: &[u8]| {
+        let d = Digest::of(b);
+        fs::write(blobs.join(d.hex()), b).unwrap();
+        (
+            d.clone(),
+            serde_json::json!({"digest": d.to_string(), "size": b.len()}),
+        )
+    };
+    let (mut descs, mut diff_ids, mut digests) = (Vec::new(), Vec::new(), Vec::new());
+    for tar in layers {
+        diff_ids.push(Digest::of(tar).to_string());
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(tar).unwrap();
+        let (d, mut desc) = put(&gz.finish().unwrap());
+        desc["mediaType"] = "application/vnd.oci.image.layer.v1.tar+gzip".into();
+        descs.push(desc);
+        digests.push(d);
+    }
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        a => a,
+    };
+    let config = serde_json::json!({"architecture": arch, "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids}});
+    let (_, mut cd) = put(&serde_json::to_vec(&config).unwrap());
+    cd["mediaType"] = "application/vnd.oci.image.config.v1+json".into();
+    let manifest = serde_json::json!({"schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": cd, "layers": descs});
+    let (_, mut md) = put(&serde_json::to_vec(&manifest).unwrap());
+    md["mediaType"] = "application/vnd.oci.image.manifest.v1+json".into();
+    md["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": "t"});
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [md]});
+    fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    fs::write(
+        dir.join("oci-layout"),
+        br#"{"imageLayoutVersion": "1.0.0"}"#,
+    )
+    .unwrap();
+    digests
+}
+
+/// Pseudo-random bytes (xorshift), so gzip keeps the blob big enough for
+/// a cut in its middle to matter.
+fn noise(n: usize, mut seed: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(n + 8);
+    while v.len() < n {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        v.extend_from_slice(&seed.to_le_bytes());
+    }
+    v.truncate(n);
+    v
+}
+
+/// A registry holding a two-layer image at `fault/img`, and its layers.
+fn two_layer_image(t: &Path) -> (Registry, Vec<Digest>) {
+    let reg = Registry::start();
+    let layout = t.join("layout");
+    let l1 = Layer::new()
+        .dir("data")
+        .file("data/big", &noise(4 << 20, 1))
+        .finish();
+    let l2 = Layer::new().file("data/small", b"hello").finish();
+    let layers = write_layout(&layout, &[l1, l2]);
+    reg.push(&format!("oci:{}:t", layout.display()), "fault/img");
+    (reg, layers)
+}
+
+fn opts(host: &str, attempts: u32) -> Options {
+    Options {
+        insecure: vec![host.to_string()],
+        attempts,
+        ..Default::default()
+    }
+}
+
+/// Blobs in the store's `blobs/` (published, hence verified).
+fn blobs(root: &ImageRoot) -> Vec<Digest> {
+    root.store.list().unwrap()
+}
+
+/// The unpacked directory of the image's first layer (each layer's
+/// directory holds only its own changes).
+fn bottom(root: &ImageRoot, img: &berth_image::Image) -> PathBuf {
+    let chain = root.snapshots.parent(&img.chain_id).unwrap().unwrap();
+    root.snapshots.layer_path(&chain)
+}
+
+#[test]
+fn errors_500_are_retried_until_the_registry_recovers() {
+    let t = tempfile::tempdir().unwrap();
+    let (reg, layers) = two_layer_image(t.path());
+    let big = layers[0].to_string();
+    let proxy = Proxy::start(
+        reg.port,
+        vec![
+            ("/manifests/".into(), Fault::Error500(2)),
+            (big.clone(), Fault::Error500(2)),
+        ],
+    );
+    let root = ImageRoot::open(t.path().join("root")).unwrap();
+    let img = root
+        .pull(
+            &format!("{}/fault/img", proxy.host()),
+            &opts(&proxy.host(), 3),
+        )
+        .unwrap();
+    assert_eq!(img.layers, layers);
+    for l in &layers {
+        assert!(root.store.contains(l), "{l} not stored");
+    }
+    let top = root.snapshots.layer_path(&img.chain_id);
+    assert_eq!(fs::read(top.join("data/small")).unwrap(), b"hello");
+    assert_eq!(
+        fs::read(bottom(&root, &img).join("data/big")).unwrap(),
+        noise(4 << 20, 1)
+    );
+    // The two 500s and the answer that worked, for each.
+    assert!(proxy.requests("/manifests/").len() >= 3, "{:?}", proxy.log);
+    assert_eq!(proxy.requests(&big).len(), 3, "{:?}", proxy.log);
+    assert_eq!(
+        fs::read_dir(root.store.root().join("ingest"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn a_blob_cut_once_is_resumed_or_restarted() {
+    let t = tempfile::tempdir().unwrap();
+    let (reg, layers) = two_layer_image(t.path());
+    let big = layers[0].to_string();
+    let proxy = Proxy::start(reg.port, vec![(big.clone(), Fault::Cut(1))]);
+    let root = ImageRoot::open(t.path().join("root")).unwrap();
+    let img = root
+        .pull(
+            &format!("{}/fault/img", proxy.host()),
+            &opts(&proxy.host(), 3),
+        )
+        .unwrap();
+    assert_eq!(
+        fs::read(bottom(&root, &img).join("data/big")).unwrap(),
+        noise(4 << 20, 1)
+    );
+    assert!(root.store.contains(&layers[0]));
+    assert!(
+        proxy
+            .requests(&format!("GET /v2/fault/img/blobs/{big}"))
+            .len()
+            >= 2,
+        "{:?}",
+        proxy.log
+    );
+    assert_eq!(
+        fs::read_dir(root.store.root().join("ingest"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn a_blob_cut_every_time_fails_naming_it_and_publishes_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let (reg, layers) = two_layer_image(t.path());
+    let big = layers[0].to_string();
+    let proxy = Proxy::start(reg.port, vec![(big.clone(), Fault::Cut(u32::MAX))]);
+    let root = ImageRoot::open(t.path().join("root")).unwrap();
+    let e = root
+        .pull(
+            &format!("{}/fault/img", proxy.host()),
+            &opts(&proxy.host(), 3),
+        )
+        .unwrap_err()
+        .to_string();
+    // The error names the blob (today by its ingest file, whose name is the
+    // digest's hex).
+    assert!(
+        e.contains(layers[0].hex()),
+        "error does not name the blob: {e}"
+    );
+    assert!(!blobs(&root).contains(&layers[0]), "cut blob published");
+    assert!(root.snapshots.layers().unwrap().is_empty());
+    assert!(root.images.list().unwrap().is_empty());
+    // Whatever is left in ingest/ is a partial download kept for resuming,
+    // never a file in blobs/ (checked above); a later pull completes it.
+    let fixed = Proxy::start(reg.port, vec![]);
+    let img = root
+        .pull(
+            &format!("{}/fault/img", fixed.host()),
+            &opts(&fixed.host(), 3),
+        )
+        .unwrap();
+    assert_eq!(img.layers, layers);
+    assert_eq!(
+        fs::read_dir(root.store.root().join("ingest"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+/// Pushes a one-layer image made of `tar` (built knowing the outside
+/// directory), pulls it, and expects an error naming `entry`, nothing
+/// written outside, and nothing published.
+fn assert_pull_rejected(reg: &Registry, t: &Path, name: &str, tar: Vec<u8>, entry: &str) {
+    let outside = t.join("outside");
+    let layout = t.join(format!("layout-{name}"));
+    write_layout(&layout, &[tar]);
+    reg.push(
+        &format!("oci:{}:t", layout.display()),
+        &format!("mal/{name}"),
+    );
+    let root = ImageRoot::open(t.join(format!("root-{name}"))).unwrap();
+    let e = root
+        .pull(&format!("{}/mal/{name}", reg.host()), &opts(&reg.host(), 1))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(entry),
+        "{name}: error {e:?} does not name {entry:?}"
+    );
+    assert_eq!(tree(&outside), vec!["secret"], "{name}: wrote outside");
+    assert_eq!(fs::read(outside.join("secret")).unwrap(), b"s");
+    assert!(
+        root.snapshots.layers().unwrap().is_empty(),
+        "{name}: layer published"
+    );
+    assert!(
+        root.images.list().unwrap().is_empty(),
+        "{name}: image recorded"
+    );
+    // Nothing half-unpacked is left in the snapshots' layer directory.
+    let layers_dir = root.snapshots.layer_path(&Digest::of(b"x"));
+    let layers_dir = layers_dir.parent().unwrap();
+    if layers_dir.exists() {
+        assert_eq!(tree(layers_dir), Vec::<String>::new(), "{name}");
+    }
+}
+
+#[test]
+fn malicious_layers_from_a_registry_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let outside: PathBuf = t.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("secret"), "s").unwrap();
+    let out = outside.display().to_string();
+    let reg = Registry::start();
+    let cases: Vec<(&str, Vec<u8>, String)> = vec![
+        (
+            "absolute",
+            Layer::new().file(&format!("{out}/abs"), b"x").finish(),
+            format!("{out}/abs"),
+        ),
+        (
+            "dotdot",
+            Layer::new()
+                .dir("a")
+                .file("a/../../../../outside/dd", b"x")
+                .finish(),
+            "a/../../../../outside/dd".into(),
+        ),
+        (
+            "symlink",
+            Layer::new()
+                .symlink("link", &out)
+                .file("link/pwned", b"x")
+                .finish(),
+            "link/pwned".into(),
+        ),
+        (
+            "hardlink",
+            Layer::new()
+                .symlink("s", &out)
+                .hardlink("hl", "s/secret")
+                .finish(),
+            "hl".into(),
+        ),
+        (
+            "pax",
+            Layer::new()
+                .file("first", b"1")
+                .pax(&[("comment", &vec![b'a'; 2 << 20])])
+                .file("second", b"2")
+                .finish(),
+            "after first".into(),
+        ),
+    ];
+    for (name, tar, entry) in cases {
+        assert_pull_rejected(&reg, t.path(), name, tar, &entry);
+    }
+}
