@@ -11,6 +11,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::snapshot::Staged;
 use crate::{Digest, Error, Result, Snapshotter, Store};
 
 const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
@@ -256,7 +257,152 @@ fn import(
         }
     }
     .clone();
-    import_manifest(&desc, fetch, name, store, snaps)
+    import_manifest(&desc, fetch, None, name, store, snaps)
+}
+
+/// How a pull gets the layers not unpacked yet: `open` returns a layer
+/// blob's bytes from its start as they download (an HTTP body); a body
+/// cut short is asked for again, up to `attempts` times in all.
+pub(crate) struct Stream<'a> {
+    pub open: &'a (dyn Fn(&Descriptor) -> Result<Box<dyn Read>> + Sync),
+    pub attempts: u32,
+}
+
+/// At most this many layers download and unpack at once.
+const PARALLEL_LAYERS: usize = 4;
+
+/// Downloads and unpacks `layers` (descriptor, diff_id) in one pass each,
+/// several at once, each into its own staging dir; returns them in order.
+/// A layer is returned only once both its diff_id and its blob's digest
+/// and size are verified (the blob is then in `store`). On any error every
+/// staging dir is removed and the first error in chain order returned.
+fn stage_layers(
+    layers: &[(&Descriptor, &Digest)],
+    s: &Stream,
+    store: &Store,
+    snaps: &Snapshotter,
+) -> Result<Vec<Staged>> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results: Vec<Mutex<Option<Result<Staged>>>> =
+        layers.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..layers.len().min(PARALLEL_LAYERS) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                // After a failure, start nothing new: the pull has failed.
+                if i >= layers.len() || failed.load(Ordering::SeqCst) {
+                    break;
+                }
+                let (d, diff_id) = layers[i];
+                let r = stage_layer(d, diff_id, s, store, snaps);
+                if r.is_err() {
+                    failed.store(true, Ordering::SeqCst);
+                }
+                *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+            });
+        }
+    });
+    let results: Vec<_> = results
+        .into_iter()
+        .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
+        .collect();
+    let mut out = Vec::new();
+    let mut first_err = None;
+    for r in results.into_iter().flatten() {
+        match r {
+            Ok(st) => out.push(st),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None if out.len() == layers.len() => Ok(out),
+        None => Err(Error::invalid("pull", "a layer was not unpacked")),
+    }
+}
+
+/// Reads through, remembering whether the source itself failed (the
+/// connection, as opposed to what its bytes are).
+struct Watch<'a> {
+    inner: Box<dyn Read>,
+    cut: &'a std::cell::RefCell<Option<String>>,
+}
+
+impl Read for Watch<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner
+            .read(buf)
+            .inspect_err(|e| *self.cut.borrow_mut() = Some(e.to_string()))
+    }
+}
+
+/// One layer: body -> store's verifying writer (tee) -> decompress ->
+/// unpack into a staging dir.
+fn stage_layer(
+    d: &Descriptor,
+    diff_id: &Digest,
+    s: &Stream,
+    store: &Store,
+    snaps: &Snapshotter,
+) -> Result<Staged> {
+    let mt = Some(d.media_type.as_str());
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let Some(w) = store.writer(&d.digest, Some(d.size))? else {
+            // Stored already (an earlier pull, or another one meanwhile).
+            return snaps.stage(diff_id, mt, store.open_blob(&d.digest)?);
+        };
+        // A resumed download: the ingest file holds the first bytes, which
+        // the body repeats; those are skipped, as `Store::ingest` does.
+        let have = w.offset();
+        let written = w.written()?;
+        let cut = std::cell::RefCell::new(None);
+        let mut body = Watch {
+            inner: (s.open)(d)?,
+            cut: &cut,
+        };
+        let skipped = std::io::copy(&mut (&mut body).take(have), &mut std::io::sink());
+        let r = match skipped {
+            Ok(n) if n == have => {
+                let mut tee = w.tee(body);
+                match snaps.stage(diff_id, mt, written.chain(&mut tee)) {
+                    // Both checks passed: the diff_id (stage) and the
+                    // blob's digest and size (commit, which stores it).
+                    Ok(staged) => tee.commit().map(|()| staged),
+                    // A wrong blob explains a failed unpack best; a right
+                    // one is kept (as the store-then-import path would).
+                    Err(e) if cut.borrow().is_none() => match tee.commit() {
+                        Err(ce @ (Error::Mismatch { .. } | Error::Digest { .. })) => Err(ce),
+                        _ => Err(e),
+                    },
+                    Err(e) => Err(e),
+                }
+            }
+            Ok(n) => Err(Error::Digest {
+                digest: d.digest.to_string(),
+                msg: format!("source ended after {n} bytes"),
+            }),
+            Err(e) => Err(Error::io(store.root(), e)),
+        };
+        let Some(why) = cut.take().filter(|_| r.is_err()) else {
+            return r;
+        };
+        // The staging dir is gone; the ingest file keeps what arrived, and
+        // the next attempt continues after it.
+        if attempt >= s.attempts.max(1) {
+            return Err(Error::invalid(
+                format!("blob {}", d.digest),
+                format!("download failed {attempt} times, last: {why}"),
+            ));
+        }
+        crate::registry::backoff(attempt);
+    }
 }
 
 /// Imports the image `desc` names (a manifest, or an index resolved to
@@ -264,6 +410,7 @@ fn import(
 pub(crate) fn import_manifest(
     desc: &Descriptor,
     fetch: &dyn Fn(&Descriptor) -> Result<()>,
+    stream: Option<&Stream>,
     name: &str,
     store: &Store,
     snaps: &Snapshotter,
@@ -316,15 +463,29 @@ pub(crate) fn import_manifest(
         ));
     }
     let mut chain: Option<Digest> = None;
+    let mut missing = Vec::new();
     for (layer, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
         let next = Digest::chain(chain.as_ref(), diff_id);
         // A layer already unpacked needs neither its blob nor another unpack.
         if !snaps.has_layer(&next) {
-            fetch(layer)?;
-            let blob = store.open_blob(&layer.digest)?;
-            snaps.apply(chain.as_ref(), diff_id, Some(&layer.media_type), blob)?;
+            if stream.is_some() {
+                missing.push((layer, diff_id, chain.clone()));
+            } else {
+                fetch(layer)?;
+                let blob = store.open_blob(&layer.digest)?;
+                snaps.apply(chain.as_ref(), diff_id, Some(&layer.media_type), blob)?;
+            }
         }
         chain = Some(next);
+    }
+    if let (Some(s), false) = (stream, missing.is_empty()) {
+        let jobs: Vec<_> = missing.iter().map(|(l, d, _)| (*l, *d)).collect();
+        let staged = stage_layers(&jobs, s, store, snaps)?;
+        // In chain order: each layer's implied directories look at the
+        // layers below, published just before.
+        for ((_, _, parent), st) in missing.iter().zip(staged) {
+            snaps.publish(parent.as_ref(), st)?;
+        }
     }
     let chain_id = chain.ok_or_else(|| Error::invalid(&what, "no layers"))?;
     Ok(Image {

@@ -385,9 +385,9 @@ struct Client<'a> {
     repo: String,
     opts: &'a Options,
     auth: AuthConfig,
-    /// Cached answer to the last challenge; a `RefCell` because blob
-    /// fetches run inside the import's `Fn` callback.
-    authorization: std::cell::RefCell<Option<String>>,
+    /// Cached answer to the last challenge; behind a lock because layers
+    /// download from several threads, inside the import's `Fn` callbacks.
+    authorization: std::sync::Mutex<Option<String>>,
 }
 
 enum Fail {
@@ -419,15 +419,18 @@ impl Client<'_> {
             if let Some(a) = accept {
                 req = req.set("Accept", a);
             }
-            if let Some(a) = self.authorization.borrow().as_deref() {
+            let auth = self.authorization.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(a) = auth.as_deref() {
                 req = req.set("Authorization", a);
             }
+            drop(auth);
             match req.call() {
                 Ok(r) => return Ok(r),
                 Err(ureq::Error::Status(401, r)) if !challenged => {
                     challenged = true;
                     let c = r.header("www-authenticate").unwrap_or("").to_string();
-                    *self.authorization.borrow_mut() = Some(self.answer(&url, &c)?);
+                    let a = self.answer(&url, &c)?;
+                    *self.authorization.lock().unwrap_or_else(|e| e.into_inner()) = Some(a);
                 }
                 Err(ureq::Error::Status(code, r)) => {
                     let body = r.into_string().unwrap_or_default();
@@ -602,7 +605,7 @@ impl Client<'_> {
     }
 }
 
-fn backoff(attempt: u32) {
+pub(crate) fn backoff(attempt: u32) {
     std::thread::sleep(Duration::from_millis(200 << attempt.min(5)));
 }
 
@@ -742,19 +745,28 @@ fn pull_from(
     };
     // The same import as an OCI layout's, with blobs fetched from here.
     // A blob this endpoint cannot serve sends the pull to the next one.
-    let unavailable = std::cell::Cell::new(false);
-    let fetch = |d: &Descriptor| -> Result<()> {
-        c.blob(d, store).map_err(|f| match f {
-            Fail::Next(e) => {
-                unavailable.set(true);
-                e
-            }
-            Fail::Stop(e) => e,
-        })
+    let unavailable = std::sync::atomic::AtomicBool::new(false);
+    let fail = |f: Fail| match f {
+        Fail::Next(e) => {
+            unavailable.store(true, std::sync::atomic::Ordering::SeqCst);
+            e
+        }
+        Fail::Stop(e) => e,
     };
-    match crate::layout::import_manifest(&desc, &fetch, "", store, snaps) {
+    let fetch = |d: &Descriptor| -> Result<()> { c.blob(d, store).map_err(fail) };
+    // Layers not unpacked yet are unpacked as they download, several at
+    // once (see `layout::Stream`).
+    let open = |d: &Descriptor| -> Result<Box<dyn std::io::Read>> {
+        let r = c.get(&format!("blobs/{}", d.digest), None).map_err(fail)?;
+        Ok(Box::new(r.into_reader()))
+    };
+    let stream = crate::layout::Stream {
+        open: &open,
+        attempts: c.opts.attempts.max(1),
+    };
+    match crate::layout::import_manifest(&desc, &fetch, Some(&stream), "", store, snaps) {
         Ok(img) => Ok(img.named(&r.to_string(), &top)),
-        Err(e) if unavailable.get() => Err(Fail::Next(e)),
+        Err(e) if unavailable.load(std::sync::atomic::Ordering::SeqCst) => Err(Fail::Next(e)),
         Err(e) => Err(Fail::Stop(e)),
     }
 }

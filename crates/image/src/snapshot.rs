@@ -27,13 +27,29 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, Timespec, Timestamps};
 
-use crate::unpack::unpack_onto;
+use crate::unpack::{inherit_implied, unpack_deferred};
 use crate::{Digest, Error, Result};
 
 #[derive(Debug, Clone)]
 pub struct Snapshotter {
     root: PathBuf,
     overlay: bool,
+}
+
+/// A layer unpacked into a staging dir, verified against its diff_id but
+/// not yet visible (see [`Snapshotter::stage`]); dropping it removes it.
+#[derive(Debug)]
+pub struct Staged {
+    dir: tempfile::TempDir,
+    diff_id: Digest,
+    /// Directories the archive implied (see `unpack::unpack_deferred`).
+    implied: Vec<Vec<std::ffi::OsString>>,
+}
+
+impl Staged {
+    pub fn diff_id(&self) -> &Digest {
+        &self.diff_id
+    }
 }
 
 /// A container's root filesystem.
@@ -105,7 +121,7 @@ impl Snapshotter {
     /// Unpacks the layer read from `r` (compressed or not) on top of
     /// `parent`, unless that chain is already present, and returns its chain
     /// ID. The stream is verified against `diff_id`; on any error nothing is
-    /// left behind. `r` may be a download in progress.
+    /// left behind. ([`Snapshotter::stage`] then [`Snapshotter::publish`].)
     pub fn apply(
         &self,
         parent: Option<&Digest>,
@@ -120,26 +136,66 @@ impl Snapshotter {
         if let Some(p) = parent.filter(|p| !self.has_layer(p)) {
             return Err(Error::NotFound(format!("parent layer {p}")));
         }
+        let staged = self.stage(diff_id, media_type, r)?;
+        self.publish(parent, staged)
+    }
+
+    /// Unpacks the layer read from `r` into a staging dir under `tmp/`,
+    /// checking the stream against `diff_id`. Needs no lower layer, so
+    /// layers of one image can be staged in parallel, while they download.
+    /// Nothing uses the result until [`Snapshotter::publish`]; dropping
+    /// it (on any error, for example the download's own digest being
+    /// wrong) removes the staging dir.
+    pub fn stage(
+        &self,
+        diff_id: &Digest,
+        media_type: Option<&str>,
+        r: impl Read,
+    ) -> Result<Staged> {
         let tmp = tempfile::Builder::new()
             .prefix("layer-")
             .tempdir_in(self.root.join("tmp"))
             .map_err(ioe(&self.root.join("tmp")))?;
         let fs_dir = tmp.path().join("fs");
         fs::create_dir(&fs_dir).map_err(ioe(&fs_dir))?;
-        // Only read if the layer implies a directory it does not list.
-        let lowers = || match parent {
-            Some(p) => self
-                .ancestry(p)
-                .map(|a| a.iter().map(|c| self.layer_path(c)).collect())
-                .unwrap_or_default(),
-            None => Vec::new(),
-        };
-        unpack_onto(r, media_type, &fs_dir, Some(diff_id), lowers)?;
+        let (_, implied) = unpack_deferred(r, media_type, &fs_dir, diff_id)?;
+        Ok(Staged {
+            dir: tmp,
+            diff_id: diff_id.clone(),
+            implied,
+        })
+    }
+
+    /// Puts a staged layer in place on top of `parent` (which must be
+    /// present) under its chain ID and returns that. Directories the layer
+    /// implied take mode and owner from the layers below only now, as
+    /// those may have been staged alongside it: publishing in chain order
+    /// gives what a sequential unpack gives.
+    pub fn publish(&self, parent: Option<&Digest>, staged: Staged) -> Result<Digest> {
+        let chain = Digest::chain(parent, &staged.diff_id);
+        if self.has_layer(&chain) {
+            return Ok(chain);
+        }
+        if let Some(p) = parent.filter(|p| !self.has_layer(p)) {
+            return Err(Error::NotFound(format!("parent layer {p}")));
+        }
+        let tmp = staged.dir;
+        if !staged.implied.is_empty() {
+            let lowers: Vec<PathBuf> = match parent {
+                Some(p) => self
+                    .ancestry(p)?
+                    .iter()
+                    .map(|c| self.layer_path(c))
+                    .collect(),
+                None => Vec::new(),
+            };
+            inherit_implied(&tmp.path().join("fs"), &staged.implied, &lowers)?;
+        }
         let write = |name: &str, s: String| {
             let p = tmp.path().join(name);
             fs::write(&p, s).map_err(ioe(&p))
         };
-        write("diff_id", diff_id.to_string())?;
+        write("diff_id", staged.diff_id.to_string())?;
         if let Some(p) = parent {
             write("parent", p.to_string())?;
         }

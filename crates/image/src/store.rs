@@ -208,6 +208,13 @@ impl Writer {
         self.w.count()
     }
 
+    /// The bytes already written, [`Writer::offset`] of them: with a
+    /// [`Tee`] over the rest, a consumer reads the blob from its start.
+    pub fn written(&self) -> Result<impl Read> {
+        let f = File::open(&self.ingest).map_err(|e| Error::io(&self.ingest, e))?;
+        Ok(f.take(self.offset()))
+    }
+
     fn fail(self, msg: String) -> Error {
         // A wrong ingest file must not be resumed: start over next time.
         let _ = fs::remove_file(&self.ingest);

@@ -106,6 +106,42 @@ pub fn unpack_onto(
     expected_diff_id: Option<&Digest>,
     lowers: impl FnOnce() -> Vec<PathBuf>,
 ) -> Result<Unpacked> {
+    unpack_with(
+        r,
+        media_type,
+        dest,
+        expected_diff_id,
+        Lowers::Later(Box::new(lowers)),
+    )
+    .map(|(u, _)| u)
+}
+
+/// [`unpack`] for a layer whose lower layers may not be unpacked yet (a
+/// pull unpacks layers in parallel): directories the archive implies are
+/// made 0755 root and returned, for [`inherit_implied`] to fix once the
+/// lowers are in place.
+pub(crate) fn unpack_deferred(
+    r: impl Read,
+    media_type: Option<&str>,
+    dest: &Path,
+    expected_diff_id: &Digest,
+) -> Result<(Unpacked, Vec<Vec<OsString>>)> {
+    unpack_with(
+        r,
+        media_type,
+        dest,
+        Some(expected_diff_id),
+        Lowers::Deferred(Vec::new()),
+    )
+}
+
+fn unpack_with(
+    r: impl Read,
+    media_type: Option<&str>,
+    dest: &Path,
+    expected_diff_id: Option<&Digest>,
+    lowers: Lowers<'_>,
+) -> Result<(Unpacked, Vec<Vec<OsString>>)> {
     if let Some(mt) = media_type {
         Compression::from_media_type(mt)?;
     }
@@ -140,7 +176,7 @@ pub fn unpack_onto(
         root,
         dirs: Vec::new(),
         cache: None,
-        lowers: Lowers::Later(Box::new(lowers)),
+        lowers,
     };
     let mut prev = String::from("(start of archive)");
     {
@@ -180,7 +216,49 @@ pub fn unpack_onto(
             actual: diff_id.to_string(),
         });
     }
-    Ok(Unpacked { diff_id, size })
+    let implied = match u.lowers {
+        Lowers::Deferred(v) => v,
+        _ => Vec::new(),
+    };
+    Ok((Unpacked { diff_id, size }, implied))
+}
+
+/// Gives the directories `implied` (from [`unpack_deferred`]) of the
+/// layer in `dest` the mode and owner they have in `lowers` (top first),
+/// as [`unpack_onto`] would have at creation. One the archive replaced
+/// since (no longer a directory) is skipped.
+pub(crate) fn inherit_implied(
+    dest: &Path,
+    implied: &[Vec<OsString>],
+    lowers: &[PathBuf],
+) -> Result<()> {
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let root = rfs::open(dest, flags, Mode::empty()).map_err(|e| Error::io(dest, e))?;
+    'dirs: for comps in implied {
+        let Some((name, parents)) = comps.split_last() else {
+            continue;
+        };
+        let (mode, owner) = inherited(lowers, comps);
+        let Some((uid, gid)) = owner else { continue };
+        let mut dir = root.try_clone().map_err(|e| Error::io(dest, e))?;
+        for c in parents {
+            match rfs::openat(&dir, c, flags, Mode::empty()) {
+                Ok(fd) => dir = fd,
+                Err(_) => continue 'dirs,
+            }
+        }
+        // Checked to be a directory (not a symlink) before chmodat, which
+        // follows; nothing else writes to a layer being unpacked.
+        let is_dir = rfs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory);
+        if !is_dir {
+            continue;
+        }
+        let e = |e: Errno| Error::entry(show(comps), err(e));
+        rfs::chownat(&dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW).map_err(e)?;
+        rfs::chmodat(&dir, name, mode, AtFlags::empty()).map_err(e)?;
+    }
+    Ok(())
 }
 
 /// Caps how much the tar parser may read between two entries.
@@ -247,6 +325,8 @@ struct Unpacker<'a> {
 enum Lowers<'a> {
     Later(Box<dyn FnOnce() -> Vec<PathBuf> + 'a>),
     Known(Vec<PathBuf>),
+    /// Not there yet: the directories that need them, in order.
+    Deferred(Vec<Vec<OsString>>),
 }
 
 impl Unpacker<'_> {
@@ -350,6 +430,10 @@ impl Unpacker<'_> {
                 set_xattrs(dir.as_fd(), name, &xattrs)?;
                 let mut path = parent_comps.to_vec();
                 path.push(name.to_owned());
+                // Listed after all: its own mode and owner stand.
+                if let Lowers::Deferred(v) = &mut self.lowers {
+                    v.retain(|p| *p != path);
+                }
                 self.dirs.push((path, times));
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
@@ -509,6 +593,12 @@ impl Unpacker<'_> {
     /// following a symlink; a whiteout, non-directory or opaque directory
     /// on the way hides the layers further down.
     fn implicit_dir(&mut self, comps: &[OsString]) -> (Mode, Option<(rfs::Uid, rfs::Gid)>) {
+        if let Lowers::Deferred(v) = &mut self.lowers {
+            if !v.iter().any(|p| p.as_slice() == comps) {
+                v.push(comps.to_vec());
+            }
+            return (Mode::from_bits_truncate(0o755), None);
+        }
         if let Lowers::Later(_) = self.lowers {
             let Lowers::Later(f) = std::mem::replace(&mut self.lowers, Lowers::Known(Vec::new()))
             else {
@@ -519,33 +609,7 @@ impl Unpacker<'_> {
         let Lowers::Known(lowers) = &self.lowers else {
             unreachable!()
         };
-        let default = (Mode::from_bits_truncate(0o755), None);
-        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        'lowers: for lower in lowers {
-            let Ok(mut cur) = rfs::open(lower, flags, Mode::empty()) else {
-                return default;
-            };
-            for (i, c) in comps.iter().enumerate() {
-                match rfs::openat(&cur, c, flags, Mode::empty()) {
-                    Ok(fd) => cur = fd,
-                    Err(Errno::NOENT) => {
-                        if i > 0 && is_opaque(cur.as_fd()) {
-                            return default;
-                        }
-                        continue 'lowers;
-                    }
-                    Err(_) => return default,
-                }
-            }
-            return match rfs::fstat(&cur) {
-                Ok(st) => (
-                    Mode::from_bits_truncate(st.st_mode & 0o7777),
-                    Some((rfs::Uid::from_raw(st.st_uid), rfs::Gid::from_raw(st.st_gid))),
-                ),
-                Err(_) => default,
-            };
-        }
-        default
+        inherited(lowers, comps)
     }
 
     fn finish_dirs(&mut self) -> std::result::Result<(), (String, Msg)> {
@@ -569,6 +633,37 @@ impl Unpacker<'_> {
         }
         Ok(())
     }
+}
+
+/// Mode and owner of directory `comps` in `lowers` (top first).
+fn inherited(lowers: &[PathBuf], comps: &[OsString]) -> (Mode, Option<(rfs::Uid, rfs::Gid)>) {
+    let default = (Mode::from_bits_truncate(0o755), None);
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    'lowers: for lower in lowers {
+        let Ok(mut cur) = rfs::open(lower, flags, Mode::empty()) else {
+            return default;
+        };
+        for (i, c) in comps.iter().enumerate() {
+            match rfs::openat(&cur, c, flags, Mode::empty()) {
+                Ok(fd) => cur = fd,
+                Err(Errno::NOENT) => {
+                    if i > 0 && is_opaque(cur.as_fd()) {
+                        return default;
+                    }
+                    continue 'lowers;
+                }
+                Err(_) => return default,
+            }
+        }
+        return match rfs::fstat(&cur) {
+            Ok(st) => (
+                Mode::from_bits_truncate(st.st_mode & 0o7777),
+                Some((rfs::Uid::from_raw(st.st_uid), rfs::Gid::from_raw(st.st_gid))),
+            ),
+            Err(_) => default,
+        };
+    }
+    default
 }
 
 fn is_opaque(dir: BorrowedFd<'_>) -> bool {

@@ -704,3 +704,293 @@ fn bearer_token_flow_multi_platform_index_and_retry() {
     let root3 = ImageRoot::open(t.path().join("root3")).unwrap();
     assert_eq!(root3.pull(&name, &o).unwrap().id, img.id);
 }
+
+/// Pseudo-random bytes (incompressible, like real layer content).
+fn noise(n: usize, mut seed: u64) -> Vec<u8> {
+    (0..n)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect()
+}
+
+/// A four-layer image as an OCI layout at `dir`, tagged `latest`: the
+/// testutil busybox rootfs (with `etc` 0750 owned by 10:11), then layers
+/// that imply directories of the ones below without listing them (so
+/// they must inherit mode and owner), a whiteout, an opaque directory,
+/// and some data each. Returns the layer tars.
+fn write_layered_layout(dir: &Path) -> Vec<Vec<u8>> {
+    use std::os::unix::fs::PermissionsExt;
+    let rootfs = tempfile::tempdir().unwrap();
+    berth_testutil::build_rootfs(rootfs.path()).unwrap();
+    let etc = rootfs.path().join("etc");
+    fs::set_permissions(&etc, fs::Permissions::from_mode(0o750)).unwrap();
+    std::os::unix::fs::chown(&etc, Some(10), Some(11)).unwrap();
+    fs::write(rootfs.path().join("var/run/old"), b"old").unwrap();
+    let mut base = tar::Builder::new(Vec::new());
+    base.follow_symlinks(false);
+    base.append_dir_all(".", rootfs.path()).unwrap();
+    let base = base.into_inner().unwrap();
+    let layer = |entries: &[(&str, Vec<u8>)]| {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            if path.ends_with('/') {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+            } else {
+                h.set_mode(0o644);
+            }
+            h.set_size(data.len() as u64);
+            h.set_mtime(1_700_000_000);
+            h.set_uid(0);
+            h.set_gid(0);
+            b.append_data(&mut h, path, &data[..]).unwrap();
+        }
+        b.into_inner().unwrap()
+    };
+    let layers = vec![
+        base,
+        // etc/ and home/user/ are implied: they keep 0750 10:11 and 1000's.
+        layer(&[
+            ("etc/extra", b"x".to_vec()),
+            ("home/user/data", noise(1 << 20, 1)),
+        ]),
+        layer(&[
+            ("bin/.wh.ls", Vec::new()),
+            ("usr/lib/big", noise(1 << 20, 2)),
+        ]),
+        layer(&[
+            ("var/run/", Vec::new()),
+            ("var/run/.wh..wh..opq", Vec::new()),
+            ("var/run/new", b"n".to_vec()),
+            ("etc/more/deep", noise(1 << 19, 3)),
+        ]),
+    ];
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs).unwrap();
+    let put = |b: &[u8], mt: &str| {
+        let d = Digest::of(b);
+        fs::write(blobs.join(d.hex()), b).unwrap();
+        serde_json::json!({"mediaType": mt, "digest": d.to_string(), "size": b.len()})
+    };
+    let mut descs = Vec::new();
+    for tar in &layers {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, tar).unwrap();
+        descs.push(put(
+            &gz.finish().unwrap(),
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+        ));
+    }
+    let diff_ids: Vec<_> = layers.iter().map(|l| Digest::of(l).to_string()).collect();
+    let config = serde_json::json!({"architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids}});
+    let cd = put(
+        &serde_json::to_vec(&config).unwrap(),
+        "application/vnd.oci.image.config.v1+json",
+    );
+    let manifest = serde_json::json!({"schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": cd, "layers": descs});
+    let mt = "application/vnd.oci.image.manifest.v1+json";
+    let mut md = put(&serde_json::to_vec(&manifest).unwrap(), mt);
+    md["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": "latest"});
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [md]});
+    fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    fs::write(
+        dir.join("oci-layout"),
+        br#"{"imageLayoutVersion": "1.0.0"}"#,
+    )
+    .unwrap();
+    layers
+}
+
+/// Pushes an OCI layout directory as `repo:latest`.
+fn push_layout(reg: &Registry, layout: &Path, repo: &str) {
+    let out = Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "-q", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:latest", layout.display()))
+        .arg(format!("docker://{}/{repo}:latest", reg.host()))
+        .output()
+        .expect("skopeo is missing: install Debian's skopeo package (scripts/setup.sh)");
+    assert!(
+        out.status.success(),
+        "skopeo copy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every path under `root` with its type, mode, owner, size, content
+/// hash or link target, mtime and overlay xattrs.
+fn describe(root: &Path) -> Vec<String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    fn walk(root: &Path, p: &Path, out: &mut Vec<String>) {
+        let mut entries: Vec<_> = fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for path in entries {
+            let m = fs::symlink_metadata(&path).unwrap();
+            let ft = m.file_type();
+            let what = if ft.is_file() {
+                format!("file {}", Digest::of(&fs::read(&path).unwrap()))
+            } else if ft.is_symlink() {
+                format!("link {}", fs::read_link(&path).unwrap().display())
+            } else if ft.is_char_device() {
+                format!("char {}", m.rdev())
+            } else if ft.is_dir() {
+                let mut v = [0u8; 4];
+                let opaque = rustix::fs::lgetxattr(&path, "trusted.overlay.opaque", &mut v).ok();
+                format!("dir opaque={opaque:?}")
+            } else {
+                "other".into()
+            };
+            let rel = path.strip_prefix(root).unwrap().display();
+            out.push(format!(
+                "{rel} {what} {:o} {}:{} mtime={}",
+                m.mode(),
+                m.uid(),
+                m.gid(),
+                // Whiteouts are made at unpack time; directories change.
+                if ft.is_dir() || ft.is_char_device() {
+                    0
+                } else {
+                    m.mtime()
+                }
+            ));
+            if ft.is_dir() {
+                walk(root, &path, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out
+}
+
+#[test]
+fn layered_pull_unpacks_while_downloading_like_a_layout_import() {
+    let t = tempfile::tempdir().unwrap();
+    let layout = t.path().join("layout");
+    write_layered_layout(&layout);
+    let reference = ImageRoot::open(t.path().join("reference")).unwrap();
+    let expected = reference.import_layout(&layout, None, "x").unwrap();
+    let reg = Registry::start();
+    push_layout(&reg, &layout, "test/layered");
+
+    let root = ImageRoot::open(t.path().join("root")).unwrap();
+    let name = format!("{}/test/layered", reg.host());
+    let img = root.pull(&name, &opts(&[reg.host()])).unwrap();
+    assert_eq!(img.id, expected.id);
+    assert_eq!(img.chain_id, expected.chain_id);
+    assert_eq!(img.layers, expected.layers);
+    let chains = root.snapshots.ancestry(&img.chain_id).unwrap();
+    assert_eq!(chains.len(), 4);
+    for c in &chains {
+        assert_eq!(
+            describe(&root.snapshots.layer_path(c)),
+            describe(&reference.snapshots.layer_path(c)),
+            "layer {c}"
+        );
+    }
+    // Implied directories took mode and owner from the layers below,
+    // though those were unpacked at the same time.
+    use std::os::unix::fs::MetadataExt;
+    let second = root.snapshots.layer_path(&chains[2]);
+    let etc = fs::metadata(second.join("etc")).unwrap();
+    assert_eq!((etc.mode() & 0o7777, etc.uid(), etc.gid()), (0o750, 10, 11));
+    let top = root.snapshots.layer_path(&chains[0]);
+    assert_eq!(
+        fs::metadata(top.join("etc")).unwrap().mode() & 0o7777,
+        0o750
+    );
+    for l in &img.layers {
+        assert!(root.store.contains(l), "blob {l} stored");
+    }
+    let staging = t.path().join("root/snapshots/tmp");
+    assert_eq!(fs::read_dir(&staging).unwrap().count(), 0);
+    assert_eq!(
+        fs::read_dir(root.store.root().join("ingest"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn a_tampered_layer_blob_publishes_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let layout = t.path().join("layout");
+    let tars = write_layered_layout(&layout);
+    let reg = Registry::start();
+    push_layout(&reg, &layout, "test/layered");
+    let reference = ImageRoot::open(t.path().join("reference")).unwrap();
+    let expected = reference.import_layout(&layout, None, "x").unwrap();
+    let name = format!("{}/test/layered", reg.host());
+    let check_nothing_left = |root: &ImageRoot, layer: &Digest, what: &str| {
+        let staging = root.store.root().join("../snapshots/tmp");
+        let e = root
+            .pull(&name, &opts(&[reg.host()]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&layer.to_string()), "{what}: {e}");
+        assert!(!root.store.contains(layer), "{what}: blob stored");
+        assert!(
+            root.snapshots.layers().unwrap().is_empty(),
+            "{what}: layer published"
+        );
+        assert_eq!(fs::read_dir(&staging).unwrap().count(), 0, "{what}");
+        let ingest = root.store.root().join("ingest").join(layer.hex());
+        assert!(!ingest.exists(), "{what}: wrong ingest file kept");
+        assert!(root.images.list().unwrap().is_empty(), "{what}");
+    };
+
+    // Re-compressed: the same uncompressed content (its diff_id checks
+    // out) under other compressed bytes than the digest names.
+    let layer = &expected.layers[2];
+    let data = reg.blob_data(layer);
+    let good = fs::read(&data).unwrap();
+    // Another gzip header OS byte: same size, same content once inflated.
+    let mut other = good.clone();
+    other[9] ^= 0x01;
+    let mut inflated = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&other[..]), &mut inflated)
+        .unwrap();
+    assert_eq!(inflated, tars[2]);
+    fs::write(&data, &other).unwrap();
+    let root = ImageRoot::open(t.path().join("root")).unwrap();
+    check_nothing_left(&root, layer, "re-compressed");
+
+    // Corrupted: a flipped byte in the compressed stream. (Into another
+    // store: the first kept the other layers' blobs, verified.)
+    fs::write(&data, &good).unwrap();
+    let layer = &expected.layers[1];
+    let data = reg.blob_data(layer);
+    let mut bad = fs::read(&data).unwrap();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xff;
+    fs::write(&data, &bad).unwrap();
+    let root2 = ImageRoot::open(t.path().join("root2")).unwrap();
+    check_nothing_left(&root2, layer, "corrupted");
+
+    // Fixed: the pulls complete (a wrong ingest file was not kept).
+    fs::write(&data, good_of(&layout, layer)).unwrap();
+    let img = root2.pull(&name, &opts(&[reg.host()])).unwrap();
+    assert_eq!(img.chain_id, expected.chain_id);
+    let img = root.pull(&name, &opts(&[reg.host()])).unwrap();
+    assert_eq!(img.chain_id, expected.chain_id);
+    assert_eq!(
+        fs::read_dir(root.store.root().join("ingest"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+fn good_of(layout: &Path, d: &Digest) -> Vec<u8> {
+    fs::read(layout.join("blobs/sha256").join(d.hex())).unwrap()
+}
