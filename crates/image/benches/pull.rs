@@ -23,13 +23,13 @@
 
 use std::fs;
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_image::{Digest, ImageRoot};
+use berth_testutil::registry::{self, Registry};
 use serde_json::json;
 
 const CHILD_ENV: &str = "BERTH_PULL_BENCH_CHILD";
@@ -88,13 +88,11 @@ fn main() {
         packed as f64 / 1e6,
         t0.elapsed().as_secs_f64()
     );
-    let reg = Registry::start(&work.path().join("registry"));
-    run_ok(
-        Command::new("skopeo")
-            .args(["--insecure-policy", "copy", "-q", "--dest-tls-verify=false"])
-            .arg(format!("oci:{}:t", layout.display()))
-            .arg(format!("docker://{}/bench:latest", reg.host())),
-    );
+    let reg = Registry::with(registry::Config {
+        dir: Some(work.path().join("registry")),
+        ..Default::default()
+    });
+    reg.push(&format!("oci:{}:t", layout.display()), "bench", &[]);
 
     let snapshotter =
         std::env::var("PULL_CTD_SNAPSHOTTER").unwrap_or_else(|_| "overlayfs".to_string());
@@ -288,15 +286,6 @@ fn timed(c: &mut Command) -> Sample {
     }
 }
 
-fn run_ok(c: &mut Command) {
-    let out = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{c:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -421,59 +410,6 @@ fn write_image(dir: &Path) -> (u64, u64) {
 }
 
 // --------------------------------------------------------------- services
-
-/// Debian's `docker-registry` on 127.0.0.1, storing under `dir`.
-struct Registry {
-    child: Child,
-    port: u16,
-}
-
-impl Registry {
-    fn start(dir: &Path) -> Registry {
-        fs::create_dir_all(dir).unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = dir.join("config.yml");
-        fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: 127.0.0.1:{port}\n",
-                dir.join("data").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker-registry (Debian's package; scripts/setup.sh)");
-        let mut r = Registry { child, port };
-        wait_until("docker-registry to listen", || {
-            if let Some(st) = r.child.try_wait().unwrap() {
-                panic!("docker-registry exited: {st}");
-            }
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        r
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();

@@ -10,91 +10,12 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use berth_image::registry::Options;
 use berth_image::{Digest, ImageRoot};
+use berth_testutil::registry::Registry;
 use common::{tree, Layer};
-
-const REGISTRY: &str = "/usr/bin/docker-registry";
-
-/// A `docker-registry` serving from a temp dir; killed on drop.
-struct Registry {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        assert!(
-            Path::new(REGISTRY).exists(),
-            "{REGISTRY} is missing: install Debian's docker-registry package (scripts/setup.sh)"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = dir.path().join("config.yml");
-        fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new(REGISTRY)
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut r = Registry {
-            child,
-            port,
-            _dir: dir,
-        };
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(st) = r.child.try_wait().unwrap() {
-                panic!("docker-registry exited before listening: {st}");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        r
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Pushes `src` (a skopeo source such as `oci:DIR:t`) as `repo:latest`.
-    fn push(&self, src: &str, repo: &str) {
-        let out = Command::new("skopeo")
-            .args(["--insecure-policy", "copy", "-q", "--dest-tls-verify=false"])
-            .arg(src)
-            .arg(format!("docker://{}/{repo}:latest", self.host()))
-            .output()
-            .expect("skopeo is missing: install Debian's skopeo package (scripts/setup.sh)");
-        assert!(
-            out.status.success(),
-            "skopeo copy: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// What the proxy does to requests whose path contains a key.
 #[derive(Clone, Copy, Debug)]
@@ -299,7 +220,7 @@ fn two_layer_image(t: &Path) -> (Registry, Vec<Digest>) {
         .finish();
     let l2 = Layer::new().file("data/small", b"hello").finish();
     let layers = write_layout(&layout, &[l1, l2]);
-    reg.push(&format!("oci:{}:t", layout.display()), "fault/img");
+    reg.push(&format!("oci:{}:t", layout.display()), "fault/img", &[]);
     (reg, layers)
 }
 
@@ -329,7 +250,7 @@ fn errors_500_are_retried_until_the_registry_recovers() {
     let (reg, layers) = two_layer_image(t.path());
     let big = layers[0].to_string();
     let proxy = Proxy::start(
-        reg.port,
+        reg.port(),
         vec![
             ("/manifests/".into(), Fault::Error500(2)),
             (big.clone(), Fault::Error500(2)),
@@ -368,7 +289,7 @@ fn a_blob_cut_once_is_resumed_or_restarted() {
     let t = tempfile::tempdir().unwrap();
     let (reg, layers) = two_layer_image(t.path());
     let big = layers[0].to_string();
-    let proxy = Proxy::start(reg.port, vec![(big.clone(), Fault::Cut(1))]);
+    let proxy = Proxy::start(reg.port(), vec![(big.clone(), Fault::Cut(1))]);
     let root = ImageRoot::open(t.path().join("root")).unwrap();
     let img = root
         .pull(
@@ -402,7 +323,7 @@ fn a_blob_cut_every_time_fails_naming_it_and_publishes_nothing() {
     let t = tempfile::tempdir().unwrap();
     let (reg, layers) = two_layer_image(t.path());
     let big = layers[0].to_string();
-    let proxy = Proxy::start(reg.port, vec![(big.clone(), Fault::Cut(u32::MAX))]);
+    let proxy = Proxy::start(reg.port(), vec![(big.clone(), Fault::Cut(u32::MAX))]);
     let root = ImageRoot::open(t.path().join("root")).unwrap();
     let e = root
         .pull(
@@ -417,7 +338,7 @@ fn a_blob_cut_every_time_fails_naming_it_and_publishes_nothing() {
     assert!(root.images.list().unwrap().is_empty());
     // Whatever is left in ingest/ is a partial download kept for resuming,
     // never a file in blobs/ (checked above); a later pull completes it.
-    let fixed = Proxy::start(reg.port, vec![]);
+    let fixed = Proxy::start(reg.port(), vec![]);
     let img = root
         .pull(
             &format!("{}/fault/img", fixed.host()),
@@ -443,6 +364,7 @@ fn assert_pull_rejected(reg: &Registry, t: &Path, name: &str, tar: Vec<u8>, entr
     reg.push(
         &format!("oci:{}:t", layout.display()),
         &format!("mal/{name}"),
+        &[],
     );
     let root = ImageRoot::open(t.join(format!("root-{name}"))).unwrap();
     let e = root

@@ -2,29 +2,12 @@
 //! holding the test busybox image pushed there by `skopeo`.
 
 use std::fs;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 
 use berth_image::registry::Options;
 use berth_image::{Digest, ImageRoot};
-
-const REGISTRY: &str = "/usr/bin/docker-registry";
-
-/// A registry process serving from a temp dir; killed on drop.
-struct Registry {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use berth_testutil::registry::{self, free_port, Registry};
 
 /// `user:s3cret`, bcrypt with the lowest cost (fast to check).
 const HTPASSWD: &str = "user:$2b$04$9QjjQnrrsATREz69CGUwxeSphOswPxlBz1njK4.ZM5bMK40uKAOey\n";
@@ -33,136 +16,33 @@ const HTPASSWD: &str = "user:$2b$04$9QjjQnrrsATREz69CGUwxeSphOswPxlBz1njK4.ZM5bM
 struct Config {
     /// Basic auth with [`HTPASSWD`].
     basic_auth: bool,
-    /// HTTPS with a self-signed certificate for 127.0.0.1 (`<dir>/cert.pem`).
+    /// HTTPS with a self-signed certificate for 127.0.0.1 (`reg.cert()`).
     tls: bool,
 }
 
-impl Registry {
-    fn start() -> Registry {
-        Self::with(Config::default())
-    }
-
-    fn with(cfg: Config) -> Registry {
-        assert!(
-            Path::new(REGISTRY).exists(),
-            "{REGISTRY} is missing: install Debian's docker-registry package (scripts/setup.sh)"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let config = dir.path().join("config.yml");
-        fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        let mut extra = String::new();
-        if cfg.tls {
-            let out = Command::new("openssl")
-                .args([
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "ec",
-                    "-pkeyopt",
-                    "ec_paramgen_curve:P-256",
-                ])
-                .args(["-nodes", "-days", "2"])
-                // A leaf, not a CA: webpki refuses a CA as the server's certificate.
-                .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-                .args([
-                    "-subj",
-                    "/CN=127.0.0.1",
-                    "-addext",
-                    "subjectAltName=IP:127.0.0.1",
-                ])
-                .arg("-keyout")
-                .arg(dir.path().join("key.pem"))
-                .arg("-out")
-                .arg(dir.path().join("cert.pem"))
-                .output()
-                .expect("openssl is missing: install Debian's openssl package (scripts/setup.sh)");
-            assert!(
-                out.status.success(),
-                "openssl: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            extra += &format!(
-                "  tls:\n    certificate: {}\n    key: {}\n",
-                dir.path().join("cert.pem").display(),
-                dir.path().join("key.pem").display()
-            );
-        }
-        if cfg.basic_auth {
-            fs::write(dir.path().join("htpasswd"), HTPASSWD).unwrap();
-            extra += &format!(
-                "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
-                dir.path().join("htpasswd").display()
-            );
-        }
-        let mut f = fs::OpenOptions::new().append(true).open(&config).unwrap();
-        std::io::Write::write_all(&mut f, extra.as_bytes()).unwrap();
-        let child = Command::new(REGISTRY)
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut r = Registry { child, port, dir };
-        // Wait until it listens (or report why it exited).
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(st) = r.child.try_wait().unwrap() {
-                panic!("docker-registry exited before listening: {st}");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        r
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Pushes the test image (an `oci-archive`) as `repo:latest`.
-    fn push(&self, archive: &Path, repo: &str, extra: &[&str]) {
-        let out = Command::new("skopeo")
-            .args(["--insecure-policy", "copy", "-q", "--dest-tls-verify=false"])
-            .args(extra)
-            .args(if fs::metadata(self.dir.path().join("htpasswd")).is_ok() {
-                &["--dest-creds", "user:s3cret"][..]
-            } else {
-                &[]
-            })
-            .arg(format!("oci-archive:{}:latest", archive.display()))
-            .arg(format!("docker://{}/{repo}:latest", self.host()))
-            .output()
-            .expect("skopeo is missing: install Debian's skopeo package (scripts/setup.sh)");
-        assert!(
-            out.status.success(),
-            "skopeo copy: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn blob_data(&self, d: &Digest) -> PathBuf {
-        self.dir
-            .path()
-            .join("data/docker/registry/v2/blobs/sha256")
-            .join(&d.hex()[..2])
-            .join(d.hex())
-            .join("data")
-    }
+fn start_with(cfg: Config) -> Registry {
+    Registry::with(registry::Config {
+        htpasswd: cfg.basic_auth.then(|| HTPASSWD.to_string()),
+        tls: cfg.tls,
+        ..Default::default()
+    })
 }
 
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// Pushes the test image (an `oci-archive`) as `repo:latest`.
+fn push(reg: &Registry, archive: &Path, repo: &str, extra: &[&str]) {
+    let mut args = extra.to_vec();
+    if reg.has_htpasswd() {
+        args.extend(["--dest-creds", "user:s3cret"]);
     }
+    reg.push(
+        &format!("oci-archive:{}:latest", archive.display()),
+        repo,
+        &args,
+    );
+}
+
+fn blob_data(reg: &Registry, d: &Digest) -> PathBuf {
+    reg.blob_path(d.hex())
 }
 
 struct Fixture {
@@ -199,7 +79,7 @@ fn opts(insecure: &[String]) -> Options {
 fn pull_by_tag_and_digest() {
     let f = fixture();
     let reg = Registry::start();
-    reg.push(&f.archive, "test/busybox", &[]);
+    push(&reg, &f.archive, "test/busybox", &[]);
     let root = ImageRoot::open(f.t.path().join("root")).unwrap();
     let name = format!("{}/test/busybox", reg.host());
     let img = root.pull(&name, &opts(&[reg.host()])).unwrap();
@@ -230,7 +110,7 @@ fn pull_by_tag_and_digest() {
 fn pull_docker_schema2() {
     let f = fixture();
     let reg = Registry::start();
-    reg.push(&f.archive, "test/docker", &["--format", "v2s2"]);
+    push(&reg, &f.archive, "test/docker", &["--format", "v2s2"]);
     let root = ImageRoot::open(f.t.path().join("root")).unwrap();
     let name = format!("{}/test/docker:latest", reg.host());
     let img = root.pull(&name, &opts(&[reg.host()])).unwrap();
@@ -252,7 +132,7 @@ fn pull_docker_schema2() {
 fn mirrors_are_tried_in_order_and_names_stay_upstream() {
     let f = fixture();
     let reg = Registry::start();
-    reg.push(&f.archive, "test/busybox", &[]);
+    push(&reg, &f.archive, "test/busybox", &[]);
     let dead = format!("127.0.0.1:{}", free_port());
     let hosts = f.t.path().join("certs.d");
 
@@ -312,9 +192,9 @@ fn mirrors_are_tried_in_order_and_names_stay_upstream() {
 fn corrupt_blob_fails_naming_it_and_leaves_nothing() {
     let f = fixture();
     let reg = Registry::start();
-    reg.push(&f.archive, "test/busybox", &[]);
+    push(&reg, &f.archive, "test/busybox", &[]);
     let layer = &f.expected.layers[0];
-    let data = reg.blob_data(layer);
+    let data = blob_data(&reg, layer);
     let mut bytes = fs::read(&data).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
@@ -344,11 +224,11 @@ fn corrupt_blob_fails_naming_it_and_leaves_nothing() {
 fn basic_auth_from_the_caller_or_an_auth_file() {
     use berth_image::registry::AuthConfig;
     let f = fixture();
-    let reg = Registry::with(Config {
+    let reg = start_with(Config {
         basic_auth: true,
         ..Default::default()
     });
-    reg.push(&f.archive, "test/busybox", &[]);
+    push(&reg, &f.archive, "test/busybox", &[]);
     let name = format!("{}/test/busybox", reg.host());
     let root = ImageRoot::open(f.t.path().join("root")).unwrap();
 
@@ -403,11 +283,11 @@ fn basic_auth_from_the_caller_or_an_auth_file() {
 #[test]
 fn https_with_an_extra_ca_or_explicitly_unverified() {
     let f = fixture();
-    let reg = Registry::with(Config {
+    let reg = start_with(Config {
         tls: true,
         ..Default::default()
     });
-    reg.push(&f.archive, "test/busybox", &[]);
+    push(&reg, &f.archive, "test/busybox", &[]);
     let name = format!("{}/test/busybox", reg.host());
     let hosts = f.t.path().join("certs.d");
     let toml = hosts.join(reg.host()).join("hosts.toml");
@@ -422,11 +302,7 @@ fn https_with_an_extra_ca_or_explicitly_unverified() {
     let e = root.pull(&name, &o).unwrap_err().to_string();
     assert!(e.to_lowercase().contains("certificate"), "{e}");
 
-    fs::copy(
-        reg.dir.path().join("cert.pem"),
-        toml.with_file_name("ca.pem"),
-    )
-    .unwrap();
+    fs::copy(reg.cert(), toml.with_file_name("ca.pem")).unwrap();
     fs::write(&toml, "ca = \"ca.pem\"\n").unwrap();
     assert_eq!(root.pull(&name, &o).unwrap().id, f.expected.id);
 
@@ -439,7 +315,7 @@ fn https_with_an_extra_ca_or_explicitly_unverified() {
 fn concurrent_pulls_of_one_image_agree() {
     let f = fixture();
     let reg = Registry::start();
-    reg.push(&f.archive, "test/busybox", &[]);
+    push(&reg, &f.archive, "test/busybox", &[]);
     let root = ImageRoot::open(f.t.path().join("root")).unwrap();
     let name = format!("{}/test/busybox", reg.host());
     let o = opts(&[reg.host()]);
@@ -810,17 +686,7 @@ fn write_layered_layout(dir: &Path) -> Vec<Vec<u8>> {
 
 /// Pushes an OCI layout directory as `repo:latest`.
 fn push_layout(reg: &Registry, layout: &Path, repo: &str) {
-    let out = Command::new("skopeo")
-        .args(["--insecure-policy", "copy", "-q", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}:latest", layout.display()))
-        .arg(format!("docker://{}/{repo}:latest", reg.host()))
-        .output()
-        .expect("skopeo is missing: install Debian's skopeo package (scripts/setup.sh)");
-    assert!(
-        out.status.success(),
-        "skopeo copy: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    reg.push(&format!("oci:{}:latest", layout.display()), repo, &[]);
 }
 
 /// Every path under `root` with its type, mode, owner, size, content
@@ -952,7 +818,7 @@ fn a_tampered_layer_blob_publishes_nothing() {
     // Re-compressed: the same uncompressed content (its diff_id checks
     // out) under other compressed bytes than the digest names.
     let layer = &expected.layers[2];
-    let data = reg.blob_data(layer);
+    let data = blob_data(&reg, layer);
     let good = fs::read(&data).unwrap();
     // Another gzip header OS byte: same size, same content once inflated.
     let mut other = good.clone();
@@ -969,7 +835,7 @@ fn a_tampered_layer_blob_publishes_nothing() {
     // store: the first kept the other layers' blobs, verified.)
     fs::write(&data, &good).unwrap();
     let layer = &expected.layers[1];
-    let data = reg.blob_data(layer);
+    let data = blob_data(&reg, layer);
     let mut bad = fs::read(&data).unwrap();
     let mid = bad.len() / 2;
     bad[mid] ^= 0xff;

@@ -6,15 +6,15 @@ use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::process::{Command, Stdio};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use berth_image::registry::{AuthConfig, Options};
 use berth_image::ImageRoot;
+use berth_testutil::registry::{self, Registry};
 
-const REGISTRY: &str = "/usr/bin/docker-registry";
 const SERVICE: &str = "berth-test-registry";
 const ISSUER: &str = "berth-test-issuer";
 const USER: &str = "user";
@@ -208,73 +208,20 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// A `docker-registry` with token auth; killed on drop.
-struct Registry {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Registry {
-    fn start(dir: &Path, cert: &Path, token_port: u16) -> Registry {
-        assert!(
-            Path::new(REGISTRY).exists(),
-            "{REGISTRY} is missing: install Debian's docker-registry package (scripts/setup.sh)"
-        );
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = dir.join("config.yml");
-        fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: 127.0.0.1:{port}\n\
-                 auth:\n  token:\n    realm: http://127.0.0.1:{token_port}/token\n    \
-                 service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
-                dir.join("data").display(),
-                cert.display()
-            ),
-        )
-        .unwrap();
-        // The log says why a token is refused.
-        let log = dir.join("registry.log");
-        let child = Command::new(REGISTRY)
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut r = Registry { child, port, log };
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(st) = r.child.try_wait().unwrap() {
-                panic!(
-                    "docker-registry exited before listening: {st}: {}",
-                    r.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        r
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A `docker-registry` with token auth, its log in `dir` (the log says why
+/// a token is refused); killed on drop.
+fn start_registry(dir: &Path, cert: &Path, token_port: u16) -> Registry {
+    Registry::with(registry::Config {
+        dir: Some(dir.to_path_buf()),
+        log_level: Some("info"),
+        auth: Some(format!(
+            "auth:\n  token:\n    realm: http://127.0.0.1:{token_port}/token\n    \
+             service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
+            cert.display()
+        )),
+        log: Some(dir.join("registry.log")),
+        ..Default::default()
+    })
 }
 
 fn creds(host: &str, password: &str) -> Options {
@@ -295,7 +242,7 @@ fn pull_with_a_token_from_the_token_server() {
     let t = tempfile::tempdir().unwrap();
     let signer = Signer::new(t.path());
     let cert = signer.cert();
-    let reg = Registry::start(t.path(), &cert, token_server(signer));
+    let reg = start_registry(t.path(), &cert, token_server(signer));
 
     let archive = t.path().join("image.tar");
     berth_testutil::write_image_archive(&archive, "latest", &["sh"]).unwrap();
@@ -306,18 +253,10 @@ fn pull_with_a_token_from_the_token_server() {
 
     // skopeo speaks the token flow too: the push asks for pull,push.
     let name = format!("{}/test/busybox", reg.host());
-    let out = Command::new("skopeo")
-        .args(["--insecure-policy", "copy", "-q", "--dest-tls-verify=false"])
-        .args(["--dest-creds", &format!("{USER}:{SECRET}")])
-        .arg(format!("oci-archive:{}:latest", archive.display()))
-        .arg(format!("docker://{name}:latest"))
-        .output()
-        .expect("skopeo is missing: install Debian's skopeo package (scripts/setup.sh)");
-    assert!(
-        out.status.success(),
-        "skopeo copy: {}\nregistry log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        reg.log_text()
+    reg.push(
+        &format!("oci-archive:{}:latest", archive.display()),
+        "test/busybox",
+        &["--dest-creds", &format!("{USER}:{SECRET}")],
     );
 
     let root = ImageRoot::open(t.path().join("root")).unwrap();

@@ -6,7 +6,10 @@
 //! * [`build_rootfs`]: the busybox root filesystem alone;
 //! * [`write_image_layout`]: an OCI image layout (oci-layout, index.json,
 //!   blobs) of the same filesystem, for image and daemon tests;
-//! * [`Berth`]: runs the `berth` binary with a private state root.
+//! * [`Berth`]: runs the `berth` binary with a private state root;
+//! * [`registry::Registry`]: Debian's `docker-registry` on 127.0.0.1.
+
+pub mod registry;
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
