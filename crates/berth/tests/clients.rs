@@ -638,37 +638,8 @@ impl Containerd {
             .expect("temp dir");
         let d = dir.path();
         fs::create_dir_all(d.join("fifo")).expect("fifo dir");
-        let p = d.display();
-        // Snapshotters that probe the host (aufs runs modprobe) are off.
-        fs::write(
-            d.join("config.toml"),
-            format!(
-                r#"version = 2
-root = "{p}/root"
-state = "{p}/state"
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-]
-
-[grpc]
-  address = "{p}/containerd.sock"
-
-[ttrpc]
-  address = "{p}/containerd.sock.ttrpc"
-
-[debug]
-  address = "{p}/debug.sock"
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{p}/opt"
-"#
-            ),
-        )
-        .expect("config.toml");
+        fs::write(d.join("config.toml"), berth_testutil::containerd_config(d))
+            .expect("config.toml");
         let log = fs::File::create(d.join("containerd.log")).expect("containerd.log");
         let daemon = Command::new("containerd")
             .arg("--config")

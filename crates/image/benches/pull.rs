@@ -432,34 +432,9 @@ struct Containerd {
 impl Containerd {
     fn start(dir: &Path) -> Containerd {
         fs::create_dir_all(dir).unwrap();
-        let p = dir.display();
         fs::write(
             dir.join("config.toml"),
-            format!(
-                r#"version = 2
-root = "{p}/root"
-state = "{p}/state"
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-]
-
-[grpc]
-  address = "{p}/containerd.sock"
-
-[ttrpc]
-  address = "{p}/containerd.sock.ttrpc"
-
-[debug]
-  address = "{p}/debug.sock"
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{p}/opt"
-"#
-            ),
+            berth_testutil::containerd_config(dir),
         )
         .unwrap();
         let log = fs::File::create(dir.join("containerd.log")).unwrap();

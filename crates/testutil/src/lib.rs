@@ -385,6 +385,39 @@ impl Drop for Berth {
     }
 }
 
+/// A config.toml for a private containerd whose root, state and sockets all
+/// live under `dir` (the CRI plugin and snapshotters that probe the host,
+/// such as aufs running modprobe, are off). The gRPC socket is
+/// `<dir>/containerd.sock`.
+pub fn containerd_config(dir: &Path) -> String {
+    let p = dir.display();
+    format!(
+        r#"version = 2
+root = "{p}/root"
+state = "{p}/state"
+disabled_plugins = [
+  "io.containerd.grpc.v1.cri",
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+]
+
+[grpc]
+  address = "{p}/containerd.sock"
+
+[ttrpc]
+  address = "{p}/containerd.sock.ttrpc"
+
+[debug]
+  address = "{p}/debug.sock"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{p}/opt"
+"#
+    )
+}
+
 fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
