@@ -4,12 +4,12 @@
 //! On a host without v1 controllers the tests return early (the v2 side is
 //! tested in a VM).
 
-use berth_testutil::{random_suffix, Berth, Bundle};
+use berth_testutil::{output_text as all, unique_id as id, Berth, Bundle};
 use serde_json::{json, Value};
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
@@ -20,29 +20,6 @@ fn v1_host() -> bool {
         eprintln!("skipping: no cgroup v1 memory hierarchy");
     }
     ok
-}
-
-fn all(o: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn id(prefix: &str) -> String {
-    format!("{prefix}-{}", random_suffix())
-}
-
-fn run_fg(b: &Berth, bundle: &Bundle, id: &str) -> Output {
-    b.cmd()
-        .args(["run", "--bundle"])
-        .arg(bundle.path())
-        .arg(id)
-        .stdin(Stdio::null())
-        .output()
-        .expect("spawning berth run")
 }
 
 /// The container's own directory in hierarchy `ctrl` on the host.
@@ -173,7 +150,7 @@ fn pids_limit_is_enforced() {
         json!({"pids": {"limit": 6}}),
     );
     let b = Berth::new(BERTH).unwrap();
-    let o = run_fg(&b, &bundle, &id("pids"));
+    let o = b.run_fg(&bundle, &id("pids"));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.starts_with("6\n"), "{}", all(&o));
     let err = String::from_utf8_lossy(&o.stderr);
@@ -199,7 +176,7 @@ fn cpu_limits_are_visible_inside_and_outside() {
         json!({"cpu": {"quota": 20000, "period": 50000, "shares": 512, "cpus": "0"}}),
     );
     let b = Berth::new(BERTH).unwrap();
-    let o = run_fg(&b, &bundle, &id("cpu"));
+    let o = b.run_fg(&bundle, &id("cpu"));
     assert!(o.status.success(), "{}", all(&o));
     let out: Vec<String> = String::from_utf8_lossy(&o.stdout)
         .lines()
@@ -226,7 +203,7 @@ fn devices_outside_the_rules_are_denied() {
     }
     bundle.write().unwrap();
     let b = Berth::new(BERTH).unwrap();
-    let o = run_fg(&b, &bundle, &id("dev"));
+    let o = b.run_fg(&bundle, &id("dev"));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("made"), "mknod is allowed (m): {}", all(&o));
     assert!(out.contains("mem-denied"), "{}", all(&o));
@@ -524,7 +501,7 @@ fn limits_hold_in_a_nested_relative_cgroup_path() {
     bundle.config["linux"]["cgroupsPath"] = json!(rel);
     bundle.write().unwrap();
     let b = Berth::new(BERTH).unwrap();
-    let o = run_fg(&b, &bundle, &id("nest"));
+    let o = b.run_fg(&bundle, &id("nest"));
     assert!(o.status.success(), "{}", all(&o));
     assert_eq!(
         String::from_utf8_lossy(&o.stdout).trim(),
@@ -590,7 +567,7 @@ fn blkio_throttles_and_missing_controllers() {
             }}),
         );
         let b = Berth::new(BERTH).unwrap();
-        let o = run_fg(&b, &bundle, &id("blkio"));
+        let o = b.run_fg(&bundle, &id("blkio"));
         assert!(o.status.success(), "{}", all(&o));
         assert_eq!(
             String::from_utf8_lossy(&o.stdout).trim(),

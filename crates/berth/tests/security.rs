@@ -3,7 +3,7 @@
 //! host lives in their own temp dirs (and, for the binary-overwrite test, a
 //! private copy of the berth binary).
 
-use berth_testutil::{random_suffix, Berth, Bundle};
+use berth_testutil::{output_text as all, random_suffix, unique_id as id, Berth, Bundle};
 use serde_json::{json, Value};
 use std::fs;
 use std::os::fd::{AsRawFd, RawFd};
@@ -17,31 +17,6 @@ const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// stdout and stderr, for assertion messages and error checks.
-fn all(o: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn id(prefix: &str) -> String {
-    format!("{prefix}-{}", random_suffix())
-}
-
-/// `berth run` in the foreground; the container's stdio is our pipes.
-fn run_fg(b: &Berth, bundle: &Bundle, id: &str) -> Output {
-    b.cmd()
-        .args(["run", "--bundle"])
-        .arg(bundle.path())
-        .arg(id)
-        .stdin(Stdio::null())
-        .output()
-        .expect("spawning berth run")
 }
 
 fn sha256(path: &Path) -> String {
@@ -350,7 +325,7 @@ fn runtime_binary_cannot_be_overwritten_from_container() {
             .unwrap()
             .push(json!("LD_PRELOAD=/evil.so"));
         bundle.write().unwrap();
-        let o = run_fg(&b, &bundle, &id("sec-exe"));
+        let o = b.run_fg(&bundle, &id("sec-exe"));
         let log = fs::read_to_string(rec.path().join("log")).unwrap_or_default();
         assert!(o.status.success(), "{entry}: {}\nlog:\n{log}", all(&o));
         // The attack really ran inside berth's binary...
@@ -605,7 +580,7 @@ fn mount_targets_through_symlinks_stay_in_rootfs() {
     );
     bundle.write().unwrap();
     let b = Berth::new(BERTH).unwrap();
-    let o = run_fg(&b, &bundle, &id("sec-mnt"));
+    let o = b.run_fg(&bundle, &id("sec-mnt"));
     assert!(o.status.success(), "{}", all(&o));
     let out = stdout(&o);
     assert!(out.contains("bind source"), "{}", all(&o));
@@ -641,7 +616,7 @@ fn dangling_symlink_mount_targets_never_reach_the_host() {
         );
         bundle.write().unwrap();
         let b = Berth::new(BERTH).unwrap();
-        let o = run_fg(&b, &bundle, &id("sec-dangle"));
+        let o = b.run_fg(&bundle, &id("sec-dangle"));
         if o.status.success() {
             assert!(in_root(&bundle.rootfs(), &host.path().join("x")).is_dir());
         } else {
@@ -693,7 +668,7 @@ fn masked_and_readonly_paths_through_symlinks_stay_in_rootfs() {
         .push(json!("/abs/rw"));
     bundle.write().unwrap();
     let b = Berth::new(BERTH).unwrap();
-    let o = run_fg(&b, &bundle, &id("sec-mask"));
+    let o = b.run_fg(&bundle, &id("sec-mask"));
     assert!(o.status.success(), "{}", all(&o));
     let out = stdout(&o);
     // Masked and read-only inside the container...
@@ -731,7 +706,7 @@ fn proc_and_sys_mounts_on_symlinks_are_refused() {
         fs::create_dir_all(in_root(&rootfs, host.path())).unwrap();
         symlink(host.path(), rootfs.join(dir)).unwrap();
         let b = Berth::new(BERTH).unwrap();
-        let o = run_fg(&b, &bundle, &id("sec-procln"));
+        let o = b.run_fg(&bundle, &id("sec-procln"));
         assert!(
             !o.status.success(),
             "{dir} mounted on a symlink: {}",
@@ -797,7 +772,7 @@ fn sysctl_is_never_written_to_a_fake_proc() {
         }
         bundle.config["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"});
         bundle.write().unwrap();
-        let o = run_fg(&b, &bundle, &id("sec-fakeproc"));
+        let o = b.run_fg(&bundle, &id("sec-fakeproc"));
         assert!(!o.status.success(), "{name}: create succeeded: {}", all(&o));
         assert!(
             String::from_utf8_lossy(&o.stderr).contains("linux.sysctl.net.ipv4.ip_forward"),
@@ -817,7 +792,7 @@ fn sysctl_is_never_written_to_a_fake_proc() {
     let mut bundle = Bundle::new(&["cat", "/proc/sys/net/ipv4/ip_forward"]).unwrap();
     bundle.config["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"});
     bundle.write().unwrap();
-    let o = run_fg(&b, &bundle, &id("sec-realproc"));
+    let o = b.run_fg(&bundle, &id("sec-realproc"));
     assert!(o.status.success(), "{}", all(&o));
     assert_eq!(stdout(&o).trim(), "1");
 }
@@ -850,7 +825,7 @@ fn sysctl_injection_is_rejected() {
         let mut bundle = Bundle::new(&["true"]).unwrap();
         bundle.config["linux"]["sysctl"] = json!({ key: val });
         bundle.write().unwrap();
-        let o = run_fg(&b, &bundle, &id("sec-sysctl"));
+        let o = b.run_fg(&bundle, &id("sec-sysctl"));
         assert!(!o.status.success(), "{key:?}={val:?} accepted: {}", all(&o));
         assert!(
             String::from_utf8_lossy(&o.stderr).contains(&format!("linux.sysctl.{key}")),
@@ -930,7 +905,7 @@ fn abstract_unix_sockets_are_isolated_by_netns() {
                 .retain(|n| n["type"] != "network");
             bundle.write().unwrap();
         }
-        let o = run_fg(&b, &bundle, &id("sec-abstract"));
+        let o = b.run_fg(&bundle, &id("sec-abstract"));
         // A completed connect sits in the listen backlog until accepted.
         let accepted = listener.accept();
         if host_net {
@@ -995,7 +970,7 @@ fn default_container_cannot_reach_host_block_devices() {
     bundle.config["root"]["readonly"] = json!(false);
     bundle.write().unwrap();
     let b = Berth::new(BERTH).unwrap();
-    let o = run_fg(&b, &bundle, &id("sec-dev"));
+    let o = b.run_fg(&bundle, &id("sec-dev"));
     assert!(o.status.success(), "{}", all(&o));
     let out = stdout(&o);
     assert!(!out.contains("MKNOD-OK"), "mknod allowed: {}", all(&o));
@@ -1032,7 +1007,7 @@ fn device_cgroup_blocks_host_disks_even_with_cap_mknod() {
     }
     bundle.write().unwrap();
     let b = Berth::new(BERTH).unwrap();
-    let o = run_fg(&b, &bundle, &id("sec-devcg"));
+    let o = b.run_fg(&bundle, &id("sec-devcg"));
     let out = stdout(&o);
     assert!(
         !out.contains("READ-HOST-DISK"),

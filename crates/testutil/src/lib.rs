@@ -104,6 +104,21 @@ pub fn random_suffix() -> String {
     hex::encode(b)
 }
 
+/// A unique container id with a readable prefix.
+pub fn unique_id(prefix: &str) -> String {
+    format!("{prefix}-{}", random_suffix())
+}
+
+/// Exit status, stdout and stderr of `o`, for assertion messages.
+pub fn output_text(o: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// Fails clearly when busybox-static is missing.
 pub fn busybox() -> Result<PathBuf> {
     let p = PathBuf::from(BUSYBOX);
@@ -329,6 +344,18 @@ impl Berth {
             String::from_utf8_lossy(&o.stderr)
         );
         String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// `berth run` of `bundle` as `id` in the foreground, stdin closed; the
+    /// program's stdout/stderr are captured.
+    pub fn run_fg(&self, bundle: &Bundle, id: &str) -> Output {
+        self.cmd()
+            .args(["run", "--bundle"])
+            .arg(bundle.path())
+            .arg(id)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("spawning berth run")
     }
 
     /// `berth create` of `bundle` as `id`; returns the init's host pid. Like
