@@ -83,6 +83,9 @@ pub fn exec(root: &Root, o: ExecOptions) -> Result<i32> {
     }
     drop(child_ch);
     let mut pid2 = 0;
+    // Held so a failed exec can wait for stage 2 to have left the
+    // container's cgroup (and not signal a recycled pid).
+    let mut pid2_fd: Option<OwnedFd> = None;
     let res = (|| -> Result<()> {
         parent_ch.send(&Msg::Go)?;
         loop {
@@ -92,6 +95,7 @@ pub fn exec(root: &Root, o: ExecOptions) -> Result<i32> {
                     // SAFETY: s is a valid out-pointer.
                     unsafe { libc::waitpid(pid1, &mut s, 0) };
                     pid2 = p;
+                    pid2_fd = pidfd_open(p);
                     parent_ch.send(&Msg::Go)?;
                 }
                 Some(Msg::SeccompListener) => {
@@ -115,9 +119,9 @@ pub fn exec(root: &Root, o: ExecOptions) -> Result<i32> {
         unsafe {
             libc::kill(pid1, libc::SIGKILL);
             libc::waitpid(pid1, std::ptr::null_mut(), 0);
-            if pid2 > 0 {
-                libc::kill(pid2, libc::SIGKILL);
-            }
+        }
+        if let Some(fd) = &pid2_fd {
+            kill_and_wait_exit(fd);
         }
         return Err(e);
     }
@@ -125,4 +129,35 @@ pub fn exec(root: &Root, o: ExecOptions) -> Result<i32> {
         write_atomic(pf, &pid2.to_string())?;
     }
     Ok(pid2)
+}
+
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes no pointers; a non-negative result is a new fd we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: fd was just returned by the kernel and is owned by nobody else.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Kills the process behind `fd` and waits (bounded) until it has exited:
+/// by then the kernel has taken it out of its cgroup, so `ps` no longer
+/// lists it when the failed exec returns.
+fn kill_and_wait_exit(fd: &OwnedFd) {
+    // SAFETY: the pidfd is valid; the siginfo pointer may be null.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: p is one valid pollfd.
+    unsafe { libc::poll(&mut p, 1, 5000) };
 }
