@@ -2,7 +2,7 @@
 # Installs what berth's build, tests and benchmarks need on a fresh Debian
 # machine (root, Rust toolchain, gcc, python3 already present). Idempotent.
 set -euo pipefail
-pkgs=(busybox-static libseccomp-dev pkg-config libc6-dev runc crun podman conmon containerd skopeo umoci docker-registry openssl
+pkgs=(busybox-static protobuf-compiler containernetworking-plugins libseccomp-dev pkg-config libc6-dev runc crun podman conmon containerd skopeo umoci docker-registry openssl
       iproute2 iptables uidmap procps bsdutils
       qemu-system-x86 linux-image-amd64 cpio kmod xz-utils zstd)  # the cgroup v2 VM (test-cgroup2.sh)
 missing=()

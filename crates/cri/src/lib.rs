@@ -1,0 +1,1 @@
+//! berthd: the CRI services.

@@ -1,0 +1,1 @@
+//! Kubernetes stream protocols for exec, attach and port-forward.
