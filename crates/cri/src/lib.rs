@@ -1,1 +1,4 @@
 //! berthd: the CRI services.
+
+pub mod cni;
+pub mod spec;

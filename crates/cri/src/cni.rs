@@ -1,0 +1,1 @@
+//! CNI: pod networking through the plugins named by the first network config.
