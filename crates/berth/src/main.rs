@@ -248,6 +248,7 @@ fn create_opts(a: &CreateArgs) -> CreateOptions {
         no_pivot: a.no_pivot,
         no_new_keyring: a.no_new_keyring,
         preserve_fds: a.preserve_fds + listen_fds(),
+        stdio: None,
     }
 }
 
@@ -552,6 +553,7 @@ fn exec(root: &Root, a: &ExecArgs) -> Result<i32> {
             console_fd,
             pid_file: a.pid_file.as_ref().map(|p| absolute(p)),
             preserve_fds: a.preserve_fds + listen_fds(),
+            stdio: None,
         },
     )?;
     if a.detach {

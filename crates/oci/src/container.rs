@@ -21,6 +21,9 @@ pub struct CreateOptions {
     pub no_pivot: bool,
     pub no_new_keyring: bool,
     pub preserve_fds: i32,
+    /// fds that become the init's stdin/stdout/stderr (a monitor's pipes);
+    /// None inherits the caller's.
+    pub stdio: Option<[std::os::fd::RawFd; 3]>,
 }
 
 /// The cgroup a container gets when its spec names none (runc's default).
@@ -218,6 +221,7 @@ pub fn create(root: &Root, o: CreateOptions) -> Result<i32> {
         close_in_child: vec![lock.as_raw_fd()],
         seccomp: seccomp.as_ref(),
         cgroup: mgr.as_ref(),
+        stdio: o.stdio,
         idmapped: idmapped
             .iter()
             .map(|(i, fd)| (*i, fd.as_raw_fd()))

@@ -17,6 +17,8 @@ pub struct ExecOptions {
     pub console_fd: Option<OwnedFd>,
     pub pid_file: Option<PathBuf>,
     pub preserve_fds: i32,
+    /// fds that become the process's stdio; None inherits the caller's.
+    pub stdio: Option<[std::os::fd::RawFd; 3]>,
 }
 
 /// Starts the process; returns its pid once it has exec'd.
@@ -71,6 +73,7 @@ pub fn exec(root: &Root, o: ExecOptions) -> Result<i32> {
         seccomp: seccomp.as_ref(),
         cgroup: mgr.as_ref(),
         idmapped: Vec::new(),
+        stdio: o.stdio,
     };
     let (parent_ch, child_ch) = Channel::pair()?;
     let (pid1, in_cgroup) = crate::container::fork_stage1(launch.cgroup)?;

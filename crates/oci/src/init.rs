@@ -84,6 +84,8 @@ pub struct Launch<'a> {
     pub seccomp: Option<&'a crate::seccomp::Compiled>,
     /// Idmapped mounts the runtime made (index in mounts, detached tree fd).
     pub idmapped: Vec<(usize, RawFd)>,
+    /// Replacement stdio for the process (dup'd onto 0, 1, 2 first thing).
+    pub stdio: Option<[RawFd; 3]>,
 }
 
 impl Launch<'_> {
@@ -113,6 +115,18 @@ pub fn stage1_in_cgroup(l: &Launch, ch: &Channel) -> ! {
 }
 
 fn stage1_run(l: &Launch, ch: &Channel, in_cgroup: bool) -> ! {
+    if let Some(fds) = l.stdio {
+        for (target, fd) in fds.into_iter().enumerate() {
+            // SAFETY: dup2 on fds the caller owns; the target is a stdio slot.
+            if fd >= 0 && fd != target as RawFd && unsafe { libc::dup2(fd, target as RawFd) } < 0 {
+                let _ = ch.send(&Msg::Error(format!(
+                    "stdio: dup2: {}",
+                    std::io::Error::last_os_error()
+                )));
+                unreachable_exit(1)
+            }
+        }
+    }
     match stage1_inner(l, ch, in_cgroup) {
         Ok(()) => unreachable_exit(0),
         Err(e) => {
