@@ -2,3 +2,4 @@
 
 pub mod cni;
 pub mod spec;
+pub mod authority;
