@@ -1,1 +1,8 @@
-//! The per-pod monitor.
+//! The per-pod monitor: a small process that is the parent (subreaper) of a
+//! pod's containers, holds their stdio, writes their CRI logs and records
+//! their exit codes durably, so containers keep running and logging while
+//! berthd is down or restarting.
+
+pub mod logs;
+pub mod proto;
+pub mod server;
