@@ -1,0 +1,259 @@
+//! berthctl's CRI commands against a private containerd (its CRI plugin),
+//! run as a user would: the built binary, its output and exit codes.
+
+use berth_testutil::containerd_cri::{ContainerdCri, BUSYBOX_IMAGE};
+use berth_testutil::output_text;
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+struct Ctl<'a> {
+    ctd: &'a ContainerdCri,
+}
+
+impl Ctl<'_> {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_berthctl"));
+        c.arg("--runtime-endpoint").arg(self.ctd.endpoint());
+        c.env_remove("CONTAINER_RUNTIME_ENDPOINT");
+        c.env("BERTHCTL_CONFIG", "/dev/null");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(o.status.success(), "berthctl {args:?}: {}", output_text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+fn pod_yaml(ctd: &ContainerdCri, dir: &Path, name: &str) -> String {
+    let logs = dir.join(format!("{name}-logs"));
+    std::fs::create_dir_all(&logs).unwrap();
+    write(
+        dir,
+        &format!("{name}.yaml"),
+        &format!(
+            "metadata:\n  name: {name}\n  namespace: test\n  uid: {name}-uid\nlog_directory: {}\nlinux:\n  cgroup_parent: {}\n",
+            logs.display(),
+            ctd.cgroup_parent
+        ),
+    )
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn pod_and_container_lifecycle() {
+    let ctd = ContainerdCri::start().unwrap();
+    let ctl = Ctl { ctd: &ctd };
+    let t = tempfile::tempdir().unwrap();
+
+    let v = ctl.ok(&["version"]);
+    assert!(v.contains("RuntimeName:  containerd"), "{v}");
+    let v = ctl.json(&["version"]);
+    assert_eq!(v["runtime_api_version"], "v1", "{v}");
+    let info = ctl.json(&["info"]);
+    let conds = info["status"]["conditions"].as_array().unwrap();
+    assert!(
+        conds.iter().all(|c| c["status"] == true),
+        "runtime not ready: {info}"
+    );
+
+    let images = ctl.ok(&["images"]);
+    assert!(images.contains("localhost/berth/busybox"), "{images}");
+
+    // containerd 1.6 has no GetContainerEvents (1.7 added it): the error
+    // says so rather than dumping a gRPC status.
+    let o = ctl.run(&["events", "-n", "1"]);
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("does not implement"),
+        "{}",
+        output_text(&o)
+    );
+
+    let pod_cfg = pod_yaml(&ctd, t.path(), "web");
+    let pod = ctl.ok(&["runp", &pod_cfg]).trim().to_string();
+    assert_eq!(pod.len(), 64, "{pod}");
+    let pods = ctl.ok(&["pods"]);
+    assert!(pods.contains("web") && pods.contains("Ready"), "{pods}");
+    assert_eq!(ctl.ok(&["pods", "-q", "--name", "web"]).trim(), pod);
+    let p = ctl.json(&["inspectp", &pod[..8]]);
+    assert_eq!(p["status"]["state"], 0, "{p}");
+    let ip = p["status"]["network"]["ip"].as_str().unwrap().to_string();
+    let prefix = ctd.subnet.trim_end_matches("0/24");
+    assert!(ip.starts_with(prefix), "pod ip {ip} not in {}", ctd.subnet);
+
+    let ctr_cfg = write(
+        t.path(),
+        "ctr.yaml",
+        &format!(
+            "metadata: {{name: app}}\nimage: {{image: {BUSYBOX_IMAGE}}}\ncommand: [sh, -c]\n\
+             args: ['echo hello $GREETING; echo oops >&2; exec sleep 1000']\n\
+             envs: [{{key: GREETING, value: world}}]\nlog_path: app.log\n"
+        ),
+    );
+    let ctr = ctl
+        .ok(&["create", &pod, &ctr_cfg, &pod_cfg])
+        .trim()
+        .to_string();
+    assert_eq!(
+        ctl.ok(&["ps", "-a", "-q", "--state", "created"]).trim(),
+        ctr
+    );
+    ctl.ok(&["start", &ctr[..12]]);
+    let ps = ctl.ok(&["ps"]);
+    assert!(ps.contains("app") && ps.contains("Running"), "{ps}");
+
+    wait_for("the log", || {
+        ctl.ok(&["logs", "app"]).contains("hello world")
+    });
+    let o = ctl.run(&["logs", "app"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "hello world\n");
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "oops\n");
+    let o = ctl.run(&["logs", "--tail", "1", "--timestamps", "app"]);
+    let line = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(
+        line.ends_with(" oops\n") && line.starts_with("20"),
+        "{line:?}"
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).is_empty());
+    let o = ctl.run(&["logs", "--since", "2000-01-01T00:00:00Z", "app"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "hello world\n");
+
+    assert_eq!(
+        ctl.ok(&["exec", "app", "sh", "-c", "echo $GREETING"]),
+        "world\n"
+    );
+    let o = ctl.run(&["exec", &ctr, "sh", "-c", "echo out; exit 3"]);
+    assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "out\n");
+    let o = ctl.run(&["exec", "-it", &ctr, "sh"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("streaming"),
+        "{}",
+        output_text(&o)
+    );
+
+    let s = ctl.json(&["inspect", &ctr]);
+    assert_eq!(s["status"]["state"], 1, "{s}");
+    assert_eq!(s["status"]["metadata"]["name"], "app");
+    let st = ctl.json(&["stats", &ctr]);
+    assert_eq!(st["stats"][0]["attributes"]["id"], ctr.as_str(), "{st}");
+    assert!(ctl.ok(&["stats"]).contains("app"));
+    let sp = ctl.json(&["statsp", &pod]);
+    assert_eq!(sp["stats"][0]["attributes"]["id"], pod.as_str(), "{sp}");
+    assert!(ctl.ok(&["statsp"]).contains("web"));
+
+    ctl.ok(&["stop", "--timeout", "1", &ctr]);
+    let s = ctl.json(&["inspect", &ctr]);
+    assert_eq!(s["status"]["state"], 2, "{s}");
+    // Follow on an exited container prints everything and returns.
+    assert_eq!(ctl.ok(&["logs", "-f", "app"]), "hello world\n");
+    ctl.ok(&["rm", &ctr]);
+    assert_eq!(ctl.ok(&["ps", "-a", "-q"]).trim(), "");
+    ctl.ok(&["stopp", &pod]);
+    let pods = ctl.ok(&["pods"]);
+    assert!(pods.contains("NotReady"), "{pods}");
+    ctl.ok(&["rmp", &pod]);
+    assert_eq!(ctl.ok(&["pods", "-q"]).trim(), "");
+}
+
+#[test]
+fn images_inspect_and_remove() {
+    let ctd = ContainerdCri::start().unwrap();
+    ctd.import_busybox("localhost/berth/extra:v1", &["true"])
+        .unwrap();
+    let ctl = Ctl { ctd: &ctd };
+    let i = ctl.json(&["inspecti", "localhost/berth/extra:v1"]);
+    assert!(
+        i["status"]["repo_tags"].to_string().contains("extra:v1"),
+        "{i}"
+    );
+    let yaml = ctl.ok(&["inspecti", "-o", "yaml", "localhost/berth/extra:v1"]);
+    assert!(yaml.contains("repo_tags:"), "{yaml}");
+    let list = ctl.ok(&["images", "--digests"]);
+    assert!(
+        list.contains("localhost/berth/extra") && list.contains("v1"),
+        "{list}"
+    );
+    ctl.ok(&["rmi", "localhost/berth/extra:v1"]);
+    let o = ctl.run(&["inspecti", "localhost/berth/extra:v1"]);
+    assert_eq!(o.status.code(), Some(4), "{}", output_text(&o));
+    // Pulling from a registry that is not there fails with advice.
+    let o = ctl.run(&["pull", "127.0.0.1:1/none:v1"]);
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("pulling 127.0.0.1:1/none:v1"));
+}
+
+#[test]
+fn errors_say_what_to_do() {
+    let ctd = ContainerdCri::start().unwrap();
+    let ctl = Ctl { ctd: &ctd };
+    let t = tempfile::tempdir().unwrap();
+
+    let o = ctl.run(&["inspect", "nosuchcontainer"]);
+    assert_eq!(o.status.code(), Some(4), "{}", output_text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("ps -a"));
+
+    let bad = write(t.path(), "bad.yaml", "metadata:\n  name: x\n  nmae: y\n");
+    let o = ctl.run(&["runp", &bad]);
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("metadata") && err.contains("nmae"), "{err}");
+    assert_eq!(ctl.ok(&["pods", "-q"]).trim(), "");
+
+    let o = Command::new(env!("CARGO_BIN_EXE_berthctl"))
+        .args(["-r", "unix:///nonexistent/x.sock", "version"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("does not exist"));
+
+    // The endpoint from the environment and from a crictl-style file.
+    let o = Command::new(env!("CARGO_BIN_EXE_berthctl"))
+        .arg("version")
+        .env("CONTAINER_RUNTIME_ENDPOINT", ctd.endpoint())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", output_text(&o));
+    let cfg = write(
+        t.path(),
+        "crictl.yaml",
+        &format!("runtime-endpoint: {}\ntimeout: 5\n", ctd.endpoint()),
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_berthctl"))
+        .args(["--config", &cfg, "version"])
+        .env_remove("CONTAINER_RUNTIME_ENDPOINT")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", output_text(&o));
+}
