@@ -723,6 +723,12 @@ mod tests {
     use std::path::Path;
 
     #[test]
+    fn cni_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Cni>();
+    }
+
+    #[test]
     fn pod_ips_prefer_the_sandbox_interface_and_ipv4() {
         let r = json!({
             "cniVersion": "1.0.0",

@@ -334,7 +334,10 @@ fn two_pods_on_a_bridge_reach_each_other_and_teardown_releases_everything() {
     let mut ids = vec![pod_a.id.clone(), pod_b.id.clone()];
     ids.sort();
     assert_eq!(cni.cached_ids(), ids);
-    cni.check(&pod_a).unwrap();
+    // CHECK of the pod that joined last: the bridge plugin (without isGateway) leaves the
+    // bridge's MAC to the kernel, which changes it as ports join, so an older pod's cached result
+    // no longer matches (containernetworking/plugins#60).
+    cni.check(&pod_b).unwrap();
 
     let (veth_a, veth_b) = (
         host_veth(&a.raw, &net.bridge),
@@ -359,6 +362,31 @@ fn two_pods_on_a_bridge_reach_each_other_and_teardown_releases_everything() {
     assert_eq!(net.ports(), Vec::<String>::new());
     // Again: nothing cached, nothing to do.
     cni.teardown(&pod_b).unwrap();
+
+    // A pod whose namespace is already gone: DEL runs with an empty CNI_NETNS and the bridge
+    // plugin still gives the address back.
+    net.write_conf("10-bt.conflist", &net.bridge_conflist(&net.subnet(), &[]));
+    let mut ns_c = net.netns("c");
+    let pod_c = net.pod(&ns_c);
+    let c = cni.setup(&pod_c).unwrap();
+    assert_eq!(net.allocated(), vec![c.ips[0].to_string()]);
+    let veth_c = host_veth(&c.raw, &net.bridge);
+    ns_c.remove();
+    cni.teardown(&PodNetwork {
+        id: pod_c.id.clone(),
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(net.allocated().is_empty());
+    assert!(cni.cached_ids().is_empty());
+    // The veth went with the namespace, which the kernel dismantles in the background.
+    for _ in 0..100 {
+        if !link_exists(&veth_c) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!link_exists(&veth_c), "{veth_c} left behind");
 }
 
 #[test]
@@ -435,6 +463,54 @@ fn a_host_port_reaches_a_server_in_the_pod() {
         "{}",
         text(&rules)
     );
+    assert!(net.allocated().is_empty());
+}
+
+#[test]
+fn the_bandwidth_plugin_shapes_the_pod_from_runtime_config() {
+    let net = Net::new();
+    net.write_conf(
+        "10-bt.conflist",
+        &net.bridge_conflist(
+            &net.subnet(),
+            &[json!({"type": "bandwidth", "capabilities": {"bandwidth": true}})],
+        ),
+    );
+    let cni = net.cni();
+    let ns = net.netns("pod");
+    let pod = PodNetwork {
+        bandwidth: Some(Bandwidth {
+            ingress_rate: 8_000_000,
+            ingress_burst: 800_000,
+            egress_rate: 16_000_000,
+            egress_burst: 1_600_000,
+        }),
+        ..net.pod(&ns)
+    };
+    let res = cni.setup(&pod).unwrap();
+    let veth = host_veth(&res.raw, &net.bridge);
+    // Ingress (towards the pod) is a tbf on the host veth; egress goes through an ifb device
+    // that the plugin adds to the result.
+    let qdisc = run("tc", &["qdisc", "show", "dev", &veth]);
+    let qdisc = String::from_utf8_lossy(&qdisc.stdout).to_string();
+    assert!(
+        qdisc.contains("tbf") && qdisc.contains("rate 8Mbit"),
+        "{qdisc}"
+    );
+    let ifb = res.raw["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["name"].as_str())
+        .find(|n| n.starts_with("bwp"))
+        .unwrap_or_else(|| panic!("no ifb in {}", res.raw))
+        .to_string();
+    let qdisc = run("tc", &["qdisc", "show", "dev", &ifb]);
+    let qdisc = String::from_utf8_lossy(&qdisc.stdout).to_string();
+    assert!(qdisc.contains("rate 16Mbit"), "{qdisc}");
+    cni.teardown(&pod).unwrap();
+    assert!(!link_exists(&ifb), "{ifb} left behind");
+    assert!(!link_exists(&veth), "{veth} left behind");
     assert!(net.allocated().is_empty());
 }
 
