@@ -707,6 +707,8 @@ fn hung_or_chatty_plugins_are_stopped() {
         "10-bt.conf",
         &json!({"cniVersion": "1.0.0", "name": "n", "type": "bt-chatty"}),
     );
+    // The default timeout: only the size limit may stop this one, however loaded the machine.
+    let cni = net.cni();
     let err = cni.setup(&pod).unwrap_err().to_string();
     assert!(
         err.contains("\"bt-chatty\" ADD") && err.contains("larger than 1048576 bytes"),
