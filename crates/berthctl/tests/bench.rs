@@ -1,0 +1,109 @@
+//! `berthctl bench`: small N, the reports' shape (numbers are not asserted).
+
+use berth_testutil::output_text;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn berthctl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_berthctl"))
+}
+
+/// berth built next to berthctl (scripts/test.sh builds the workspace
+/// first), else the testutil lookup.
+fn berth() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_BIN_EXE_berthctl"));
+    let sib = here.with_file_name("berth");
+    if sib.is_file() {
+        return sib;
+    }
+    let p = berth_testutil::berth_bin();
+    assert!(
+        p.is_file(),
+        "no berth binary: run `cargo build -p berth` first"
+    );
+    p
+}
+
+fn read_report(dir: &std::path::Path) -> Value {
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(html.contains("<svg") && html.trim_end().ends_with("</html>"));
+    serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn oci_berth_vs_runc() {
+    let out = tempfile::tempdir().unwrap();
+    let o = berthctl()
+        .args([
+            "bench",
+            "oci",
+            "-n",
+            "2",
+            "--warmup",
+            "1",
+            "--baseline",
+            "runc",
+            "--runtime",
+        ])
+        .arg(format!("berth={}", berth().display()))
+        .args(["--runtime", "runc", "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", output_text(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.contains("kill+wait") && table.contains("/runc"),
+        "{table}"
+    );
+    let r = read_report(out.path());
+    assert_eq!(r["kind"], "oci");
+    assert_eq!(r["baseline"], "runc");
+    let ops: Vec<&str> = r["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ops,
+        ["run /bin/true", "create", "start", "kill+wait", "delete"]
+    );
+    for op in r["operations"].as_array().unwrap() {
+        for rt in ["berth", "runc"] {
+            let s = &op["results"][rt];
+            assert_eq!(s["count"], 2, "{op}");
+            assert_eq!(s["failures"], 0, "{op}");
+            assert_eq!(s["samples"].as_array().unwrap().len(), 2);
+            for k in ["min", "p50", "p90", "p99", "max"] {
+                assert!(s[k].as_f64().unwrap() > 0.0, "{k} in {op}");
+            }
+        }
+        assert_eq!(op["results"]["runc"]["ratio_p50_to_baseline"], 1.0);
+    }
+    // Nothing left behind: no cgroups of ours.
+    let left = std::fs::read_dir("/sys/fs/cgroup/memory")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("berthctl-bench-")
+        })
+        .count();
+    assert_eq!(left, 0);
+}
+
+#[test]
+fn oci_bad_runtime_is_a_usage_error() {
+    let out = tempfile::tempdir().unwrap();
+    let o = berthctl()
+        .args(["bench", "oci", "--runtime", "/nonexistent/rt", "--out"])
+        .arg(out.path().join("r"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--runtime /nonexistent/rt"));
+    assert!(!out.path().join("r").exists());
+}
