@@ -166,15 +166,15 @@ impl Report {
                 esc(t.skipped.as_deref().unwrap_or("ran"))
             );
         }
-        let _ = write!(
+        let _ = writeln!(
             s,
-            "</table><p>Parameters: <code>{}</code>; host: <code>{}</code>; baseline: {}</p>\n",
+            "</table><p>Parameters: <code>{}</code>; host: <code>{}</code>; baseline: {}</p>",
             esc(&self.params.to_string()),
             esc(&host_info().to_string()),
             esc(&self.baseline_name().unwrap_or_default())
         );
         for op in &self.ops {
-            let _ = write!(s, "<h2>{} ({})</h2>\n", esc(&op.name), op.unit);
+            let _ = writeln!(s, "<h2>{} ({})</h2>", esc(&op.name), op.unit);
             s.push_str(&svg_plot(op));
             s.push_str("<table><tr><th>target</th><th>n</th><th>min</th><th>p50</th><th>p90</th><th>p99</th><th>max</th><th>failures</th><th>p50 / baseline</th></tr>");
             for (name, ser) in &op.series {
@@ -195,9 +195,9 @@ impl Report {
             s.push_str("</table>\n");
         }
         if !self.extra.is_null() {
-            let _ = write!(
+            let _ = writeln!(
                 s,
-                "<h2>Other measurements</h2><pre>{}</pre>\n",
+                "<h2>Other measurements</h2><pre>{}</pre>",
                 esc(&serde_json::to_string_pretty(&self.extra).unwrap_or_default())
             );
         }
@@ -296,9 +296,9 @@ fn svg_plot(op: &Op) -> String {
             trim_num(v)
         );
     }
-    let _ = write!(
+    let _ = writeln!(
         s,
-        "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text></svg>\n",
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text></svg>",
         w - right,
         axis_y + 18.0 - 30.0 - row * op.series.len() as f64 + 8.0,
         op.unit
