@@ -483,7 +483,8 @@ fn the_bandwidth_plugin_shapes_the_pod_from_runtime_config() {
             ingress_rate: 8_000_000,
             ingress_burst: 800_000,
             egress_rate: 16_000_000,
-            egress_burst: 1_600_000,
+            // berthd's (and containerd's) "no burst limit" for the kubernetes.io annotations.
+            egress_burst: u32::MAX as u64,
         }),
         ..net.pod(&ns)
     };
