@@ -805,6 +805,20 @@ fn default_mounts_shm_and_etc_files() {
         .collect();
     assert_eq!(all.len(), 1);
     assert_eq!(all[0]["source"], kubelet_hosts.to_str().unwrap());
+    // A volume on /etc goes before the pod's /etc files, which it would
+    // hide otherwise.
+    let mut c = ctr();
+    c.mounts = vec![host_mount(fx.tmp.path(), "/etc")];
+    let s = gen_with(&fx, &sb, &c, &ImageConfig::default()).unwrap();
+    let dests: Vec<&str> = s["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["destination"].as_str().unwrap())
+        .collect();
+    let pos = |d: &str| dests.iter().position(|x| *x == d).unwrap();
+    assert!(pos("/etc") < pos("/etc/hosts"), "{dests:?}");
+    assert!(pos("/etc") < pos("/etc/hostname"), "{dests:?}");
     let bad = SandboxInfo {
         etc_files: vec![("etc/hosts".into(), hosts)],
         ..sandbox(&p)
@@ -1445,6 +1459,48 @@ fn seccomp_profiles() {
 
     let field = format!("{SC}.seccomp.localhost_ref");
     let local = |r: &str| run(&|s| s.seccomp = Some(prof(ProfileType::Localhost, r)));
+    // Docker's format: archMap, and rules conditional on capabilities.
+    let docker = fx.seccomp().join("docker.json");
+    fs::write(
+        &docker,
+        r#"{"defaultAction":"SCMP_ACT_ERRNO",
+            "archMap":[{"architecture":"SCMP_ARCH_X86_64","subArchitectures":["SCMP_ARCH_X86"]},
+                       {"architecture":"SCMP_ARCH_AARCH64","subArchitectures":["SCMP_ARCH_ARM"]}],
+            "syscalls":[
+              {"names":["read","write","exit_group"],"action":"SCMP_ACT_ALLOW","comment":"basics"},
+              {"names":["mount"],"action":"SCMP_ACT_ALLOW","includes":{"caps":["CAP_SYS_ADMIN"]}},
+              {"names":["chown"],"action":"SCMP_ACT_ALLOW","excludes":{"caps":["CAP_SYS_ADMIN"]}}
+            ]}"#,
+    )
+    .unwrap();
+    let s = local(docker.to_str().unwrap()).unwrap();
+    let names = seccomp_names(&s);
+    assert!(
+        names.contains("read") && names.contains("chown"),
+        "{names:?}"
+    );
+    assert!(!names.contains("mount"), "{names:?}");
+    assert_eq!(
+        s["linux"]["seccomp"]["architectures"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let s = run(&|s| {
+        s.seccomp = Some(prof(ProfileType::Localhost, docker.to_str().unwrap()));
+        s.capabilities = Some(Capability {
+            add_capabilities: vec!["SYS_ADMIN".into()],
+            ..Default::default()
+        });
+    })
+    .unwrap();
+    let names = seccomp_names(&s);
+    assert!(
+        names.contains("mount") && !names.contains("chown"),
+        "{names:?}"
+    );
+
     // Outside the directory, by path, by .., or by a symlink inside it.
     let outside = fx.tmp.path().join("outside.json");
     fs::copy(&good, &outside).unwrap();

@@ -31,15 +31,18 @@ pub fn clean(p: &str) -> Option<String> {
     Some(format!("/{}", parts.join("/")))
 }
 
-/// Adds `m`, replacing any earlier mount on the same destination (and,
-/// for a new /dev, everything the defaults put under it).
+fn dest(m: &Value) -> &str {
+    m["destination"].as_str().unwrap_or_default()
+}
+
+/// Adds `m`, replacing an earlier mount on the same destination.
 fn put(mounts: &mut Vec<Value>, m: Value) {
-    let dest = m["destination"].as_str().unwrap_or_default().to_string();
-    mounts.retain(|o| {
-        let d = o["destination"].as_str().unwrap_or_default();
-        d != dest && !(dest == "/dev" && d.starts_with("/dev/"))
-    });
+    mounts.retain(|o| dest(o) != dest(&m));
     mounts.push(m);
+}
+
+fn depth(m: &Value) -> usize {
+    dest(m).split('/').filter(|c| !c.is_empty()).count()
 }
 
 fn bind(dest: &str, src: &Path, opts: &[&str]) -> Value {
@@ -66,9 +69,12 @@ pub fn build(
             }
         }
     }
+    // The pod's and the CRI's mounts, later ones replacing earlier ones on
+    // the same destination.
+    let mut extra = Vec::new();
     if let Some(shm) = &sb.shm {
         put(
-            &mut mounts,
+            &mut extra,
             bind("/dev/shm", shm, &["rprivate", "nosuid", "nodev", "noexec"]),
         );
     }
@@ -80,11 +86,10 @@ pub fn build(
                 format!("{dest:?} is not an absolute path"),
             ));
         };
-        put(&mut mounts, bind(&d, src, &["rprivate", rw]));
+        put(&mut extra, bind(&d, src, &["rprivate", rw]));
     }
 
     let mut rootfs_propagation = None;
-    let mut volumes = Vec::new();
     for (i, m) in c.config.mounts.iter().enumerate() {
         let f = |name: &str| format!("config.mounts[{i}].{name}");
         if m.image.as_ref().is_some_and(|im| !im.image.is_empty()) {
@@ -93,7 +98,7 @@ pub fn build(
                 "image volume mounts are not supported",
             ));
         }
-        let Some(dest) = clean(&m.container_path) else {
+        let Some(target) = clean(&m.container_path) else {
             return Err(SpecError::new(
                 f("container_path"),
                 format!("{:?} is not an absolute path", m.container_path),
@@ -155,7 +160,7 @@ pub fn build(
         } else {
             opts.push("rw");
         }
-        let mut v = bind(&dest, &src, &opts);
+        let mut v = bind(&target, &src, &opts);
         let maps = |l: &[k8s_cri::v1::IdMapping]| -> Value {
             l.iter()
                 .map(|m| json!({"containerID": m.container_id, "hostID": m.host_id, "size": m.length}))
@@ -188,13 +193,19 @@ pub fn build(
             v["uidMappings"] = maps(&m.uid_mappings);
             v["gidMappings"] = maps(&m.gid_mappings);
         }
-        volumes.push((dest, v));
+        put(&mut extra, v);
     }
-    // Parents before children, so /a/b is not hidden by a later /a.
-    volumes.sort_by_key(|(d, _)| d.split('/').filter(|c| !c.is_empty()).count());
-    for (_, v) in volumes {
-        put(&mut mounts, v);
-    }
+    // They replace the defaults on their destinations (a /dev also those
+    // under it), and go after them, parents before children so a volume
+    // on /etc cannot hide the pod's /etc/hosts.
+    mounts.retain(|o| {
+        let d = dest(o);
+        !extra
+            .iter()
+            .any(|e| dest(e) == d || (dest(e) == "/dev" && d.starts_with("/dev/")))
+    });
+    extra.sort_by_key(depth);
+    mounts.extend(extra);
     Ok(Built {
         mounts,
         rootfs_propagation,

@@ -174,7 +174,7 @@ pub fn seccomp(
     match wanted {
         Wanted::Unconfined => Ok(None),
         Wanted::Default => Ok(Some(berth_oci::seccomp_default::profile(caps))),
-        Wanted::Localhost(path, field) => localhost(&path, root, &field).map(Some),
+        Wanted::Localhost(path, field) => localhost(&path, root, &field, caps).map(Some),
     }
 }
 
@@ -182,7 +182,7 @@ pub fn seccomp(
 /// path) and must lie under `root`, or relative to `root`; the file is
 /// opened with RESOLVE_BENEATH from `root`, so neither `..` nor a symlink
 /// can leave it.
-fn localhost(path: &str, root: &Path, field: &str) -> Result<LinuxSeccomp> {
+fn localhost(path: &str, root: &Path, field: &str, caps: &[String]) -> Result<LinuxSeccomp> {
     let bad = |msg: String| SpecError::new(field, msg);
     if path.is_empty() {
         return Err(bad("a Localhost profile needs a path".into()));
@@ -229,10 +229,69 @@ fn localhost(path: &str, root: &Path, field: &str) -> Result<LinuxSeccomp> {
         .take(16 << 20)
         .read_to_end(&mut data)
         .map_err(|e| bad(format!("reading {path:?}: {e}")))?;
-    let profile: LinuxSeccomp = serde_json::from_slice(&data)
-        .map_err(|e| bad(format!("{path:?} is not an OCI seccomp profile: {e}")))?;
+    let mut v: Value =
+        serde_json::from_slice(&data).map_err(|e| bad(format!("{path:?} is not JSON: {e}")))?;
+    docker_format(&mut v, caps);
+    let profile: LinuxSeccomp = serde_json::from_value(v)
+        .map_err(|e| bad(format!("{path:?} is not a seccomp profile: {e}")))?;
     // Compile now so a broken profile fails CreateContainer with its name,
     // not the runtime later.
     berth_oci::seccomp::compile(&profile).map_err(|e| bad(format!("{path:?}: {e}")))?;
     Ok(profile)
+}
+
+/// Profiles written for Docker (what kubelet's Localhost profiles usually
+/// are) extend the OCI format: `archMap` instead of `architectures`, and
+/// rules that apply only `includes`/`excludes` given capabilities or
+/// architectures. Resolve those for this container and machine, so such a
+/// rule is never applied unconditionally.
+fn docker_format(v: &mut Value, caps: &[String]) {
+    let (scmp_arch, go_arch) = match std::env::consts::ARCH {
+        "x86_64" => ("SCMP_ARCH_X86_64", "amd64"),
+        "aarch64" => ("SCMP_ARCH_AARCH64", "arm64"),
+        "x86" => ("SCMP_ARCH_X86", "386"),
+        "arm" => ("SCMP_ARCH_ARM", "arm"),
+        other => (other, other),
+    };
+    let Some(obj) = v.as_object_mut() else {
+        return;
+    };
+    if let Some(map) = obj.remove("archMap") {
+        if !obj.contains_key("architectures") {
+            let mut arches = Vec::new();
+            for a in map.as_array().into_iter().flatten() {
+                if a["architecture"] == scmp_arch {
+                    arches.push(a["architecture"].clone());
+                    arches.extend(
+                        a["subArchitectures"]
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_default(),
+                    );
+                }
+            }
+            if !arches.is_empty() {
+                obj.insert("architectures".into(), Value::Array(arches));
+            }
+        }
+    }
+    let has_cap = |c: &Value| c.as_str().is_some_and(|c| caps.iter().any(|x| x == c));
+    let is_arch = |a: &Value| a == go_arch;
+    if let Some(rules) = obj.get_mut("syscalls").and_then(Value::as_array_mut) {
+        rules.retain(|r| {
+            let list = |k: &str, f: &str| r[k][f].as_array().cloned().unwrap_or_default();
+            list("includes", "caps").iter().all(has_cap)
+                && (list("includes", "arches").is_empty()
+                    || list("includes", "arches").iter().any(is_arch))
+                && !list("excludes", "caps").iter().any(has_cap)
+                && !list("excludes", "arches").iter().any(is_arch)
+        });
+        for r in rules.iter_mut() {
+            if let Some(r) = r.as_object_mut() {
+                for k in ["includes", "excludes", "comment"] {
+                    r.remove(k);
+                }
+            }
+        }
+    }
 }
