@@ -14,3 +14,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# grpcio: a grpc-core client for crates/cri/tests/authority.rs (the test skips itself without it,
+# so a failed install does not fail the setup).
+python3 -c 'import grpc' 2>/dev/null || python3 -m pip install -q grpcio >/dev/null 2>&1 ||
+  echo "setup: grpcio not installed; the grpc-core :authority test will be skipped" >&2

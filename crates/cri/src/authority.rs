@@ -647,6 +647,8 @@ mod tests {
         assert!(valid_authority(b"127.0.0.1:1234"));
         assert!(!valid_authority(b"/run/berth/berth.sock"));
         assert!(!valid_authority(b""));
+        // grpc-core's %-encoded form is refused by h2 as well.
+        assert!(!valid_authority(b"%2Frun%2Fberth%2Fberth.sock"));
     }
 
     #[tokio::test]

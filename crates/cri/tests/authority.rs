@@ -323,10 +323,21 @@ async fn without_the_adapter_a_path_authority_is_refused() {
         matches!(outcome, Outcome::Reset(PROTOCOL_ERROR)),
         "{outcome:?}"
     );
+    // So is grpc-core's %-encoded path...
+    let outcome = client
+        .version(
+            3,
+            &request_block(&authority_literal(b"%2Frun%2Fberth%2Fberth.sock")),
+        )
+        .await;
+    assert!(
+        matches!(outcome, Outcome::Reset(PROTOCOL_ERROR)),
+        "{outcome:?}"
+    );
     // ...while the same request with a host name is served.
     version_ok(
         client
-            .version(3, &request_block(&authority_literal(b"localhost")))
+            .version(5, &request_block(&authority_literal(b"localhost")))
             .await,
     );
 }
@@ -476,4 +487,57 @@ async fn malformed_header_blocks_close_the_connection() {
             )
             .await,
     );
+}
+
+/// grpc-core (here through Python's grpcio) sends the %-encoded socket path as `:authority`.
+const GRPCIO_VERSION: &str = r#"
+import sys, grpc
+channel = grpc.insecure_channel("unix:" + sys.argv[1])
+version = channel.unary_unary("/runtime.v1.RuntimeService/Version")
+try:
+    sys.stdout.write(version(bytes.fromhex(sys.argv[2]), timeout=20).hex())
+except grpc.RpcError as e:
+    sys.stderr.write(f"{e.code()}: {e.details()}")
+    sys.exit(3)
+"#;
+
+#[tokio::test]
+async fn grpcio_client_is_served() {
+    let has_grpcio = std::process::Command::new("python3")
+        .args(["-c", "import grpc"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !has_grpcio {
+        eprintln!("skipped: python3 has no grpc module (pip install grpcio)");
+        return;
+    }
+    let request = hex::encode(
+        VersionRequest {
+            version: "v1".into(),
+        }
+        .encode_to_vec(),
+    );
+    for fix in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = serve(dir.path(), fix);
+        let out = tokio::process::Command::new("python3")
+            .args(["-c", GRPCIO_VERSION])
+            .arg(&path)
+            .arg(&request)
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !fix {
+            // Without the adapter h2 resets the stream: the call fails.
+            assert_eq!(out.status.code(), Some(3), "{stderr}");
+            assert!(stderr.contains("RST_STREAM"), "{stderr}");
+            continue;
+        }
+        assert!(out.status.success(), "{stderr}");
+        let body = hex::decode(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+        let resp = VersionResponse::decode(body.as_slice()).unwrap();
+        assert_eq!(resp.version, "v1");
+        assert_eq!(resp.runtime_name, "berth-test");
+    }
 }
