@@ -1224,15 +1224,24 @@ const DEFAULT_CAPS: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
+/// "ALL": what the kernel knows and this process may hand on.
 fn all_caps() -> BTreeSet<String> {
     let last: usize = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .unwrap()
         .trim()
         .parse()
         .unwrap();
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let bnd = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .map(|h| u64::from_str_radix(h.trim(), 16).unwrap())
+        .unwrap();
     berth_oci::caps::NAMES[..=last]
         .iter()
-        .map(|s| s.to_string())
+        .enumerate()
+        .filter(|(i, _)| bnd & (1 << i) != 0)
+        .map(|(_, s)| s.to_string())
         .collect()
 }
 
@@ -1619,6 +1628,29 @@ fn generated_spec_passes_berths_validation() {
     .unwrap();
     berth_oci::config::validate("config.json", &spec).unwrap();
     berth_oci::container::compile_seccomp(&spec).unwrap();
+
+    // And a privileged one (every host device, no seccomp).
+    p.linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .get_or_insert_with(Default::default)
+        .privileged = true;
+    let sb = sandbox(&p);
+    let mut c = ctr();
+    sc(&mut c).privileged = true;
+    let spec = container_spec(
+        &sb,
+        &ContainerInput {
+            id: "c2",
+            config: &c,
+            image: &ImageConfig::default(),
+            rootfs: &rootfs,
+            seccomp_localhost_root: &seccomp,
+        },
+    )
+    .unwrap();
+    berth_oci::config::validate("config.json", &spec).unwrap();
 }
 
 // ---------------------------------------------------------------- real containers
@@ -1651,10 +1683,25 @@ fn berth_bin() -> PathBuf {
 /// network, IPC and UTS namespaces, with `passwd`/`group` as the image's,
 /// and returns the container's output.
 fn run_real(c: &ContainerConfig, passwd: &str, group: &str) -> std::process::Output {
+    run_real_in(c, passwd, group, false)
+}
+
+fn run_real_in(
+    c: &ContainerConfig,
+    passwd: &str,
+    group: &str,
+    privileged_pod: bool,
+) -> std::process::Output {
     let bundle = Bundle::new(&["true"]).unwrap();
     fs::write(bundle.rootfs().join("etc/passwd"), passwd).unwrap();
     fs::write(bundle.rootfs().join("etc/group"), group).unwrap();
-    let p = pod();
+    let mut p = pod();
+    p.linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .get_or_insert_with(Default::default)
+        .privileged = privileged_pod;
     let sb = SandboxInfo {
         netns: None,
         ipcns: None,
@@ -1682,6 +1729,35 @@ fn run_real(c: &ContainerConfig, passwd: &str, group: &str) -> std::process::Out
     bundle.write().unwrap();
     let berth = Berth::new(berth_bin()).unwrap();
     berth.run_fg(&bundle, &id)
+}
+
+#[test]
+fn real_privileged_container_has_every_capability_and_host_devices() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let mut c = ctr();
+    c.command = vec![
+        "sh".into(),
+        "-c".into(),
+        "grep -E '^(CapEff|Seccomp):' /proc/self/status; head -c 4 /dev/zero | wc -c".into(),
+    ];
+    sc(&mut c).privileged = true;
+    let o = run_real_in(&c, PASSWD, GROUP, true);
+    assert!(o.status.success(), "{}", output_text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let all: u64 = all_caps()
+        .iter()
+        .map(|n| 1u64 << berth_oci::caps::from_name(n).unwrap())
+        .sum();
+    assert!(
+        out.contains(&format!("CapEff:\t{all:016x}")),
+        "{}",
+        output_text(&o)
+    );
+    assert!(out.contains("Seccomp:\t0"), "{}", output_text(&o));
+    assert!(out.trim_end().ends_with('4'), "{}", output_text(&o));
 }
 
 fn is_root() -> bool {

@@ -51,9 +51,21 @@ impl Caps {
     }
 }
 
-/// Every capability the running kernel knows.
+/// "All" capabilities: those the kernel knows that berthd itself may hand
+/// on (its bounding set), as containerd does; asking for more than the
+/// runtime holds would only fail the container's capset.
 fn all_caps() -> Vec<u32> {
-    (0..=last_cap().min(NAMES.len() as u32 - 1)).collect()
+    let bounding = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        })
+        .unwrap_or(u64::MAX);
+    (0..=last_cap().min(NAMES.len() as u32 - 1))
+        .filter(|c| bounding & (1 << c) != 0)
+        .collect()
 }
 
 /// Parses a list of names: with or without CAP_, any case, and "ALL".
