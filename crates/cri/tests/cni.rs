@@ -247,6 +247,19 @@ fn host_veth(raw: &Value, bridge: &str) -> String {
         .to_string()
 }
 
+/// A global IPv4 address of the host on an interface other than `not_on`.
+fn host_address(not_on: &str) -> Option<String> {
+    let o = run("ip", &["-j", "-4", "addr", "show", "scope", "global"]);
+    let links: Vec<Value> = serde_json::from_slice(&o.stdout).ok()?;
+    links
+        .iter()
+        .filter(|l| {
+            l["ifname"] != not_on && l["ifname"].as_str().is_some_and(|n| !n.starts_with("bt"))
+        })
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .find_map(|a| a["local"].as_str().map(str::to_string))
+}
+
 fn link_exists(name: &str) -> bool {
     run("ip", &["link", "show", "dev", name]).status.success()
 }
@@ -403,13 +416,13 @@ fn a_host_port_reaches_a_server_in_the_pod() {
         let o = run("ip", &args);
         assert!(o.status.success(), "ip {args:?}: {}", text(&o));
     }
-    net.write_conf(
-        "10-bt.conflist",
-        &net.bridge_conflist(
-            &net.subnet(),
-            &[json!({"type": "portmap", "capabilities": {"portMappings": true}})],
-        ),
+    let mut conf = net.bridge_conflist(
+        &net.subnet(),
+        &[json!({"type": "portmap", "capabilities": {"portMappings": true}})],
     );
+    // The pod answers a connection to any host address through the bridge's address.
+    conf["plugins"][0]["ipam"]["routes"] = json!([{"dst": "0.0.0.0/0"}]);
+    net.write_conf("10-bt.conflist", &conf);
     let cni = net.cni();
     let ns = net.netns("pod");
     let host_port = 20000 + u16::from_le_bytes(random_bytes::<2>()) % 20000;
@@ -432,27 +445,39 @@ fn a_host_port_reaches_a_server_in_the_pod() {
         .arg(&www)
         .spawn()
         .unwrap();
-    let get = || -> std::io::Result<String> {
-        let mut s = TcpStream::connect((gw.as_str(), host_port))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let get = |addr: &str| -> std::io::Result<String> {
+        let to = Duration::from_secs(5);
+        let mut s =
+            TcpStream::connect_timeout(&(addr.parse::<IpAddr>().unwrap(), host_port).into(), to)?;
+        s.set_read_timeout(Some(to))?;
         s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
         let mut body = String::new();
         s.read_to_string(&mut body)?;
         Ok(body)
     };
     // httpd needs a moment to listen.
-    let mut reply = get();
+    let mut reply = get(&gw);
     for _ in 0..100 {
         if reply.as_ref().is_ok_and(|b| b.contains("hello")) {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
-        reply = get();
+        reply = get(&gw);
+    }
+    // Also through loopback (portmap marks it for masquerading and sets route_localnet on the
+    // bridge) and the host's own address on another interface, if it has one.
+    let mut addrs = vec![(gw.clone(), reply), ("127.0.0.1".into(), get("127.0.0.1"))];
+    if let Some(host_ip) = host_address(&net.bridge) {
+        let r = get(&host_ip);
+        addrs.push((host_ip, r));
     }
     let _ = httpd.kill();
     let _ = httpd.wait();
-    let reply = reply.unwrap_or_else(|e| panic!("{gw}:{host_port} -> {}:80: {e}", res.ips[0]));
-    assert!(reply.contains("hello from the pod"), "{reply}");
+    for (addr, reply) in addrs {
+        let reply =
+            reply.unwrap_or_else(|e| panic!("{addr}:{host_port} -> {}:80: {e}", res.ips[0]));
+        assert!(reply.contains("hello from the pod"), "{addr}: {reply}");
+    }
 
     let rules = run("iptables", &["-t", "nat", "-S"]);
     assert!(String::from_utf8_lossy(&rules.stdout).contains(&pod.id));
