@@ -56,7 +56,9 @@ pub fn env(cfg: &ContainerConfig, image: &ImageConfig, hostname: &str) -> Result
         set(&mut env, format!("HOSTNAME={hostname}"));
     }
     for e in image.env.iter().flatten() {
-        if e.is_empty() || e.contains('\0') {
+        // An entry that is not KEY=value cannot be passed on (the runtime
+        // refuses it); the image is at fault, not the request: skip it.
+        if !e.contains('=') || e.starts_with('=') || e.contains('\0') {
             continue;
         }
         set(&mut env, e.clone());
