@@ -744,6 +744,32 @@ fn hung_or_chatty_plugins_are_stopped() {
 }
 
 #[test]
+fn a_config_larger_than_a_pipe_reaches_the_plugin_whole() {
+    let net = Net::new();
+    net.plugin(
+        "bt-big-in",
+        &format!(
+            "cat > {}/stdin.$CNI_COMMAND\n[ \"$CNI_COMMAND\" = ADD ] && echo '{{\"cniVersion\":\"1.0.0\",\"ips\":[{{\"address\":\"10.99.0.7/24\"}}]}}'\nexit 0\n",
+            net.dir.path().display()
+        ),
+    );
+    // 512 KiB of config: the plugin's stdin pipe (64 KiB) fills while it reads.
+    let blob = "x".repeat(512 << 10);
+    net.write_conf(
+        "10-bt.conf",
+        &json!({"cniVersion": "1.0.0", "name": "n", "type": "bt-big-in", "blob": blob}),
+    );
+    let cni = net.cni();
+    let ns = net.netns("pod");
+    let pod = net.pod(&ns);
+    let res = cni.setup(&pod).unwrap();
+    assert_eq!(res.ips, vec!["10.99.0.7".parse::<IpAddr>().unwrap()]);
+    let got: Value = serde_json::from_slice(&fs::read(net.path("stdin.ADD")).unwrap()).unwrap();
+    assert_eq!(got["blob"].as_str().map(str::len), Some(blob.len()));
+    cni.teardown(&pod).unwrap();
+}
+
+#[test]
 fn teardown_of_an_unknown_sandbox_is_ok_and_bad_requests_name_the_field() {
     let net = Net::new();
     net.write_conf("10-bt.conflist", &net.bridge_conflist(&net.subnet(), &[]));

@@ -57,6 +57,7 @@ pub(crate) fn run(
     let mut child = cmd.spawn().map_err(RunError::Spawn)?;
     let pid = child.id() as libc::pid_t;
     let kill = |child: &mut std::process::Child| {
+        // SAFETY: kill(2) of the group we created; the leader is not reaped yet, so the id is ours.
         unsafe { libc::kill(-pid, libc::SIGKILL) };
         let _ = child.wait();
     };
@@ -67,6 +68,7 @@ pub(crate) fn run(
         kill(&mut child);
         return Err(RunError::Io(e));
     }
+    // SAFETY: a fresh fd nothing else owns.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
 
     let mut stdin = child.stdin.take();
