@@ -779,6 +779,11 @@ fn teardown_of_an_unknown_sandbox_is_ok_and_bad_requests_name_the_field() {
         ..Default::default()
     })
     .unwrap();
+    // What a crash in the middle of a cache write leaves is no sandbox, and is cleaned up.
+    let stale = net.path("cache/.sb1.tmp-999999999-0");
+    fs::write(&stale, "{").unwrap();
+    assert!(cni.cached_ids().is_empty());
+    assert!(!stale.exists());
     assert!(cni.cached("never-set-up").is_none());
     let err = cni.check(&PodNetwork {
         id: "never-set-up".into(),

@@ -90,12 +90,24 @@ pub(crate) fn ids(dir: &Path) -> Vec<String> {
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
+            remove_stale_tmp(dir, &name);
             let id = name.strip_suffix(".json")?;
             (!id.starts_with('.') && valid_id(id)).then(|| id.to_string())
         })
         .collect();
     ids.sort();
     ids
+}
+
+/// A temp file another (dead) process left mid-write; ours may be in use by another thread.
+fn remove_stale_tmp(dir: &Path, name: &str) {
+    let Some((_, rest)) = name.strip_prefix('.').and_then(|n| n.rsplit_once(".tmp-")) else {
+        return;
+    };
+    let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+    if pid.is_some_and(|p| p != std::process::id()) {
+        let _ = fs::remove_file(dir.join(name));
+    }
 }
 
 /// Ids become file names: no separators, no dot files, bounded length.
