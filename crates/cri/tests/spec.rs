@@ -1660,24 +1660,28 @@ fn generated_spec_passes_berths_validation() {
 /// test's executable (`<target>/debug/deps/spec-*`), built with `cargo
 /// build -p berth --target-dir <target>` when it is not there yet.
 fn berth_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("BERTH_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap(); // target/debug
-    let bin = profile_dir.join("berth");
-    if !bin.exists() {
-        let target = profile_dir.parent().unwrap();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = Command::new(cargo)
-            .args(["build", "-p", "berth", "--target-dir"])
-            .arg(target)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("running cargo build -p berth");
-        assert!(st.success(), "cargo build -p berth failed");
-    }
-    bin
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("BERTH_BIN") {
+            return PathBuf::from(p);
+        }
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().unwrap().parent().unwrap(); // target/debug
+        let bin = profile_dir.join("berth");
+        if !bin.exists() {
+            let target = profile_dir.parent().unwrap();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let st = Command::new(cargo)
+                .args(["build", "-p", "berth", "--target-dir"])
+                .arg(target)
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("running cargo build -p berth");
+            assert!(st.success(), "cargo build -p berth failed");
+        }
+        bin
+    })
+    .clone()
 }
 
 /// Runs the spec generated for `c` in a busybox bundle on the host's
