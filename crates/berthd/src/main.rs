@@ -1,1 +1,109 @@
-fn main() {}
+//! berthd: the berth CRI daemon.
+
+use anyhow::Context;
+use berth_cri::config::{Config, DEFAULT_PATH};
+use clap::Parser;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "berthd", version, about = "The berth CRI runtime daemon")]
+struct Args {
+    /// The TOML configuration file.
+    #[arg(long, default_value = DEFAULT_PATH)]
+    config: PathBuf,
+    /// Print the effective configuration (defaults merged with the file) and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Override the CRI socket path.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Override the persistent root.
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Override the runtime state directory.
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Log level filter (e.g. info, debug).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+fn main() -> std::process::ExitCode {
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berthd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    let must_exist = a.config.as_os_str() != DEFAULT_PATH;
+    let mut cfg = Config::load(&a.config, must_exist).map_err(anyhow::Error::msg)?;
+    if let Some(s) = a.socket {
+        cfg.socket = s;
+    }
+    if let Some(r) = a.root {
+        cfg.root = r;
+    }
+    if let Some(s) = a.state {
+        cfg.state = s;
+    }
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    if a.print_config {
+        print!("{}", cfg.print());
+        return Ok(());
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&a.log_level).context("--log-level")?;
+    if cfg.logs.format == "json" {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(64)
+        .enable_all()
+        .build()?;
+    rt.block_on(run(cfg))
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    let d = berth_cri::daemon::Daemon::open(cfg.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    {
+        let d = d.clone();
+        tokio::task::spawn_blocking(move || d.recover()).await?;
+    }
+    let listener = berth_cri::server::bind(&cfg.socket)
+        .with_context(|| format!("binding {}", cfg.socket.display()))?;
+    if !cfg.metrics.address.is_empty() {
+        let d = d.clone();
+        let addr = cfg.metrics.address.clone();
+        tokio::spawn(async move {
+            if let Err(e) = berth_cri::server::serve_metrics(d, addr).await {
+                tracing::error!("metrics: {e}");
+            }
+        });
+    }
+    tracing::info!(socket = %cfg.socket.display(), "berthd serving CRI");
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutting down; pods and their monitors keep running");
+    };
+    berth_cri::server::serve(d, listener, shutdown).await?;
+    Ok(())
+}

@@ -1,5 +1,47 @@
-//! berthd: the CRI services.
+//! berthd: the CRI services (RuntimeService and ImageService) over the
+//! berth runtime library, berth's image store, CNI plugins and a per-pod
+//! monitor.
 
-pub mod cni;
-pub mod spec;
 pub mod authority;
+pub mod cni;
+pub mod config;
+pub mod container;
+pub mod daemon;
+pub mod error;
+pub mod exec_sync;
+pub mod images;
+pub mod metrics;
+pub mod model;
+pub mod netns;
+pub mod recover;
+pub mod resources;
+pub mod sandbox;
+pub mod server;
+pub mod service;
+pub mod spec;
+pub mod store;
+pub mod views;
+
+/// What a streaming URL is minted for (served by the streaming server).
+#[derive(Debug, Clone)]
+pub enum StreamRequest {
+    Exec {
+        container_id: String,
+        cmd: Vec<String>,
+        tty: bool,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    },
+    Attach {
+        container_id: String,
+        tty: bool,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    },
+    PortForward {
+        pod_id: String,
+        ports: Vec<u16>,
+    },
+}

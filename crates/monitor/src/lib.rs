@@ -3,6 +3,9 @@
 //! their exit codes durably, so containers keep running and logging while
 //! berthd is down or restarting.
 
+mod cli;
 pub mod logs;
 pub mod proto;
 pub mod server;
+
+pub use cli::run_main;

@@ -95,6 +95,36 @@ pub struct ContainerInfo {
     pub exit: Option<ExitInfo>,
 }
 
+/// A unix socket address for `path`, going through /proc/self/fd when the
+/// path is longer than sun_path allows (deep state directories). `_dir`
+/// keeps that directory fd open while the address is used.
+pub fn socket_addr(path: &Path) -> io::Result<(nix::sys::socket::UnixAddr, Option<OwnedFd>)> {
+    use std::os::unix::ffi::OsStrExt;
+    if path.as_os_str().as_bytes().len() < 100 {
+        return Ok((nix::sys::socket::UnixAddr::new(path)?, None));
+    }
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let name = path.file_name().unwrap_or_default();
+    let d: OwnedFd = std::fs::File::options()
+        .read(true)
+        .custom_flags_dir()
+        .open(dir)?
+        .into();
+    let short = PathBuf::from(format!("/proc/self/fd/{}", d.as_raw_fd())).join(name);
+    Ok((nix::sys::socket::UnixAddr::new(&short)?, Some(d)))
+}
+
+trait DirFlags {
+    fn custom_flags_dir(&mut self) -> &mut Self;
+}
+
+impl DirFlags for std::fs::OpenOptions {
+    fn custom_flags_dir(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+    }
+}
+
 /// Where the monitor of a pod keeps its socket and records.
 pub fn socket_path(dir: &Path) -> PathBuf {
     dir.join("monitor.sock")
@@ -188,7 +218,8 @@ impl Client {
             SockFlag::SOCK_CLOEXEC,
             None,
         )?;
-        let addr = UnixAddr::new(&self.path)?;
+        let (addr, _dir) = socket_addr(&self.path)?;
+        let _: Option<&UnixAddr> = None;
         connect(fd.as_raw_fd(), &addr).map_err(|e| {
             io::Error::new(
                 io::Error::from(e).kind(),
@@ -200,7 +231,33 @@ impl Client {
 
     /// One request, one reply (with the fds it carried).
     pub fn call(&self, req: &Request) -> io::Result<(Response, Vec<OwnedFd>)> {
+        self.call_timeout(req, None)
+    }
+
+    /// Like `call`, giving up (ErrorKind::WouldBlock/TimedOut) after `timeout`.
+    pub fn call_timeout(
+        &self,
+        req: &Request,
+        timeout: Option<std::time::Duration>,
+    ) -> io::Result<(Response, Vec<OwnedFd>)> {
         let fd = self.connect()?;
+        if let Some(t) = timeout {
+            let t = t.max(std::time::Duration::from_millis(1));
+            let tv = libc::timeval {
+                tv_sec: t.as_secs() as _,
+                tv_usec: t.subsec_micros() as _,
+            };
+            // SAFETY: setsockopt with a valid timeval.
+            unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    (&tv as *const libc::timeval).cast(),
+                    std::mem::size_of::<libc::timeval>() as _,
+                )
+            };
+        }
         send(fd.as_raw_fd(), &serde_json::to_vec(req)?, &[])?;
         let (buf, fds) = recv(fd.as_raw_fd())?;
         if buf.is_empty() {

@@ -102,7 +102,8 @@ pub fn bind(dir: &Path) -> io::Result<OwnedFd> {
         SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
         None,
     )?;
-    bind(fd.as_raw_fd(), &nix::sys::socket::UnixAddr::new(&path)?)?;
+    let (addr, _dir) = proto::socket_addr(&path)?;
+    bind(fd.as_raw_fd(), &addr)?;
     fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     listen(&fd, Backlog::new(64).unwrap_or(Backlog::MAXCONN))?;
     Ok(fd)

@@ -1,0 +1,348 @@
+//! A private berthd for tests: its own root, state, socket, CNI config
+//! (a bridge with a random name and subnet, IPAM data in the temp dir) and
+//! cgroup parent; a busybox image imported; a CRI client over the socket.
+#![allow(dead_code)]
+
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+use tonic::transport::Channel;
+
+pub const IMAGE: &str = "localhost/berth-test/busybox:1";
+
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/debug/deps/<test> -> target/debug/<name>
+    let p = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace` first",
+        p.display()
+    );
+    p
+}
+
+pub struct Berthd {
+    pub tmp: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    pub bridge: String,
+    pub subnet_prefix: String,
+    pub cgroup_parent: String,
+    child: Option<Child>,
+}
+
+impl Berthd {
+    pub fn root(&self) -> PathBuf {
+        self.tmp.path().join("root")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.tmp.path().join("state")
+    }
+    pub fn logs(&self) -> PathBuf {
+        self.tmp.path().join("logs")
+    }
+
+    /// Configures and starts a berthd with the busybox image imported.
+    pub fn start() -> Berthd {
+        let tmp = tempfile::Builder::new()
+            .prefix("berthd-test-")
+            .tempdir()
+            .unwrap();
+        let sfx = berth_testutil::random_suffix();
+        let bridge = format!("bt{}", &sfx[..6.min(sfx.len())]);
+        let n = u32::from_str_radix(&sfx[..4.min(sfx.len())], 16).unwrap_or(7);
+        let subnet_prefix = format!("10.{}.{}", 100 + (n % 100), (n >> 8) % 250 + 1);
+        let cgroup_parent = format!("/berth-test-{sfx}");
+        let conf_dir = tmp.path().join("net.d");
+        std::fs::create_dir_all(&conf_dir).unwrap();
+        let conflist = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": format!("berth-test-{sfx}"),
+            "plugins": [
+                {"type": "bridge", "bridge": bridge, "isGateway": false, "ipMasq": false, "hairpinMode": true,
+                 "ipam": {"type": "host-local", "ranges": [[{"subnet": format!("{subnet_prefix}.0/24")}]],
+                          "dataDir": tmp.path().join("ipam").display().to_string()}},
+                {"type": "portmap", "capabilities": {"portMappings": true}}
+            ]
+        });
+        std::fs::write(
+            conf_dir.join("10-berth.conflist"),
+            serde_json::to_vec_pretty(&conflist).unwrap(),
+        )
+        .unwrap();
+        let config = tmp.path().join("berth.toml");
+        let toml = format!(
+            "root = {root:?}\nstate = {state:?}\nsocket = {sock:?}\n[runtime]\ncgroup_parent = {cg:?}\nmonitor = {mon:?}\n[cni]\nconf_dir = {conf:?}\nbin_dirs = [\"/usr/lib/cni\"]\n",
+            root = tmp.path().join("root"),
+            state = tmp.path().join("state"),
+            sock = tmp.path().join("berth.sock"),
+            cg = cgroup_parent,
+            mon = bin("berth-monitor"),
+            conf = conf_dir,
+        );
+        std::fs::write(&config, toml).unwrap();
+        // The image is imported before berthd opens the store.
+        {
+            let images = berth_image::ImageRoot::open(tmp.path().join("root/images")).unwrap();
+            let archive = tmp.path().join("busybox.tar");
+            berth_testutil::write_image_archive(&archive, "1", &["sh"]).unwrap();
+            images
+                .import_archive(std::fs::File::open(&archive).unwrap(), Some("1"), IMAGE)
+                .unwrap();
+        }
+        let socket = tmp.path().join("berth.sock");
+        let mut b = Berthd {
+            tmp,
+            socket,
+            config,
+            bridge,
+            subnet_prefix,
+            cgroup_parent,
+            child: None,
+        };
+        b.spawn();
+        b
+    }
+
+    pub fn spawn(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.tmp.path().join("berthd.log"))
+            .unwrap();
+        let child = Command::new(bin("berthd"))
+            .arg("--config")
+            .arg(&self.config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        for _ in 0..500 {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("berthd did not come up: {}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.tmp.path().join("berthd.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub async fn rt(&self) -> RuntimeServiceClient<Channel> {
+        RuntimeServiceClient::new(channel(&self.socket).await)
+    }
+
+    pub async fn img(&self) -> ImageServiceClient<Channel> {
+        ImageServiceClient::new(channel(&self.socket).await)
+    }
+}
+
+impl Drop for Berthd {
+    fn drop(&mut self) {
+        // Remove whatever pods are left through the daemon itself, then stop it.
+        if self.child.is_some() {
+            let sock = self.socket.clone();
+            // A thread of its own: Drop may run inside the test's runtime.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let mut c = RuntimeServiceClient::new(channel(&sock).await);
+                    if let Ok(r) = c
+                        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+                        .await
+                    {
+                        for p in r.into_inner().items {
+                            let _ = c
+                                .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                                    pod_sandbox_id: p.id.clone(),
+                                })
+                                .await;
+                            let _ = c
+                                .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                                    pod_sandbox_id: p.id,
+                                })
+                                .await;
+                        }
+                    }
+                });
+            })
+            .join();
+        }
+        self.kill9();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
+        // Unmount anything left under the temp dir (views, pinned namespaces).
+        if let Ok(m) = std::fs::read_to_string("/proc/self/mountinfo") {
+            let base = self.tmp.path().to_string_lossy().to_string();
+            let mut pts: Vec<&str> = m
+                .lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .filter(|p| p.starts_with(&base))
+                .collect();
+            pts.sort_by_key(|p| std::cmp::Reverse(p.len()));
+            for p in pts {
+                let _ = Command::new("umount").args(["-l", p]).output();
+            }
+        }
+        for d in ["/sys/fs/cgroup"] {
+            if let Ok(rd) = std::fs::read_dir(d) {
+                for e in rd.flatten() {
+                    let p = e.path().join(self.cgroup_parent.trim_start_matches('/'));
+                    let _ = remove_cgroup_tree(&p);
+                }
+            }
+        }
+    }
+}
+
+fn remove_cgroup_tree(p: &Path) -> std::io::Result<()> {
+    if !p.is_dir() {
+        return Ok(());
+    }
+    for e in std::fs::read_dir(p)?.flatten() {
+        if e.file_type()?.is_dir() {
+            remove_cgroup_tree(&e.path())?;
+        }
+    }
+    std::fs::remove_dir(p)
+}
+
+pub async fn channel(path: &Path) -> Channel {
+    let path = path.to_path_buf();
+    tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                let s = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+            }
+        }))
+        .await
+        .unwrap()
+}
+
+pub fn pod_config(name: &str, logs: &Path) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: logs.join(name).display().to_string(),
+        ..Default::default()
+    }
+}
+
+pub fn ctr_config(name: &str, cmd: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: IMAGE.into(),
+            ..Default::default()
+        }),
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        ..Default::default()
+    }
+}
+
+/// Runs a pod with the given containers started; returns (pod id, container ids).
+pub async fn run_pod(
+    c: &mut RuntimeServiceClient<Channel>,
+    cfg: cri::PodSandboxConfig,
+    ctrs: Vec<cri::ContainerConfig>,
+) -> (String, Vec<String>) {
+    let pod = c
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let mut ids = Vec::new();
+    for ctr in ctrs {
+        let id = c
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(ctr),
+                sandbox_config: Some(cfg.clone()),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .container_id;
+        c.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    (pod, ids)
+}
+
+pub async fn status(c: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::ContainerStatus {
+    c.container_status(cri::ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .status
+    .unwrap()
+}
+
+/// Polls until the container has exited.
+pub async fn wait_exited(c: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::ContainerStatus {
+    for _ in 0..1000 {
+        let s = status(c, id).await;
+        if s.state == cri::ContainerState::ContainerExited as i32 {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("container {id} did not exit");
+}
+
+pub async fn exec(
+    c: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+    cmd: &[&str],
+) -> cri::ExecSyncResponse {
+    c.exec_sync(cri::ExecSyncRequest {
+        container_id: id.into(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        timeout: 10,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}

@@ -1,0 +1,377 @@
+//! Containers: the image's rootfs view, the OCI spec, and the pod's monitor
+//! creating and starting them through the berth runtime library.
+
+use crate::daemon::Daemon;
+use crate::error::{internal, invalid, CriError, Result};
+use crate::model::{new_id, now_ns, ContainerRecord, CtrState, PodRecord, PodState};
+use crate::spec::{self, ContainerInput, SandboxInfo};
+use crate::store::Kind;
+use berth_monitor::proto::{self, Client, ExitInfo, Request, Response};
+use k8s_cri::v1::{ContainerConfig, ContainerEventType, PodSandboxConfig};
+use std::fs;
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn validate(cfg: &ContainerConfig) -> Result<()> {
+    let m = cfg
+        .metadata
+        .as_ref()
+        .ok_or_else(|| invalid("config.metadata", "is required"))?;
+    if m.name.is_empty() {
+        return Err(invalid("config.metadata.name", "is required"));
+    }
+    let img = cfg.image.as_ref().map(|i| i.image.as_str()).unwrap_or("");
+    if img.is_empty() {
+        return Err(invalid("config.image.image", "is required"));
+    }
+    if cfg.log_path.contains("..") || cfg.log_path.starts_with('/') {
+        return Err(invalid(
+            "config.log_path",
+            "must be a relative path inside the pod's log directory",
+        ));
+    }
+    Ok(())
+}
+
+impl Daemon {
+    pub fn create_container(
+        &self,
+        pod_id: &str,
+        cfg: ContainerConfig,
+        sandbox_cfg: Option<PodSandboxConfig>,
+    ) -> Result<String> {
+        validate(&cfg)?;
+        let pod = self
+            .resolve_pod(pod_id)?
+            .ok_or_else(|| CriError::NotFound(format!("pod sandbox {pod_id:?}")))?;
+        if pod.state != PodState::Ready {
+            return Err(CriError::Precondition(format!(
+                "pod sandbox {} is not ready",
+                pod.id
+            )));
+        }
+        let name = cfg
+            .metadata
+            .as_ref()
+            .map(|m| (m.name.clone(), m.attempt))
+            .unwrap_or_default();
+        if self.containers()?.iter().any(|c| {
+            c.pod_id == pod.id
+                && c.config
+                    .metadata
+                    .as_ref()
+                    .map(|m| (m.name.clone(), m.attempt))
+                    == Some(name.clone())
+        }) {
+            return Err(invalid(
+                "config.metadata",
+                format!(
+                    "a container named {:?} (attempt {}) already exists in the pod",
+                    name.0, name.1
+                ),
+            ));
+        }
+        let image_ref = cfg
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
+        let image = self
+            .images
+            .images
+            .get(&image_ref)
+            .map_err(|_| CriError::NotFound(format!("image {image_ref:?}")))?;
+        let stop_signal = spec::stop_signal(&image.config)
+            .map_err(|e| CriError::Internal(format!("image {image_ref}: {e}")))?;
+        let id = new_id();
+        let bundle = self.cfg.state.join("containers").join(&id);
+        let log_path = {
+            let dir = &pod.config.log_directory;
+            (!dir.is_empty() && !cfg.log_path.is_empty())
+                .then(|| PathBuf::from(dir).join(&cfg.log_path))
+        };
+        let mut rec = ContainerRecord {
+            id: id.clone(),
+            pod_id: pod.id.clone(),
+            config: cfg,
+            image_ref: image_ref.clone(),
+            image_id: image.id.to_string(),
+            image_digest_ref: image.repo_digests.first().cloned().unwrap_or_default(),
+            created_at: now_ns(),
+            started_at: 0,
+            finished_at: 0,
+            state: CtrState::Creating,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            log_path: log_path.clone(),
+            bundle: bundle.clone(),
+            stop_signal,
+        };
+        self.save_container(&rec)?;
+        let r = (|| -> Result<()> {
+            fs::create_dir_all(&bundle)?;
+            let view = self.images.snapshots.create_view(&id, &image.chain_id)?;
+            let sb_cfg = sandbox_cfg.as_ref().unwrap_or(&pod.config);
+            let sb = sandbox_info(&pod, sb_cfg);
+            let input = ContainerInput {
+                id: &id,
+                config: &rec.config,
+                image: &image.config,
+                rootfs: &view.rootfs,
+                seccomp_localhost_root: &self.cfg.runtime.seccomp_profile_root,
+            };
+            let spec = spec::container_spec(&sb, &input).map_err(|e| CriError::Invalid {
+                field: e.field.clone(),
+                msg: e.msg.clone(),
+            })?;
+            let json = serde_json::to_vec_pretty(&spec).map_err(internal)?;
+            fs::write(bundle.join("config.json"), json)?;
+            if let Some(l) = &log_path {
+                if let Some(d) = l.parent() {
+                    fs::create_dir_all(d)?;
+                }
+            }
+            let req = Request::Create {
+                id: id.clone(),
+                bundle: bundle.clone(),
+                log_path: log_path.clone(),
+                tty: rec.config.tty,
+                stdin: rec.config.stdin,
+                stdin_once: rec.config.stdin_once,
+            };
+            Client::new(&pod.dir)
+                .call(&req)
+                .map_err(|e| internal(format!("creating container: {e}")))?;
+            Ok(())
+        })();
+        if let Err(e) = r {
+            self.cleanup_container(&rec);
+            let _ = self.store.delete(Kind::Container, &id);
+            return Err(e);
+        }
+        rec.state = CtrState::Created;
+        self.save_container(&rec)?;
+        self.event(&rec, ContainerEventType::ContainerCreatedEvent);
+        Ok(id)
+    }
+
+    pub fn start_container(&self, id: &str) -> Result<()> {
+        let mut rec = self
+            .resolve_container(id)?
+            .ok_or_else(|| CriError::NotFound(format!("container {id:?}")))?;
+        let rec_now = self.refresh(&rec)?;
+        if rec_now.state != CtrState::Created {
+            return Err(CriError::Precondition(format!(
+                "container {} is {:?}, not created",
+                rec.id, rec_now.state
+            )));
+        }
+        let pod = self.pod_of(&rec)?;
+        Client::new(&pod.dir)
+            .call(&Request::Start { id: rec.id.clone() })
+            .map_err(|e| internal(format!("starting container: {e}")))?;
+        rec.state = CtrState::Running;
+        rec.started_at = now_ns();
+        self.save_container(&rec)?;
+        self.event(&rec, ContainerEventType::ContainerStartedEvent);
+        Ok(())
+    }
+
+    fn pod_of(&self, c: &ContainerRecord) -> Result<PodRecord> {
+        self.pod(&c.pod_id)?
+            .ok_or_else(|| CriError::NotFound(format!("pod sandbox {}", c.pod_id)))
+    }
+
+    /// The record with a recorded exit folded in (the monitor writes exits
+    /// while berthd may be down).
+    pub fn refresh(&self, rec: &ContainerRecord) -> Result<ContainerRecord> {
+        let mut r = rec.clone();
+        if matches!(r.state, CtrState::Running | CtrState::Created) {
+            let dir = self.cfg.state.join("pods").join(&r.pod_id);
+            if let Some(x) = proto::read_exit(&dir, &r.id) {
+                apply_exit(&mut r, &x);
+                self.save_container(&r)?;
+                self.event(&r, ContainerEventType::ContainerStoppedEvent);
+            } else if r.state == CtrState::Running && !self.alive(&r) {
+                // No record and no process: the monitor died with it.
+                r.state = CtrState::Exited;
+                r.exit_code = 255;
+                r.finished_at = now_ns();
+                r.reason = "Error".into();
+                r.message = "the container's monitor went away; exit status unknown".into();
+                self.save_container(&r)?;
+            }
+        }
+        Ok(r)
+    }
+
+    fn alive(&self, r: &ContainerRecord) -> bool {
+        match self.oci.load(&r.id) {
+            Ok(st) => berth_oci::state::process_alive(st.pid, st.pid_start),
+            Err(_) => false,
+        }
+    }
+
+    pub fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
+        let Some(rec) = self.resolve_container(id)? else {
+            return Ok(());
+        };
+        self.stop_container_inner(&rec.id, timeout)
+    }
+
+    pub fn stop_container_inner(&self, id: &str, timeout: i64) -> Result<()> {
+        let Some(rec) = self.container(id)? else {
+            return Ok(());
+        };
+        let rec = self.refresh(&rec)?;
+        match rec.state {
+            CtrState::Exited => return Ok(()),
+            CtrState::Creating => return Ok(()),
+            _ => {}
+        }
+        let pod = self.pod_of(&rec)?;
+        let client = Client::new(&pod.dir);
+        let wait = |t: Duration| -> Option<ExitInfo> {
+            match client.call_timeout(&Request::Wait { id: rec.id.clone() }, Some(t)) {
+                Ok((Response::Exited(x), _)) => Some(x),
+                _ => proto::read_exit(&pod.dir, &rec.id),
+            }
+        };
+        let mut exit = None;
+        if rec.state == CtrState::Running
+            && timeout > 0
+            && berth_oci::container::kill(&self.oci, &rec.id, rec.stop_signal, false).is_ok()
+        {
+            exit = wait(Duration::from_secs(timeout as u64));
+        }
+        if exit.is_none() {
+            let _ = berth_oci::container::kill(&self.oci, &rec.id, libc::SIGKILL, true);
+            exit = wait(Duration::from_secs(10));
+        }
+        let mut r = rec.clone();
+        match exit {
+            Some(x) => apply_exit(&mut r, &x),
+            None if rec.state == CtrState::Created => {
+                // Never started: there is nothing to wait for.
+                r.state = CtrState::Exited;
+                r.finished_at = now_ns();
+                r.exit_code = 137;
+                r.reason = "Error".into();
+            }
+            None => {
+                return Err(internal(format!("container {} did not stop", rec.id)));
+            }
+        }
+        self.save_container(&r)?;
+        self.event(&r, ContainerEventType::ContainerStoppedEvent);
+        Ok(())
+    }
+
+    pub fn remove_container(&self, id: &str) -> Result<()> {
+        let Some(rec) = self.resolve_container(id)? else {
+            return Ok(());
+        };
+        self.remove_container_inner(&rec.id)
+    }
+
+    pub fn remove_container_inner(&self, id: &str) -> Result<()> {
+        let Some(rec) = self.container(id)? else {
+            return Ok(());
+        };
+        let rec = self.refresh(&rec)?;
+        if rec.state == CtrState::Running {
+            self.stop_container_inner(&rec.id, 0)?;
+        }
+        self.cleanup_container(&rec);
+        self.store.delete(Kind::Container, &rec.id)?;
+        self.event(&rec, ContainerEventType::ContainerDeletedEvent);
+        Ok(())
+    }
+
+    /// Removes the runtime state, rootfs view and bundle of a container.
+    pub fn cleanup_container(&self, rec: &ContainerRecord) {
+        if let Err(e) = berth_oci::container::delete(&self.oci, &rec.id, true) {
+            if !matches!(e, berth_oci::error::Error::NotFound(_)) {
+                tracing::warn!(container = %rec.id, "delete: {e}");
+            }
+        }
+        let dir = self.cfg.state.join("pods").join(&rec.pod_id);
+        let _ = Client::new(&dir).call_timeout(
+            &Request::Forget { id: rec.id.clone() },
+            Some(Duration::from_secs(5)),
+        );
+        let _ = fs::remove_file(proto::exit_path(&dir, &rec.id));
+        if let Err(e) = self.images.snapshots.remove_view(&rec.id) {
+            if !matches!(e, berth_image::Error::NotFound(_)) {
+                tracing::warn!(container = %rec.id, "removing the rootfs view: {e}");
+            }
+        }
+        let _ = fs::remove_dir_all(&rec.bundle);
+    }
+
+    pub fn reopen_log(&self, id: &str) -> Result<()> {
+        let rec = self
+            .resolve_container(id)?
+            .ok_or_else(|| CriError::NotFound(format!("container {id:?}")))?;
+        let rec = self.refresh(&rec)?;
+        if rec.state != CtrState::Running {
+            return Err(CriError::Precondition(format!(
+                "container {} is not running",
+                rec.id
+            )));
+        }
+        let pod = self.pod_of(&rec)?;
+        Client::new(&pod.dir)
+            .call(&Request::ReopenLog { id: rec.id.clone() })
+            .map_err(|e| internal(format!("reopening the log: {e}")))?;
+        Ok(())
+    }
+
+    pub fn event(&self, rec: &ContainerRecord, t: ContainerEventType) {
+        self.emit(k8s_cri::v1::ContainerEventResponse {
+            container_id: rec.id.clone(),
+            container_event_type: t as i32,
+            created_at: now_ns(),
+            pod_sandbox_status: None,
+            containers_statuses: vec![],
+        });
+    }
+}
+
+pub fn apply_exit(r: &mut ContainerRecord, x: &ExitInfo) {
+    r.state = CtrState::Exited;
+    r.exit_code = x.code;
+    r.finished_at = x.finished_at;
+    r.reason = if x.oom_killed {
+        "OOMKilled".into()
+    } else if x.code == 0 {
+        "Completed".into()
+    } else {
+        "Error".into()
+    };
+    if x.oom_killed {
+        r.message = "the container was killed for running out of memory".into();
+    }
+}
+
+pub fn sandbox_info<'a>(pod: &'a PodRecord, cfg: &'a PodSandboxConfig) -> SandboxInfo<'a> {
+    let etc = pod.dir.join("etc");
+    let mut etc_files = vec![("/etc/resolv.conf".to_string(), etc.join("resolv.conf"))];
+    if pod.utsns.is_some() {
+        etc_files.push(("/etc/hostname".to_string(), etc.join("hostname")));
+    }
+    etc_files.push(("/etc/hosts".to_string(), etc.join("hosts")));
+    SandboxInfo {
+        id: &pod.id,
+        config: cfg,
+        netns: pod.netns.clone(),
+        ipcns: pod.ipcns.clone(),
+        utsns: pod.utsns.clone(),
+        pidns: None,
+        userns: None,
+        etc_files,
+        shm: None,
+        cgroup_parent: pod.cgroup_parent.clone(),
+    }
+}

@@ -1,0 +1,142 @@
+//! The state every CRI service shares, and the per-pod serialisation.
+
+use crate::cni::{Cni, CniConfig};
+use crate::config::Config;
+use crate::error::{internal, Result};
+use crate::model::{ContainerRecord, PodRecord};
+use crate::store::{Kind, Store};
+use berth_image::ImageRoot;
+use berth_oci::state::Root;
+use k8s_cri::v1::ContainerEventResponse;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use tokio::sync::broadcast;
+
+pub type StreamUrlFn = Arc<dyn Fn(crate::StreamRequest) -> Option<String> + Send + Sync>;
+
+pub struct Daemon {
+    pub cfg: Config,
+    pub store: Store,
+    pub images: ImageRoot,
+    pub cni: Cni,
+    /// The berth runtime's state root for the built-in handler.
+    pub oci: Root,
+    pub monitor_bin: PathBuf,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pub events: broadcast::Sender<ContainerEventResponse>,
+    pub metrics: crate::metrics::Metrics,
+    /// Mints streaming URLs (set by berthd once its streaming server runs).
+    pub stream_url: Mutex<Option<StreamUrlFn>>,
+}
+
+impl Daemon {
+    pub fn open(cfg: Config) -> Result<Arc<Daemon>> {
+        for d in [&cfg.root, &cfg.state] {
+            std::fs::create_dir_all(d).map_err(|e| internal(format!("{}: {e}", d.display())))?;
+        }
+        for sub in ["pods", "containers", "oci", "cni-cache"] {
+            std::fs::create_dir_all(cfg.state.join(sub))?;
+        }
+        let store = Store::open(&cfg.root.join("berthd.db"))?;
+        let images = ImageRoot::open(cfg.root.join("images"))?;
+        let cni = Cni::new(CniConfig {
+            conf_dir: cfg.cni.conf_dir.clone(),
+            bin_dirs: cfg.cni.bin_dirs.clone(),
+            cache_dir: cfg.root.join("cni-cache"),
+        });
+        let monitor_bin = if cfg.runtime.monitor.as_os_str().is_empty() {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(|d| d.join("berth-monitor")))
+                .unwrap_or_else(|| PathBuf::from("berth-monitor"))
+        } else {
+            cfg.runtime.monitor.clone()
+        };
+        let oci = Root::new(cfg.state.join("oci"));
+        let (events, _) = broadcast::channel(1024);
+        Ok(Arc::new(Daemon {
+            cfg,
+            store,
+            images,
+            cni,
+            oci,
+            monitor_bin,
+            locks: Mutex::new(HashMap::new()),
+            events,
+            metrics: crate::metrics::Metrics::default(),
+            stream_url: Mutex::new(None),
+        }))
+    }
+
+    /// The lock that serialises every operation on one pod (and its
+    /// containers).
+    pub fn pod_lock(&self, pod_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut m = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(pod_id.to_string()).or_default().clone()
+    }
+
+    pub fn forget_lock(&self, pod_id: &str) {
+        let mut m = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        m.remove(pod_id);
+    }
+
+    pub fn pod(&self, id: &str) -> Result<Option<PodRecord>> {
+        Ok(self.store.get(Kind::Pod, id)?)
+    }
+
+    pub fn pods(&self) -> Result<Vec<PodRecord>> {
+        Ok(self.store.list(Kind::Pod)?)
+    }
+
+    pub fn container(&self, id: &str) -> Result<Option<ContainerRecord>> {
+        Ok(self.store.get(Kind::Container, id)?)
+    }
+
+    pub fn containers(&self) -> Result<Vec<ContainerRecord>> {
+        Ok(self.store.list(Kind::Container)?)
+    }
+
+    pub fn save_pod(&self, p: &PodRecord) -> Result<()> {
+        Ok(self.store.put(Kind::Pod, &p.id, p)?)
+    }
+
+    pub fn save_container(&self, c: &ContainerRecord) -> Result<()> {
+        Ok(self.store.put(Kind::Container, &c.id, c)?)
+    }
+
+    /// Resolves a full or unique-prefix pod id (crictl passes prefixes).
+    pub fn resolve_pod(&self, id: &str) -> Result<Option<PodRecord>> {
+        if id.is_empty() {
+            return Ok(None);
+        }
+        if let Some(p) = self.pod(id)? {
+            return Ok(Some(p));
+        }
+        let mut m: Vec<PodRecord> = self
+            .pods()?
+            .into_iter()
+            .filter(|p| p.id.starts_with(id))
+            .collect();
+        Ok(if m.len() == 1 { m.pop() } else { None })
+    }
+
+    pub fn resolve_container(&self, id: &str) -> Result<Option<ContainerRecord>> {
+        if id.is_empty() {
+            return Ok(None);
+        }
+        if let Some(c) = self.container(id)? {
+            return Ok(Some(c));
+        }
+        let mut m: Vec<ContainerRecord> = self
+            .containers()?
+            .into_iter()
+            .filter(|c| c.id.starts_with(id))
+            .collect();
+        Ok(if m.len() == 1 { m.pop() } else { None })
+    }
+
+    pub fn emit(&self, ev: ContainerEventResponse) {
+        let _ = self.events.send(ev);
+    }
+}

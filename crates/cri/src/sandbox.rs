@@ -1,0 +1,489 @@
+//! Pod sandboxes: namespaces pinned without a pause process, the pod's
+//! monitor, /etc files, CNI networking. Every step is recorded first so a
+//! crash at any point can be undone by recovery.
+
+use crate::cni::{Bandwidth, PodNetwork, PortMapping};
+use crate::daemon::Daemon;
+use crate::error::{internal, invalid, CriError, Result};
+use crate::model::{new_id, now_ns, PodRecord, PodState};
+use crate::netns::{self, Ns};
+use crate::store::Kind;
+use berth_monitor::proto::{Client, Request};
+use k8s_cri::v1::{NamespaceMode, PodSandboxConfig};
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+pub fn namespace_modes(cfg: &PodSandboxConfig) -> (i32, i32, i32) {
+    let o = cfg
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref());
+    match o {
+        Some(o) => (o.network, o.pid, o.ipc),
+        None => (0, 0, 0),
+    }
+}
+
+fn validate(cfg: &PodSandboxConfig) -> Result<()> {
+    let m = cfg
+        .metadata
+        .as_ref()
+        .ok_or_else(|| invalid("config.metadata", "is required"))?;
+    for (f, v) in [
+        ("config.metadata.name", &m.name),
+        ("config.metadata.namespace", &m.namespace),
+        ("config.metadata.uid", &m.uid),
+    ] {
+        if v.is_empty() {
+            return Err(invalid(f, "is required"));
+        }
+    }
+    if !cfg.hostname.is_empty() {
+        let ok = cfg.hostname.len() <= 64
+            && cfg
+                .hostname
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !ok {
+            return Err(invalid(
+                "config.hostname",
+                format!("{:?} is not a valid hostname", cfg.hostname),
+            ));
+        }
+    }
+    if let Some(l) = &cfg.linux {
+        if !l.cgroup_parent.is_empty() {
+            berth_cgroups::normalize_path(&l.cgroup_parent)
+                .map_err(|e| invalid("config.linux.cgroup_parent", e.to_string()))?;
+        }
+        for (k, v) in &l.sysctls {
+            validate_sysctl(k, v).map_err(|m| invalid(format!("config.linux.sysctls[{k}]"), m))?;
+        }
+    }
+    for (i, p) in cfg.port_mappings.iter().enumerate() {
+        if !(1..=65535).contains(&p.container_port) {
+            return Err(invalid(
+                format!("config.port_mappings[{i}].container_port"),
+                "must be 1-65535",
+            ));
+        }
+        if !(0..=65535).contains(&p.host_port) {
+            return Err(invalid(
+                format!("config.port_mappings[{i}].host_port"),
+                "must be 0-65535",
+            ));
+        }
+    }
+    if let Some(d) = &cfg.dns_config {
+        for (i, s) in d.servers.iter().enumerate() {
+            if s.parse::<std::net::IpAddr>().is_err() {
+                return Err(invalid(
+                    format!("config.dns_config.servers[{i}]"),
+                    format!("{s:?} is not an IP address"),
+                ));
+            }
+        }
+        for (f, list) in [("searches", &d.searches), ("options", &d.options)] {
+            if let Some((i, _)) = list
+                .iter()
+                .enumerate()
+                .find(|(_, s)| s.contains(['\n', '\r', ' ']))
+            {
+                return Err(invalid(
+                    format!("config.dns_config.{f}[{i}]"),
+                    "must be one word",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Namespaced sysctls only, and values that cannot smuggle a second
+/// assignment (the sysctl injection class of bugs).
+pub fn validate_sysctl(k: &str, v: &str) -> std::result::Result<(), String> {
+    let key_ok = !k.is_empty()
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b))
+        && !k.contains("..")
+        && !k.starts_with(['.', '/']);
+    if !key_ok {
+        return Err(format!("{k:?} is not a sysctl name"));
+    }
+    if v.contains(['\n', '\r', '\0', '=']) {
+        return Err(format!("value {v:?} must be a single plain value"));
+    }
+    let k2 = k.replace('/', ".");
+    let namespaced = k2.starts_with("net.")
+        || k2.starts_with("fs.mqueue.")
+        || [
+            "kernel.shmmax",
+            "kernel.shmall",
+            "kernel.shmmni",
+            "kernel.shm_rmid_forced",
+            "kernel.msgmax",
+            "kernel.msgmnb",
+            "kernel.msgmni",
+            "kernel.sem",
+            "kernel.domainname",
+            "kernel.hostname",
+        ]
+        .contains(&k2.as_str());
+    if !namespaced {
+        return Err(format!("{k} is not a namespaced sysctl"));
+    }
+    Ok(())
+}
+
+fn resolv_conf(cfg: &PodSandboxConfig) -> String {
+    match &cfg.dns_config {
+        Some(d) if !(d.servers.is_empty() && d.searches.is_empty() && d.options.is_empty()) => {
+            let mut s = String::new();
+            if !d.searches.is_empty() {
+                s += &format!("search {}\n", d.searches.join(" "));
+            }
+            for n in &d.servers {
+                s += &format!("nameserver {n}\n");
+            }
+            if !d.options.is_empty() {
+                s += &format!("options {}\n", d.options.join(" "));
+            }
+            s
+        }
+        _ => fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+    }
+}
+
+fn hosts_file(hostname: &str, ips: &[String]) -> String {
+    let mut s = String::from(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
+    );
+    if let Some(ip) = ips.first() {
+        s += &format!("{ip}\t{hostname}\n");
+    }
+    s
+}
+
+pub fn pod_network(p: &PodRecord) -> PodNetwork {
+    let m = p.config.metadata.clone().unwrap_or_default();
+    let bandwidth = {
+        let a = &p.config.annotations;
+        let rate = |k: &str| a.get(k).and_then(|v| parse_quantity(v));
+        match (
+            rate("kubernetes.io/ingress-bandwidth"),
+            rate("kubernetes.io/egress-bandwidth"),
+        ) {
+            (None, None) => None,
+            (i, e) => Some(Bandwidth {
+                ingress_rate: i.unwrap_or(0),
+                ingress_burst: i.map(|_| u32::MAX as u64).unwrap_or(0),
+                egress_rate: e.unwrap_or(0),
+                egress_burst: e.map(|_| u32::MAX as u64).unwrap_or(0),
+            }),
+        }
+    };
+    PodNetwork {
+        id: p.id.clone(),
+        name: m.name,
+        namespace: m.namespace,
+        uid: m.uid,
+        netns: p.netns.clone().unwrap_or_default(),
+        port_mappings: p
+            .config
+            .port_mappings
+            .iter()
+            .filter(|pm| pm.host_port > 0)
+            .map(|pm| PortMapping {
+                container_port: pm.container_port as u16,
+                host_port: pm.host_port as u16,
+                protocol: match pm.protocol {
+                    1 => "udp",
+                    2 => "sctp",
+                    _ => "tcp",
+                }
+                .to_string(),
+                host_ip: pm.host_ip.clone(),
+            })
+            .collect(),
+        bandwidth,
+    }
+}
+
+/// "10M", "1Gi", "500k" → bits per second.
+fn parse_quantity(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (n, unit) = v.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let mul: u64 = match unit {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mul)
+}
+
+impl Daemon {
+    pub fn handler_known(&self, h: &str) -> bool {
+        h.is_empty() || h == "berth" || self.cfg.runtime.handlers.contains_key(h)
+    }
+
+    pub fn run_pod(&self, cfg: PodSandboxConfig, handler: String) -> Result<String> {
+        validate(&cfg)?;
+        if !self.handler_known(&handler) {
+            return Err(invalid(
+                "runtime_handler",
+                format!("no runtime handler named {handler:?}"),
+            ));
+        }
+        let handler = if handler.is_empty() {
+            self.cfg.runtime.default_handler.clone()
+        } else {
+            handler
+        };
+        if handler != "berth" {
+            return Err(CriError::Precondition(format!(
+                "runtime handler {handler:?}: external handlers are configured but not implemented yet"
+            )));
+        }
+        let id = new_id();
+        let (net_mode, _pid_mode, ipc_mode) = namespace_modes(&cfg);
+        let host_net = net_mode == NamespaceMode::Node as i32;
+        let host_ipc = ipc_mode == NamespaceMode::Node as i32;
+        let cg_given = cfg
+            .linux
+            .as_ref()
+            .map(|l| l.cgroup_parent.clone())
+            .unwrap_or_default();
+        let (cgroup_parent, own_cgroup) = if cg_given.is_empty() {
+            (
+                format!(
+                    "{}/{}",
+                    self.cfg.runtime.cgroup_parent.trim_end_matches('/'),
+                    id
+                ),
+                true,
+            )
+        } else {
+            (cg_given, false)
+        };
+        let mut rec = PodRecord {
+            id: id.clone(),
+            config: cfg,
+            runtime_handler: handler,
+            created_at: now_ns(),
+            state: PodState::Creating,
+            dir: self.cfg.state.join("pods").join(&id),
+            netns: None,
+            ipcns: None,
+            utsns: None,
+            ips: Vec::new(),
+            cgroup_parent,
+            own_cgroup,
+        };
+        // Persist before acting: recovery undoes a Creating pod.
+        self.save_pod(&rec)?;
+        match self.setup_pod(&mut rec, host_net, host_ipc) {
+            Ok(()) => {
+                rec.state = PodState::Ready;
+                self.save_pod(&rec)?;
+                Ok(id)
+            }
+            Err(e) => {
+                self.teardown_pod(&rec);
+                let _ = self.store.delete(Kind::Pod, &id);
+                Err(e)
+            }
+        }
+    }
+
+    fn setup_pod(&self, rec: &mut PodRecord, host_net: bool, host_ipc: bool) -> Result<()> {
+        fs::create_dir_all(&rec.dir)?;
+        let mut kinds = vec![];
+        if !host_net {
+            kinds.push(Ns::Net);
+            // A pod with its own network gets its own hostname too.
+            kinds.push(Ns::Uts);
+        }
+        if !host_ipc {
+            kinds.push(Ns::Ipc);
+        }
+        let hostname = if rec.config.hostname.is_empty() {
+            rec.config
+                .metadata
+                .as_ref()
+                .map(|m| m.name.clone())
+                .unwrap_or_default()
+        } else {
+            rec.config.hostname.clone()
+        };
+        let hostname: String = hostname.chars().take(63).collect();
+        if !kinds.is_empty() {
+            let paths = netns::create(&rec.dir, &kinds, Some(&hostname)).map_err(internal)?;
+            for (k, p) in kinds.iter().zip(paths) {
+                match k {
+                    Ns::Net => rec.netns = Some(p),
+                    Ns::Ipc => rec.ipcns = Some(p),
+                    Ns::Uts => rec.utsns = Some(p),
+                }
+            }
+            self.save_pod(rec)?;
+        }
+        let etc = rec.dir.join("etc");
+        fs::create_dir_all(&etc)?;
+        fs::write(etc.join("hostname"), format!("{hostname}\n"))?;
+        fs::write(etc.join("resolv.conf"), resolv_conf(&rec.config))?;
+        self.start_monitor(&rec.dir)?;
+        if !host_net {
+            let res = self
+                .cni
+                .setup(&pod_network(rec))
+                .map_err(|e| CriError::Internal(format!("pod network: {e}")))?;
+            rec.ips = res.ips.iter().map(|i| i.to_string()).collect();
+        }
+        fs::write(etc.join("hosts"), hosts_file(&hostname, &rec.ips))?;
+        Ok(())
+    }
+
+    pub fn start_monitor(&self, dir: &Path) -> Result<()> {
+        let out = Command::new(&self.monitor_bin)
+            .arg("--dir")
+            .arg(dir)
+            .arg("--oci-root")
+            .arg(&self.oci.path)
+            .arg("--max-line")
+            .arg(self.cfg.logs.max_line_size.to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .map_err(|e| internal(format!("starting {}: {e}", self.monitor_bin.display())))?;
+        if !out.status.success() {
+            return Err(internal(format!(
+                "pod monitor: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Undoes whatever of a pod exists; every step tolerates its absence.
+    pub fn teardown_pod(&self, rec: &PodRecord) {
+        if rec.netns.is_some() || rec.state == PodState::Creating {
+            if let Err(e) = self.cni.teardown(&pod_network(rec)) {
+                tracing::warn!(pod = %rec.id, "CNI teardown: {e}");
+            }
+        }
+        self.stop_monitor(&rec.dir);
+        let pinned: Vec<_> = [Ns::Net, Ns::Ipc, Ns::Uts]
+            .iter()
+            .map(|k| rec.dir.join("ns").join(k.name()))
+            .collect();
+        netns::remove(&pinned);
+        let _ = fs::remove_dir_all(&rec.dir);
+        if rec.own_cgroup {
+            let m = berth_cgroups::Manager::new(
+                Path::new(berth_oci::CGROUP_ROOT),
+                Path::new(&rec.cgroup_parent),
+            );
+            let _ = m.remove();
+        }
+    }
+
+    fn stop_monitor(&self, dir: &Path) {
+        let c = Client::new(dir);
+        if c.call_timeout(&Request::Shutdown, Some(std::time::Duration::from_secs(5)))
+            .is_ok()
+        {
+            return;
+        }
+        // Unresponsive or refusing (containers left): kill it by its pid file.
+        if let Ok(pid) = fs::read_to_string(dir.join("monitor.pid")) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                if is_monitor(pid) {
+                    // SAFETY: kill has no memory-safety preconditions.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+    }
+
+    pub fn stop_pod(&self, id: &str) -> Result<()> {
+        let Some(mut rec) = self.resolve_pod(id)? else {
+            return Ok(());
+        };
+        for c in self
+            .containers()?
+            .into_iter()
+            .filter(|c| c.pod_id == rec.id)
+        {
+            self.stop_container_inner(&c.id, 0)?;
+        }
+        if rec.state == PodState::Ready {
+            rec.state = PodState::NotReady;
+            self.save_pod(&rec)?;
+        }
+        if rec.netns.is_some() {
+            self.cni
+                .teardown(&pod_network(&rec))
+                .map_err(|e| CriError::Internal(format!("pod network teardown: {e}")))?;
+        }
+        Ok(())
+    }
+
+    pub fn remove_pod(&self, id: &str) -> Result<()> {
+        let Some(mut rec) = self.resolve_pod(id)? else {
+            return Ok(());
+        };
+        self.stop_pod(&rec.id)?;
+        for c in self
+            .containers()?
+            .into_iter()
+            .filter(|c| c.pod_id == rec.id)
+        {
+            self.remove_container_inner(&c.id)?;
+        }
+        rec.state = PodState::NotReady;
+        self.teardown_pod(&rec);
+        self.store.delete(Kind::Pod, &rec.id)?;
+        Ok(())
+    }
+}
+
+/// The pid names a berth-monitor (pid files can go stale).
+fn is_monitor(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim() == "berth-monitor")
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sysctls_are_namespaced_and_single_valued() {
+        assert!(validate_sysctl("net.ipv4.ip_forward", "1").is_ok());
+        assert!(validate_sysctl("net/ipv4/ip_forward", "1").is_ok());
+        assert!(validate_sysctl("kernel.shmmax", "100").is_ok());
+        assert!(validate_sysctl("kernel.panic", "1").is_err());
+        assert!(validate_sysctl("vm.overcommit_memory", "1").is_err());
+        assert!(validate_sysctl("net.ipv4.ip_forward", "1\nkernel.panic=1").is_err());
+        assert!(validate_sysctl("net.ipv4.ip_forward", "1=kernel.panic").is_err());
+        assert!(validate_sysctl("net/../../kernel/panic", "1").is_err());
+    }
+
+    #[test]
+    fn quantities() {
+        assert_eq!(parse_quantity("10M"), Some(10_000_000));
+        assert_eq!(parse_quantity("1Gi"), Some(1 << 30));
+        assert_eq!(parse_quantity("x"), None);
+    }
+}

@@ -1,0 +1,90 @@
+//! berthd's metadata: pods and containers in one redb file, each record
+//! written (and fsynced by the commit) before the action it describes, so a
+//! restarted berthd knows what it may have left half-done.
+
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{de::DeserializeOwned, Serialize};
+use std::path::Path;
+
+const PODS: TableDefinition<&str, &[u8]> = TableDefinition::new("pods");
+const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
+
+pub struct Store {
+    db: Database,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("metadata store: {0}")]
+pub struct StoreError(String);
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Clone, Copy)]
+pub enum Kind {
+    Pod,
+    Container,
+}
+
+impl Kind {
+    fn table(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
+        match self {
+            Kind::Pod => PODS,
+            Kind::Container => CONTAINERS,
+        }
+    }
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store> {
+        let db =
+            Database::create(path).map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
+        let tx = db.begin_write().map_err(err)?;
+        tx.open_table(PODS).map_err(err)?;
+        tx.open_table(CONTAINERS).map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(Store { db })
+    }
+
+    pub fn put<T: Serialize>(&self, kind: Kind, id: &str, v: &T) -> Result<()> {
+        let bytes = serde_json::to_vec(v).map_err(err)?;
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            let mut t = tx.open_table(kind.table()).map_err(err)?;
+            t.insert(id, bytes.as_slice()).map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, kind: Kind, id: &str) -> Result<Option<T>> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let t = tx.open_table(kind.table()).map_err(err)?;
+        match t.get(id).map_err(err)? {
+            Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(err)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn delete(&self, kind: Kind, id: &str) -> Result<()> {
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            let mut t = tx.open_table(kind.table()).map_err(err)?;
+            t.remove(id).map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
+    pub fn list<T: DeserializeOwned>(&self, kind: Kind) -> Result<Vec<T>> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let t = tx.open_table(kind.table()).map_err(err)?;
+        let mut out = Vec::new();
+        for e in t.iter().map_err(err)? {
+            let (_, v) = e.map_err(err)?;
+            out.push(serde_json::from_slice(v.value()).map_err(err)?);
+        }
+        Ok(out)
+    }
+}
