@@ -111,7 +111,9 @@ impl Daemon {
         self.save_container(&rec)?;
         let r = (|| -> Result<()> {
             fs::create_dir_all(&bundle)?;
+            crate::fault_point("create:recorded");
             let view = self.images.snapshots.create_view(&id, &image.chain_id)?;
+            crate::fault_point("create:view");
             let sb_cfg = sandbox_cfg.as_ref().unwrap_or(&pod.config);
             let sb = sandbox_info(&pod, sb_cfg);
             let input = ContainerInput {
@@ -143,6 +145,7 @@ impl Daemon {
             Client::new(&pod.dir)
                 .call(&req)
                 .map_err(|e| internal(format!("creating container: {e}")))?;
+            crate::fault_point("create:created");
             Ok(())
         })();
         if let Err(e) = r {
@@ -171,6 +174,7 @@ impl Daemon {
         Client::new(&pod.dir)
             .call(&Request::Start { id: rec.id.clone() })
             .map_err(|e| internal(format!("starting container: {e}")))?;
+        crate::fault_point("start:started");
         rec.state = CtrState::Running;
         rec.started_at = now_ns();
         self.save_container(&rec)?;

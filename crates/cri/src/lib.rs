@@ -45,3 +45,13 @@ pub enum StreamRequest {
         ports: Vec<u16>,
     },
 }
+
+/// Crash-consistency testing: when BERTHD_FAULT names this point, berthd
+/// kills itself with SIGKILL right here, as a crash would.
+pub fn fault_point(point: &str) {
+    if std::env::var("BERTHD_FAULT").is_ok_and(|f| f == point) {
+        eprintln!("berthd: fault injected at {point}");
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+}

@@ -24,7 +24,7 @@ impl Daemon {
                 }
                 self.teardown_pod(p);
                 let _ = self.store.delete(Kind::Pod, &p.id);
-            } else if !Client::new(&p.dir).alive() {
+            } else if p.state == PodState::Ready && !Client::new(&p.dir).alive() {
                 tracing::warn!(pod = %p.id, "recovery: the pod's monitor is gone; starting a new one");
                 if let Err(e) = self.start_monitor(&p.dir) {
                     tracing::warn!(pod = %p.id, "recovery: {e}");

@@ -290,6 +290,7 @@ impl Daemon {
         };
         // Persist before acting: recovery undoes a Creating pod.
         self.save_pod(&rec)?;
+        crate::fault_point("run_pod:recorded");
         match self.setup_pod(&mut rec, host_net, host_ipc) {
             Ok(()) => {
                 rec.state = PodState::Ready;
@@ -327,6 +328,7 @@ impl Daemon {
         let hostname: String = hostname.chars().take(63).collect();
         if !kinds.is_empty() {
             let paths = netns::create(&rec.dir, &kinds, Some(&hostname)).map_err(internal)?;
+            crate::fault_point("run_pod:namespaces");
             for (k, p) in kinds.iter().zip(paths) {
                 match k {
                     Ns::Net => rec.netns = Some(p),
@@ -341,12 +343,14 @@ impl Daemon {
         fs::write(etc.join("hostname"), format!("{hostname}\n"))?;
         fs::write(etc.join("resolv.conf"), resolv_conf(&rec.config))?;
         self.start_monitor(&rec.dir)?;
+        crate::fault_point("run_pod:monitor");
         if !host_net {
             let res = self
                 .cni
                 .setup(&pod_network(rec))
                 .map_err(|e| CriError::Internal(format!("pod network: {e}")))?;
             rec.ips = res.ips.iter().map(|i| i.to_string()).collect();
+            crate::fault_point("run_pod:network");
         }
         fs::write(etc.join("hosts"), hosts_file(&hostname, &rec.ips))?;
         Ok(())
@@ -450,8 +454,10 @@ impl Daemon {
         {
             self.remove_container_inner(&c.id)?;
         }
+        crate::fault_point("remove_pod:containers");
         rec.state = PodState::NotReady;
         self.teardown_pod(&rec);
+        crate::fault_point("remove_pod:torn_down");
         self.store.delete(Kind::Pod, &rec.id)?;
         Ok(())
     }

@@ -109,13 +109,21 @@ impl Berthd {
     }
 
     pub fn spawn(&mut self) {
+        self.spawn_env(None)
+    }
+
+    fn spawn_env(&mut self, fault: Option<&str>) {
         let _ = std::fs::remove_file(&self.socket);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.tmp.path().join("berthd.log"))
             .unwrap();
-        let child = Command::new(bin("berthd"))
+        let mut cmd = Command::new(bin("berthd"));
+        if let Some(f) = fault {
+            cmd.env("BERTHD_FAULT", f);
+        }
+        let child = cmd
             .arg("--config")
             .arg(&self.config)
             .stdout(log.try_clone().unwrap())
@@ -345,4 +353,96 @@ pub async fn exec(
     .await
     .unwrap()
     .into_inner()
+}
+
+impl Berthd {
+    /// Everything berthd can leave behind, listed: mounts under its
+    /// directories, IP allocations, veths on its bridge, monitors, cgroups,
+    /// runtime state, pod and container directories.
+    pub fn leaks(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        let base = self.tmp.path().to_string_lossy().to_string();
+        if let Ok(m) = std::fs::read_to_string("/proc/self/mountinfo") {
+            for p in m.lines().filter_map(|l| l.split(' ').nth(4)) {
+                if p.starts_with(&base) {
+                    v.push(format!("mount {p}"));
+                }
+            }
+        }
+        if let Ok(rd) = std::fs::read_dir(self.tmp.path().join("ipam")) {
+            for net in rd.flatten() {
+                for e in std::fs::read_dir(net.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    let n = e.file_name().to_string_lossy().to_string();
+                    if n.parse::<std::net::IpAddr>().is_ok() {
+                        v.push(format!("IP allocation {n}"));
+                    }
+                }
+            }
+        }
+        if let Ok(o) = Command::new("ip")
+            .args(["-o", "link", "show", "master", &self.bridge])
+            .output()
+        {
+            for l in String::from_utf8_lossy(&o.stdout).lines() {
+                v.push(format!("veth {}", l.split(':').nth(1).unwrap_or("").trim()));
+            }
+        }
+        if let Ok(rd) = std::fs::read_dir("/proc") {
+            for e in rd.flatten() {
+                let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                if cmd.contains("berth-monitor") && cmd.contains(&base) {
+                    v.push(format!("monitor {}", cmd.trim()));
+                }
+            }
+        }
+        for h in ["memory", "pids", "cpu,cpuacct", "unified"] {
+            let p = Path::new("/sys/fs/cgroup")
+                .join(h)
+                .join(self.cgroup_parent.trim_start_matches('/'));
+            for e in std::fs::read_dir(&p).into_iter().flatten().flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    v.push(format!("cgroup {}", e.path().display()));
+                }
+            }
+        }
+        for d in [
+            "state/oci",
+            "state/pods",
+            "state/containers",
+            "root/images/snapshots/views",
+        ] {
+            for e in std::fs::read_dir(self.tmp.path().join(d))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let n = e.file_name().to_string_lossy().to_string();
+                if !n.starts_with('.') && !n.ends_with(".lock") && !n.ends_with(".bpf") {
+                    v.push(format!("{d}/{n}"));
+                }
+            }
+        }
+        v
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Starts berthd with BERTHD_FAULT set: it kills itself at that point.
+    pub fn spawn_with_fault(&mut self, point: &str) {
+        self.spawn_env(Some(point));
+    }
+
+    /// Waits for the berthd child to have exited (e.g. after a fault).
+    pub fn wait_dead(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
 }

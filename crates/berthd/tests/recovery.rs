@@ -1,0 +1,172 @@
+//! Crash consistency: berthd killed with SIGKILL — while idle, and at every
+//! step of RunPodSandbox, CreateContainer, StartContainer and
+//! RemovePodSandbox — comes back with correct states and leaves nothing
+//! behind once the pods are removed.
+
+mod common;
+use common::*;
+use k8s_cri::v1 as cri;
+use std::time::Duration;
+
+fn log_len(p: &std::path::Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_run_and_log_while_berthd_is_down_and_are_found_after() {
+    let mut b = Berthd::start();
+    let mut c = b.rt().await;
+    let cfg = pod_config("survivor", &b.logs());
+    let (pod, ids) = run_pod(
+        &mut c,
+        cfg,
+        vec![
+            ctr_config(
+                "logger",
+                &[
+                    "sh",
+                    "-c",
+                    "i=0; while true; do echo tick$i; i=$((i+1)); sleep 0.05; done",
+                ],
+            ),
+            ctr_config("quitter", &["sh", "-c", "sleep 1; exit 5"]),
+        ],
+    )
+    .await;
+    b.kill9();
+    let log = b.logs().join("survivor/logger.log");
+    let before = log_len(&log);
+    // berthd is down: the logger keeps logging, the quitter exits.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(log_len(&log) > before, "logs stopped while berthd was down");
+    b.spawn();
+    let mut c = b.rt().await;
+    let pods = c
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0].state, cri::PodSandboxState::SandboxReady as i32);
+    assert_eq!(
+        status(&mut c, &ids[0]).await.state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    let q = wait_exited(&mut c, &ids[1]).await;
+    assert_eq!((q.exit_code, q.reason.as_str()), (5, "Error"));
+    // It is still fully manageable.
+    let r = exec(&mut c, &ids[0], &["echo", "still here"]).await;
+    assert_eq!(r.stdout, b"still here\n");
+    // The leak check sees a live pod's resources (so it would see leaks).
+    let live = b.leaks().join("\n");
+    for what in [
+        "mount ",
+        "IP allocation",
+        "veth ",
+        "monitor ",
+        "cgroup ",
+        "state/oci/",
+        "state/pods/",
+        "views/",
+    ] {
+        assert!(live.contains(what), "{what} missing from:\n{live}");
+    }
+    c.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    c.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    assert_eq!(b.leaks(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_any_step_is_recovered_without_leaks() {
+    let mut b = Berthd::start();
+    let points = [
+        "run_pod:recorded",
+        "run_pod:namespaces",
+        "run_pod:monitor",
+        "run_pod:network",
+        "create:recorded",
+        "create:view",
+        "create:created",
+        "start:started",
+        "remove_pod:containers",
+        "remove_pod:torn_down",
+    ];
+    for point in points {
+        b.kill9();
+        b.spawn_with_fault(point);
+        let mut c = b.rt().await;
+        let cfg = pod_config(&format!("f-{}", point.replace([':', '_'], "-")), &b.logs());
+        // Drive the workload until berthd dies at the fault point.
+        let r = async {
+            let pod = c
+                .run_pod_sandbox(cri::RunPodSandboxRequest {
+                    config: Some(cfg.clone()),
+                    runtime_handler: String::new(),
+                })
+                .await?
+                .into_inner()
+                .pod_sandbox_id;
+            let id = c
+                .create_container(cri::CreateContainerRequest {
+                    pod_sandbox_id: pod.clone(),
+                    config: Some(ctr_config("app", &["sleep", "1000"])),
+                    sandbox_config: Some(cfg.clone()),
+                })
+                .await?
+                .into_inner()
+                .container_id;
+            c.start_container(cri::StartContainerRequest { container_id: id })
+                .await?;
+            c.stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: pod.clone(),
+            })
+            .await?;
+            c.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: pod,
+            })
+            .await?;
+            Ok::<(), tonic::Status>(())
+        }
+        .await;
+        assert!(r.is_err(), "{point}: berthd did not crash");
+        b.wait_dead();
+        // Restarted: whatever is listed can be stopped and removed, and then
+        // nothing is left.
+        b.spawn();
+        let mut c = b.rt().await;
+        let pods = c
+            .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+        for p in pods {
+            c.stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: p.id.clone(),
+            })
+            .await
+            .unwrap();
+            c.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: p.id,
+            })
+            .await
+            .unwrap();
+        }
+        let ctrs = c
+            .list_containers(cri::ListContainersRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(ctrs.containers.is_empty(), "{point}: {:?}", ctrs.containers);
+        assert_eq!(b.leaks(), Vec::<String>::new(), "after a crash at {point}");
+    }
+}
