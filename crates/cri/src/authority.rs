@@ -38,6 +38,13 @@ pub const MAX_HEADER_BLOCK: usize = 1 << 20;
 /// A HEADERS frame may add a pad length, 5 priority bytes and up to 255 bytes of padding around
 /// its fragment.
 const MAX_HEADER_FRAME_OVERHEAD: usize = 1 + 5 + 255;
+/// Bounds on the Huffman-coded strings of one block. loona-hpack's Huffman decoder costs ~20 µs to
+/// set up per string and ~0.25 s per MiB (release build), so an unbounded block could stall a
+/// worker thread for seconds. Neither bound refuses anything hyper's server accepts by default: a
+/// header list is limited to 16 KiB there, i.e. at most 512 fields (32 bytes of overhead each, two
+/// strings per field), and 64 KiB of Huffman code decodes to at least 17 KiB.
+const MAX_HUFFMAN_STRINGS: usize = 1024;
+const MAX_HUFFMAN_BYTES: usize = 64 * 1024;
 /// Frames we emit stay within the HTTP/2 default SETTINGS_MAX_FRAME_SIZE, which every server
 /// accepts whatever it advertised.
 const MAX_FRAME_OUT: usize = 16_384;
@@ -311,6 +318,7 @@ type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 /// Decodes a complete header block with the connection's decoder; an invalid `:authority` comes
 /// back as "localhost".
 fn decode_block(decoder: &mut Decoder<'static>, block: &[u8]) -> Result<Fields, String> {
+    check_huffman_cost(block)?;
     let mut fields = Vec::new();
     let mut size = 0usize;
     decoder
@@ -337,6 +345,66 @@ fn decode_block(decoder: &mut Decoder<'static>, block: &[u8]) -> Result<Fields, 
         }
     }
     Ok(fields)
+}
+
+/// Walks a block's representations (RFC 7541 §6) without decoding them, to bound the Huffman
+/// decoding work before it is done.
+fn check_huffman_cost(block: &[u8]) -> Result<(), String> {
+    let (mut pos, mut strings, mut bytes) = (0, 0, 0);
+    while let Some(&first) = block.get(pos) {
+        // Prefix bits of the index or size, and whether a literal follows.
+        let (prefix, literal) = match first {
+            0x80.. => (7, false),      // indexed field
+            0x40..=0x7f => (6, true),  // literal with incremental indexing
+            0x20..=0x3f => (5, false), // dynamic table size update
+            _ => (4, true),            // literal without indexing / never indexed
+        };
+        let (index, n) = scan_int(&block[pos..], prefix)?;
+        pos += n;
+        if !literal {
+            continue;
+        }
+        // A literal name (index 0) and the value.
+        for _ in 0..if index == 0 { 2 } else { 1 } {
+            let huffman = block.get(pos).ok_or("HPACK: block ends before a string")? & 0x80 != 0;
+            let (len, n) = scan_int(&block[pos..], 7)?;
+            pos = (pos + n)
+                .checked_add(len)
+                .filter(|&end| end <= block.len())
+                .ok_or("HPACK: string runs past the end of the block")?;
+            if huffman {
+                strings += 1;
+                bytes += len;
+            }
+        }
+        if strings > MAX_HUFFMAN_STRINGS || bytes > MAX_HUFFMAN_BYTES {
+            return Err(format!(
+                "more than {MAX_HUFFMAN_STRINGS} Huffman-coded strings or {MAX_HUFFMAN_BYTES} \
+                 bytes of them in one header block"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An HPACK integer (RFC 7541 §5.1) at the start of `buf`: (value, bytes used).
+fn scan_int(buf: &[u8], prefix: u8) -> Result<(usize, usize), String> {
+    let max = (1usize << prefix) - 1;
+    let mut value = usize::from(buf[0]) & max;
+    if value < max {
+        return Ok((value, 1));
+    }
+    for (i, &b) in buf.iter().enumerate().skip(1) {
+        let shift = 7 * (i - 1);
+        if shift > 28 {
+            return Err("HPACK: integer too large".into());
+        }
+        value += usize::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Ok((value, i + 1));
+        }
+    }
+    Err("HPACK: block ends inside an integer".into())
 }
 
 /// The check h2's server makes before it refuses a request as malformed.
@@ -830,6 +898,36 @@ mod tests {
         block.extend(std::iter::repeat_n(0xbe, 300)); // index 62: the entry just added
         let e = rejected(&[frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &block)]).await;
         assert!(e.contains("decoded header list larger"), "{e}");
+    }
+
+    #[test]
+    fn huffman_work_is_bounded() {
+        // "0" Huffman-coded is the 5-bit code 00000 padded with ones.
+        let field = [0x00, 0x81, 0x07, 0x81, 0x07];
+        let block: Vec<u8> = field.repeat(MAX_HUFFMAN_STRINGS / 2);
+        assert_eq!(
+            decode_block(&mut new_decoder(), &block).unwrap().len(),
+            MAX_HUFFMAN_STRINGS / 2
+        );
+        let block: Vec<u8> = field.repeat(MAX_HUFFMAN_STRINGS / 2 + 1);
+        let e = decode_block(&mut new_decoder(), &block).unwrap_err();
+        assert!(e.contains("Huffman-coded strings"), "{e}");
+        let mut block = vec![0x01];
+        encode_int(&mut block, 0x80, 7, MAX_HUFFMAN_BYTES + 1);
+        block.resize(block.len() + MAX_HUFFMAN_BYTES + 1, 0xff);
+        let e = decode_block(&mut new_decoder(), &block).unwrap_err();
+        assert!(e.contains("Huffman-coded strings"), "{e}");
+    }
+
+    #[test]
+    fn scan_int_matches_the_decoder() {
+        for v in [0usize, 14, 15, 16, 127, 128, 300, 16_383, 1 << 20, 1 << 28] {
+            let mut buf = Vec::new();
+            encode_int(&mut buf, 0, 4, v);
+            assert_eq!(scan_int(&buf, 4).unwrap(), (v, buf.len()));
+        }
+        assert!(scan_int(&[0x0f, 0xff], 4).is_err());
+        assert!(scan_int(&[0x0f, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01], 4).is_err());
     }
 
     #[tokio::test]
