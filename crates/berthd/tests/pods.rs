@@ -196,3 +196,356 @@ async fn exit_codes_reasons_and_exec_sync() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
 }
+
+async fn pod_ip(
+    c: &mut k8s_cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    pod: &str,
+) -> String {
+    c.pod_sandbox_status(cri::PodSandboxStatusRequest {
+        pod_sandbox_id: pod.into(),
+        verbose: false,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .status
+    .unwrap()
+    .network
+    .unwrap()
+    .ip
+}
+
+async fn retry_exec(
+    c: &mut k8s_cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    id: &str,
+    cmd: &[&str],
+) -> cri::ExecSyncResponse {
+    let mut r = exec(c, id, cmd).await;
+    for _ in 0..100 {
+        if r.exit_code == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        r = exec(c, id, cmd).await;
+    }
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pods_talk_over_the_bridge_and_a_host_port_reaches_a_pod() {
+    let b = Berthd::start();
+    let mut c = b.rt().await;
+    let mut server_cfg = pod_config("web", &b.logs());
+    server_cfg.port_mappings.push(cri::PortMapping {
+        protocol: cri::Protocol::Tcp as i32,
+        container_port: 80,
+        host_port: 18080 + (std::process::id() % 1000) as i32,
+        host_ip: String::new(),
+    });
+    let host_port = server_cfg.port_mappings[0].host_port;
+    let (web, _) = run_pod(
+        &mut c,
+        server_cfg,
+        vec![ctr_config(
+            "httpd",
+            &["busybox", "httpd", "-f", "-p", "80", "-h", "/etc"],
+        )],
+    )
+    .await;
+    let (_cl, cids) = run_pod(
+        &mut c,
+        pod_config("client", &b.logs()),
+        vec![ctr_config("c", &["sleep", "1000"])],
+    )
+    .await;
+    let web_ip = pod_ip(&mut c, &web).await;
+    let r = retry_exec(
+        &mut c,
+        &cids[0],
+        &[
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            &format!("http://{web_ip}/hostname"),
+        ],
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "web", "{r:?}");
+    // From the host, through the port mapping on the bridge's address.
+    let url = format!("http://{}.1:{host_port}/hostname", b.subnet_prefix);
+    let mut body = String::new();
+    for _ in 0..100 {
+        let o = std::process::Command::new("busybox")
+            .args(["wget", "-q", "-O", "-", &url])
+            .output()
+            .unwrap();
+        body = String::from_utf8_lossy(&o.stdout).to_string();
+        if o.status.success() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(body.trim(), "web");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oom_kills_are_reported_and_stats_are_filled() {
+    let b = Berthd::start();
+    let mut c = b.rt().await;
+    let mut hog = ctr_config(
+        "hog",
+        &[
+            "sh",
+            "-c",
+            "exec dd if=/dev/zero of=/dev/null bs=256M count=1",
+        ],
+    );
+    hog.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 32 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let busy = ctr_config("busy", &["sh", "-c", "while true; do :; done"]);
+    let (pod, ids) = run_pod(&mut c, pod_config("oom", &b.logs()), vec![hog, busy]).await;
+    let s = wait_exited(&mut c, &ids[0]).await;
+    assert_eq!(
+        (s.reason.as_str(), s.exit_code),
+        ("OOMKilled", 137),
+        "{s:?}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let st = c
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: ids[1].clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    assert!(st.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0);
+    assert!(st.memory.unwrap().working_set_bytes.is_some());
+    assert!(st.writable_layer.unwrap().used_bytes.is_some());
+    let all = c
+        .list_container_stats(cri::ListContainerStatsRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.stats.len(), 1, "only running containers");
+    let ps = c
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    let linux = ps.linux.unwrap();
+    assert_eq!(
+        linux.network.unwrap().default_interface.unwrap().name,
+        "eth0"
+    );
+    assert_eq!(linux.containers.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_requests_name_the_field_and_leave_nothing() {
+    let b = Berthd::start();
+    let mut c = b.rt().await;
+    let mut bad = pod_config("bad", &b.logs());
+    bad.metadata.as_mut().unwrap().uid.clear();
+    let e = c
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(bad),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(
+        e.message().contains("config.metadata.uid"),
+        "{}",
+        e.message()
+    );
+    let mut inj = pod_config("inj", &b.logs());
+    inj.linux = Some(cri::LinuxPodSandboxConfig {
+        sysctls: [(
+            "net.ipv4.ip_forward".to_string(),
+            "0\nkernel.panic=1".to_string(),
+        )]
+        .into(),
+        ..Default::default()
+    });
+    let e = c
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(inj),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        e.message()
+            .contains("config.linux.sysctls[net.ipv4.ip_forward]"),
+        "{}",
+        e.message()
+    );
+    let e = c
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config("h", &b.logs())),
+            runtime_handler: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("runtime_handler"), "{}", e.message());
+    assert_eq!(b.leaks(), Vec::<String>::new());
+    // A container whose mount is bad: rejected, nothing of it left.
+    let (pod, _) = run_pod(&mut c, pod_config("ok", &b.logs()), vec![]).await;
+    let mut cfg = ctr_config("m", &["true"]);
+    cfg.mounts.push(cri::Mount {
+        container_path: "/data".into(),
+        host_path: "relative/path".into(),
+        ..Default::default()
+    });
+    let e = c
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(cfg),
+            sandbox_config: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(
+        e.message().contains("config.mounts[0].host_path"),
+        "{}",
+        e.message()
+    );
+    let e = c
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(cri::ContainerConfig {
+                image: None,
+                ..ctr_config("x", &["true"])
+            }),
+            sandbox_config: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        e.message().contains("config.image.image"),
+        "{}",
+        e.message()
+    );
+    let e = c
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(cri::ContainerConfig {
+                image: Some(cri::ImageSpec {
+                    image: "no/such:image".into(),
+                    ..Default::default()
+                }),
+                ..ctr_config("y", &["true"])
+            }),
+            sandbox_config: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    assert!(c
+        .list_containers(cri::ListContainersRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers
+        .is_empty());
+    let leaks = b.leaks();
+    let of_containers = |l: &&String| {
+        [
+            "state/containers/",
+            "state/oci/",
+            "root/images/snapshots/views/",
+        ]
+        .iter()
+        .any(|p| l.starts_with(p))
+    };
+    assert!(!leaks.iter().any(|l| of_containers(&l)), "{leaks:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_pods_at_once() {
+    let b = Berthd::start();
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let sock = b.socket.clone();
+        let logs = b.logs();
+        tasks.push(tokio::spawn(async move {
+            let mut c = k8s_cri::v1::runtime_service_client::RuntimeServiceClient::new(
+                channel(&sock).await,
+            );
+            run_pod(
+                &mut c,
+                pod_config(&format!("p{i}"), &logs),
+                vec![ctr_config("s", &["sleep", "1000"])],
+            )
+            .await
+        }));
+    }
+    let mut pods = Vec::new();
+    for t in tasks {
+        pods.push(t.await.unwrap().0);
+    }
+    let mut c = b.rt().await;
+    let ready = c
+        .list_pod_sandbox(cri::ListPodSandboxRequest {
+            filter: Some(cri::PodSandboxFilter {
+                state: Some(cri::PodSandboxStateValue {
+                    state: cri::PodSandboxState::SandboxReady as i32,
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(ready.len(), 50);
+    let running = c
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                state: Some(cri::ContainerStateValue {
+                    state: cri::ContainerState::ContainerRunning as i32,
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(running.len(), 50);
+    let mut tasks = Vec::new();
+    for p in pods {
+        let sock = b.socket.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = k8s_cri::v1::runtime_service_client::RuntimeServiceClient::new(
+                channel(&sock).await,
+            );
+            c.stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: p.clone(),
+            })
+            .await
+            .unwrap();
+            c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p })
+                .await
+                .unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(b.leaks(), Vec::<String>::new());
+}

@@ -197,7 +197,11 @@ impl Daemon {
                 apply_exit(&mut r, &x);
                 self.save_container(&r)?;
                 self.event(&r, ContainerEventType::ContainerStoppedEvent);
-            } else if r.state == CtrState::Running && !self.alive(&r) {
+            } else if r.state == CtrState::Running
+                && !self.alive(&r)
+                && !Client::new(&dir).alive()
+                && proto::read_exit(&dir, &r.id).is_none()
+            {
                 // No record and no process: the monitor died with it.
                 r.state = CtrState::Exited;
                 r.exit_code = 255;

@@ -64,7 +64,8 @@ impl Berthd {
             "name": format!("berth-test-{sfx}"),
             "plugins": [
                 {"type": "bridge", "bridge": bridge, "isGateway": false, "ipMasq": false, "hairpinMode": true,
-                 "ipam": {"type": "host-local", "ranges": [[{"subnet": format!("{subnet_prefix}.0/24")}]],
+                 "ipam": {"type": "host-local", "ranges": [[{"subnet": format!("{subnet_prefix}.0/24"),
+                           "rangeStart": format!("{subnet_prefix}.10"), "gateway": format!("{subnet_prefix}.1")}]],
                           "dataDir": tmp.path().join("ipam").display().to_string()}},
                 {"type": "portmap", "capabilities": {"portMappings": true}}
             ]
@@ -94,6 +95,26 @@ impl Berthd {
                 .import_archive(std::fs::File::open(&archive).unwrap(), Some("1"), IMAGE)
                 .unwrap();
         }
+        // The test's own bridge, with an address, made before the plugin
+        // uses it: the host reaches pods (and mapped ports) without the
+        // plugin's isGateway, which would switch on host-wide forwarding.
+        let ip = |args: &[&str]| {
+            let o = Command::new("ip").args(args).output().unwrap();
+            assert!(
+                o.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        };
+        ip(&["link", "add", &bridge, "type", "bridge"]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{subnet_prefix}.1/24"),
+            "dev",
+            &bridge,
+        ]);
+        ip(&["link", "set", &bridge, "up"]);
         let socket = tmp.path().join("berth.sock");
         let mut b = Berthd {
             tmp,
