@@ -13,6 +13,13 @@
 //! table empty and so consistent with what it was sent. All other frames pass through untouched;
 //! the server→client direction is not looked at.
 //!
+//! berthd wraps each accepted connection:
+//!
+//! ```text
+//! let incoming = UnixListenerStream::new(listener).map(|conn| conn.map(fix_authority));
+//! Server::builder().add_service(runtime).serve_with_incoming(incoming).await?;
+//! ```
+//!
 //! HPACK decoding uses `loona-hpack` (a maintained fork of hpack-rs that passes h2spec); the
 //! encoder here only emits literals, which needs no Huffman table.
 
@@ -535,6 +542,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for FixAuthority<S> {
             if this.start == this.inbuf.len() {
                 this.inbuf.clear();
                 this.start = 0;
+                // Don't keep a megabyte around after one big header block.
+                if this.inbuf.capacity() > 4 * READ_CHUNK {
+                    this.inbuf = Vec::new();
+                }
                 // Payload of a frame we don't look into: read it straight into the caller's buffer.
                 if let State::Forward(left @ 1..) = this.state {
                     let limit = left.min(buf.remaining());
