@@ -1,0 +1,238 @@
+//! ImageService against a real registry on 127.0.0.1, and the runtime's
+//! Status / RuntimeConfig / events.
+
+mod common;
+use berth_testutil::registry::Registry;
+use common::*;
+use k8s_cri::v1 as cri;
+
+fn spec(image: &str) -> Option<cri::ImageSpec> {
+    Some(cri::ImageSpec {
+        image: image.into(),
+        ..Default::default()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_status_list_run_remove() {
+    let b = Berthd::start();
+    let reg = Registry::start();
+    let archive = b.tmp.path().join("app.tar");
+    berth_testutil::write_image_archive(&archive, "latest", &["echo", "pulled image runs"])
+        .unwrap();
+    reg.push(
+        &format!("oci-archive:{}:latest", archive.display()),
+        "test/app",
+        &[],
+    );
+    // The registry speaks plain HTTP: say so in berthd's hosts directory.
+    let hosts = b.tmp.path().join("certs.d").join(reg.host());
+    std::fs::create_dir_all(&hosts).unwrap();
+    std::fs::write(
+        hosts.join("hosts.toml"),
+        format!("server = \"http://{}\"\n", reg.host()),
+    )
+    .unwrap();
+    let mut b = b;
+    b.kill9();
+    let cfg = std::fs::read_to_string(&b.config).unwrap();
+    let cfg = format!(
+        "{cfg}[registry]\nconfig_path = {:?}\n",
+        b.tmp.path().join("certs.d")
+    );
+    std::fs::write(&b.config, cfg).unwrap();
+    b.spawn();
+
+    let mut im = b.img().await;
+    let name = format!("{}/test/app:latest", reg.host());
+    let e = im
+        .pull_image(cri::PullImageRequest {
+            image: spec("bad ref!"),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    let r = im
+        .pull_image(cri::PullImageRequest {
+            image: spec(&name),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.image_ref.starts_with("sha256:"), "{}", r.image_ref);
+    let st = im
+        .image_status(cri::ImageStatusRequest {
+            image: spec(&name),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let img = st.image.unwrap();
+    assert_eq!(img.id, r.image_ref);
+    assert!(img.repo_tags.contains(&name));
+    assert!(img.repo_digests.iter().any(|d| d.contains("@sha256:")));
+    assert!(st.info.contains_key("info"));
+    let missing = im
+        .image_status(cri::ImageStatusRequest {
+            image: spec("nope/none:1"),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(missing.image.is_none());
+    let list = im
+        .list_images(cri::ListImagesRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert_eq!(list.len(), 2, "{list:?}");
+    let fs = im
+        .image_fs_info(cri::ImageFsInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(fs.image_filesystems[0].used_bytes.unwrap().value > 0);
+
+    // The pulled image runs; ContainerStatus names it by digest.
+    let mut c = b.rt().await;
+    let mut ctr = ctr_config("app", &[]);
+    ctr.command.clear();
+    ctr.image = spec(&name);
+    let (pod, ids) = run_pod(&mut c, pod_config("pulled", &b.logs()), vec![ctr]).await;
+    let s = wait_exited(&mut c, &ids[0]).await;
+    assert_eq!(s.exit_code, 0);
+    assert!(s.image_ref.contains("@sha256:"), "{}", s.image_ref);
+    let log = std::fs::read_to_string(b.logs().join("pulled/app.log")).unwrap();
+    assert!(log.contains("stdout F pulled image runs"), "{log}");
+    // In use: not removable; after the pod goes, removable (twice: idempotent).
+    let e = im
+        .remove_image(cri::RemoveImageRequest { image: spec(&name) })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    c.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    for _ in 0..2 {
+        im.remove_image(cri::RemoveImageRequest { image: spec(&name) })
+            .await
+            .unwrap();
+    }
+    let list = im
+        .list_images(cri::ListImagesRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert_eq!(list.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_the_network_and_runtime_features() {
+    let b = Berthd::start();
+    let mut c = b.rt().await;
+    let st = c
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    let conds = st.status.unwrap().conditions;
+    assert!(conds.iter().all(|c| c.status), "{conds:?}");
+    assert!(st.features.unwrap().supplemental_groups_policy);
+    assert!(st
+        .runtime_handlers
+        .iter()
+        .any(|h| h.name == "berth" && h.features.unwrap().recursive_read_only_mounts));
+    // Without a network config: NetworkReady=false with a reason; a config
+    // written later is picked up without restart.
+    let conf = b.tmp.path().join("net.d/10-berth.conflist");
+    let saved = b.tmp.path().join("saved.conflist");
+    std::fs::rename(&conf, &saved).unwrap();
+    let st = c
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    let net = st
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == "NetworkReady")
+        .unwrap();
+    assert!(
+        !net.status && !net.reason.is_empty() && !net.message.is_empty(),
+        "{net:?}"
+    );
+    std::fs::rename(&saved, &conf).unwrap();
+    let st = c
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(st.status.unwrap().conditions.iter().all(|c| c.status));
+    let rc = c
+        .runtime_config(cri::RuntimeConfigRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        rc.linux.unwrap().cgroup_driver,
+        cri::CgroupDriver::Cgroupfs as i32
+    );
+
+    // Container events stream as containers come and go.
+    let mut events = c
+        .get_container_events(cri::GetEventsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let (pod, ids) = run_pod(
+        &mut c,
+        pod_config("ev", &b.logs()),
+        vec![ctr_config("e", &["true"])],
+    )
+    .await;
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let e = events.message().await.unwrap().unwrap();
+        assert_eq!(e.container_id, ids[0]);
+        seen.push(e.container_event_type);
+    }
+    assert_eq!(
+        seen,
+        [
+            cri::ContainerEventType::ContainerCreatedEvent as i32,
+            cri::ContainerEventType::ContainerStartedEvent as i32
+        ]
+    );
+    // ReopenContainerLog: the new file exists when the call returns.
+    let (_p2, ids2) = run_pod(
+        &mut c,
+        pod_config("rl", &b.logs()),
+        vec![ctr_config("r", &["sleep", "1000"])],
+    )
+    .await;
+    let log = b.logs().join("rl/r.log");
+    std::fs::rename(&log, b.logs().join("rl/r.log.1")).unwrap();
+    c.reopen_container_log(cri::ReopenContainerLogRequest {
+        container_id: ids2[0].clone(),
+    })
+    .await
+    .unwrap();
+    assert!(log.exists());
+    c.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+}
