@@ -308,7 +308,16 @@ async fn oom_kills_are_reported_and_stats_are_filled() {
         }),
         ..Default::default()
     });
-    let busy = ctr_config("busy", &["sh", "-c", "while true; do :; done"]);
+    let mut busy = ctr_config("busy", &["sh", "-c", "while true; do :; done"]);
+    // The kubelet's value for guaranteed pods; berthd lacks CAP_SYS_RESOURCE
+    // here, so it is clamped (with a warning) instead of failing the pod.
+    busy.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            oom_score_adj: -997,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
     let (pod, ids) = run_pod(&mut c, pod_config("oom", &b.logs()), vec![hog, busy]).await;
     let s = wait_exited(&mut c, &ids[0]).await;
     assert_eq!(

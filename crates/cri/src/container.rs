@@ -127,6 +127,8 @@ impl Daemon {
                 field: e.field.clone(),
                 msg: e.msg.clone(),
             })?;
+            let mut spec = spec;
+            clamp_oom_score_adj(&mut spec, &id);
             let json = serde_json::to_vec_pretty(&spec).map_err(internal)?;
             fs::write(bundle.join("config.json"), json)?;
             if let Some(l) = &log_path {
@@ -345,6 +347,40 @@ impl Daemon {
             containers_statuses: vec![],
         });
     }
+}
+
+/// Without CAP_SYS_RESOURCE a process may not lower its oom_score_adj
+/// below what it inherited: such a request is raised to berthd's own value,
+/// with a warning, rather than failing the container.
+fn clamp_oom_score_adj(spec: &mut oci_spec::runtime::Spec, id: &str) {
+    let Some(p) = spec.process().clone() else {
+        return;
+    };
+    let Some(want) = p.oom_score_adj() else {
+        return;
+    };
+    let own: i32 = fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    if want >= own || has_cap_sys_resource() {
+        return;
+    }
+    tracing::warn!(container = %id, requested = want, used = own, "oom_score_adj below berthd's own needs CAP_SYS_RESOURCE; clamped");
+    let mut p = p;
+    p.set_oom_score_adj(Some(own));
+    spec.set_process(Some(p));
+}
+
+const CAP_SYS_RESOURCE: u32 = 24;
+
+fn has_cap_sys_resource() -> bool {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
 }
 
 pub fn apply_exit(r: &mut ContainerRecord, x: &ExitInfo) {
