@@ -296,8 +296,8 @@ impl<S> FixAuthority<S> {
     }
 
     fn emit_block(&mut self, block: PendingBlock) -> Result<(), String> {
-        let fields = decode_block(&mut self.decoder, &block.block)?;
-        let encoded = encode_block(&fields);
+        let (fields, never_indexed) = decode_block(&mut self.decoder, &block.block)?;
+        let encoded = encode_block(&fields, &never_indexed);
         write_header_frames(
             &mut self.out,
             block.stream,
@@ -323,9 +323,12 @@ fn invalid(why: String) -> io::Error {
 type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Decodes a complete header block with the connection's decoder; an invalid `:authority` comes
-/// back as "localhost".
-fn decode_block(decoder: &mut Decoder<'static>, block: &[u8]) -> Result<Fields, String> {
-    check_huffman_cost(block)?;
+/// back as "localhost". Also returns which fields the client sent as never indexed.
+fn decode_block(
+    decoder: &mut Decoder<'static>,
+    block: &[u8],
+) -> Result<(Fields, Vec<bool>), String> {
+    let never_indexed = scan_block(block)?;
     let mut fields = Vec::new();
     let mut size = 0usize;
     decoder
@@ -342,6 +345,9 @@ fn decode_block(decoder: &mut Decoder<'static>, block: &[u8]) -> Result<Fields, 
             "decoded header list larger than {MAX_HEADER_BLOCK} bytes"
         ));
     }
+    if fields.len() != never_indexed.len() {
+        return Err("HPACK: decoder and scan disagree on the number of fields".into());
+    }
     for (name, value) in &mut fields {
         if name.as_slice() == b":authority" && !valid_authority(value) {
             tracing::debug!(
@@ -351,13 +357,14 @@ fn decode_block(decoder: &mut Decoder<'static>, block: &[u8]) -> Result<Fields, 
             *value = LOCALHOST.to_vec();
         }
     }
-    Ok(fields)
+    Ok((fields, never_indexed))
 }
 
 /// Walks a block's representations (RFC 7541 §6) without decoding them, to bound the Huffman
-/// decoding work before it is done.
-fn check_huffman_cost(block: &[u8]) -> Result<(), String> {
+/// decoding work before it is done. Returns, per field, whether it is a never-indexed literal.
+fn scan_block(block: &[u8]) -> Result<Vec<bool>, String> {
     let (mut pos, mut strings, mut bytes) = (0, 0, 0);
+    let mut never_indexed = Vec::new();
     while let Some(&first) = block.get(pos) {
         // Prefix bits of the index or size, and whether a literal follows.
         let (prefix, literal) = match first {
@@ -368,6 +375,9 @@ fn check_huffman_cost(block: &[u8]) -> Result<(), String> {
         };
         let (index, n) = scan_int(&block[pos..], prefix)?;
         pos += n;
+        if !(0x20..=0x3f).contains(&first) {
+            never_indexed.push((0x10..=0x1f).contains(&first));
+        }
         if !literal {
             continue;
         }
@@ -391,7 +401,7 @@ fn check_huffman_cost(block: &[u8]) -> Result<(), String> {
             ));
         }
     }
-    Ok(())
+    Ok(never_indexed)
 }
 
 /// An HPACK integer (RFC 7541 §5.1) at the start of `buf`: (value, bytes used).
@@ -457,14 +467,20 @@ fn encode_string(out: &mut Vec<u8>, s: &[u8]) {
 }
 
 /// Every field as a literal without indexing (RFC 7541 §6.2.2), so the server's dynamic table is
-/// never used.
-fn encode_block(fields: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+/// never used; fields the client sent as never indexed stay so (§6.2.3 requires it of
+/// intermediaries).
+fn encode_block(fields: &[(Vec<u8>, Vec<u8>)], never_indexed: &[bool]) -> Vec<u8> {
     let mut out = Vec::new();
-    for (name, value) in fields {
+    for (i, (name, value)) in fields.iter().enumerate() {
+        let first = if never_indexed.get(i) == Some(&true) {
+            0x10
+        } else {
+            0
+        };
         match static_name_index(name) {
-            Some(i) => encode_int(&mut out, 0, 4, i),
+            Some(i) => encode_int(&mut out, first, 4, i),
             None => {
-                out.push(0);
+                out.push(first);
                 encode_string(&mut out, name);
             }
         }
@@ -708,7 +724,7 @@ mod tests {
             b"user-agent",
         ];
         for name in names {
-            let block = encode_block(&[(name.to_vec(), b"x".to_vec())]);
+            let block = encode_block(&[(name.to_vec(), b"x".to_vec())], &[false]);
             assert_ne!(
                 block[0],
                 0,
@@ -917,7 +933,7 @@ mod tests {
         let field = [0x00, 0x81, 0x07, 0x81, 0x07];
         let block: Vec<u8> = field.repeat(MAX_HUFFMAN_STRINGS / 2);
         assert_eq!(
-            decode_block(&mut new_decoder(), &block).unwrap().len(),
+            decode_block(&mut new_decoder(), &block).unwrap().0.len(),
             MAX_HUFFMAN_STRINGS / 2
         );
         let block: Vec<u8> = field.repeat(MAX_HUFFMAN_STRINGS / 2 + 1);
@@ -928,6 +944,20 @@ mod tests {
         block.resize(block.len() + MAX_HUFFMAN_BYTES + 1, 0xff);
         let e = decode_block(&mut new_decoder(), &block).unwrap_err();
         assert!(e.contains("Huffman-coded strings"), "{e}");
+    }
+
+    #[test]
+    fn never_indexed_fields_stay_never_indexed() {
+        // Size update to 4096, :method GET (indexed), authorization (static name 23) never
+        // indexed, x-a without indexing.
+        let mut block = vec![0x3f, 0xe1, 0x1f, 0x82, 0x1f, 23 - 15];
+        encode_string(&mut block, b"secret");
+        block.extend(literal_new_name(b"x-a", b"b"));
+        let (fields, never) = decode_block(&mut new_decoder(), &block).unwrap();
+        assert_eq!(never, [false, true, false]);
+        let out = encode_block(&fields, &never);
+        assert_eq!(scan_block(&out).unwrap(), never);
+        assert_eq!(Decoder::new().decode(&out).unwrap(), fields);
     }
 
     #[test]
