@@ -107,3 +107,75 @@ fn oci_bad_runtime_is_a_usage_error() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("--runtime /nonexistent/rt"));
     assert!(!out.path().join("r").exists());
 }
+
+#[test]
+fn cri_against_containerd() {
+    let ctd = berth_testutil::containerd_cri::ContainerdCri::start().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let o = berthctl()
+        .args([
+            "bench",
+            "cri",
+            "-n",
+            "2",
+            "--warmup",
+            "0",
+            "--concurrency",
+            "2",
+            "--density",
+            "2",
+        ])
+        .arg("--endpoint")
+        .arg(ctd.endpoint())
+        .args([
+            "--endpoint",
+            "dead=unix:///nonexistent.sock",
+            "--cgroup-parent",
+        ])
+        .arg(&ctd.cgroup_parent)
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", output_text(&o));
+    let r = read_report(out.path());
+    assert_eq!(r["kind"], "cri");
+    assert_eq!(r["baseline"], "containerd");
+    let t = r["targets"].as_array().unwrap();
+    assert_eq!(t[0]["name"], "containerd");
+    assert!(t[0]["skipped"].is_null());
+    assert_eq!(t[1]["name"], "dead");
+    assert!(
+        t[1]["skipped"].as_str().unwrap().contains("does not exist"),
+        "{}",
+        t[1]
+    );
+    let ops = r["operations"].as_array().unwrap();
+    let names: Vec<&str> = ops.iter().map(|o| o["name"].as_str().unwrap()).collect();
+    for want in [
+        "pod startup",
+        "RunPodSandbox",
+        "RemovePodSandbox",
+        "pod startup @2",
+        "StartContainer @2",
+    ] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    for op in ops {
+        let s = &op["results"]["containerd"];
+        assert_eq!(s["count"], 2, "{op}");
+        assert_eq!(s["failures"], 0, "{op}");
+    }
+    let d = &r["extra"]["containerd: density"];
+    assert_eq!(d["pods_running"], 2, "{d}");
+    assert!(d["pods_per_second"].as_f64().unwrap() > 0.0, "{d}");
+    // The daemon and its two sandboxes' and two containers' shim(s).
+    assert!(d["runtime_processes"].as_u64().unwrap() >= 2, "{d}");
+    assert!(d["pss_kib_per_pod"].as_f64().unwrap() > 0.0, "{d}");
+    // Everything was torn down.
+    let pods = berthctl()
+        .args(["-r", &ctd.endpoint(), "pods", "-q"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&pods.stdout).trim(), "");
+}
