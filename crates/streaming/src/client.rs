@@ -318,16 +318,16 @@ pub async fn remote_command(
             let stdin = if opts.stdin {
                 Some(s0.send_only())
             } else {
-                drop(s0.recv_only());
+                drop(s0.recv_only_silent());
                 None
             };
-            let stdout = Some(s1.recv_only()).filter(|_| opts.stdout);
-            let stderr = Some(s2.recv_only()).filter(|_| stderr);
-            let error = s3.recv_only();
+            let stdout = Some(s1.recv_only_silent()).filter(|_| opts.stdout);
+            let stderr = Some(s2.recv_only_silent()).filter(|_| stderr);
+            let error = s3.recv_only_silent();
             let resize = if opts.tty {
                 Some(s4.send_only())
             } else {
-                drop(s4.recv_only());
+                drop(s4.recv_only_silent());
                 None
             };
             let json =
@@ -528,7 +528,7 @@ pub async fn port_forward_ws(
     let mut out = Vec::new();
     for &port in ports {
         let mut data = it.next().unwrap();
-        let mut error = it.next().unwrap().recv_only();
+        let mut error = it.next().unwrap().recv_only_silent();
         let mut p = [0u8; 2];
         data.read_exact(&mut p)
             .await

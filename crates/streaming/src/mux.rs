@@ -187,13 +187,27 @@ impl Mux {
     }
 
     /// Adds a channel whose handle is created later (by `accept`).
-    pub fn insert_chan(&self, id: u32, mut chan: Chan) {
+    pub fn insert_chan(&self, id: u32, chan: Chan) {
+        let mut st = self.lock();
+        Self::add(&mut st, id, chan, self.limits.stream_buf);
+    }
+
+    pub fn insert_locked(self: &Arc<Self>, st: &mut State, id: u32, chan: Chan) -> MuxStream {
+        Self::add(st, id, chan, self.limits.stream_buf);
+        MuxStream {
+            mux: self.clone(),
+            id,
+            read: true,
+            write: true,
+        }
+    }
+
+    fn add(st: &mut State, id: u32, mut chan: Chan, stream_buf: usize) {
         chan.reader_open = true;
         chan.writer_open = true;
         if chan.recv_window == 0 {
-            chan.recv_window = self.limits.stream_buf as i64;
+            chan.recv_window = stream_buf as i64;
         }
-        let mut st = self.lock();
         if chan.send_window == 0 {
             chan.send_window = st.initial_send_window;
         }
@@ -395,8 +409,15 @@ impl MuxStream {
         )
     }
 
-    /// Keeps only the inbound side; nothing (not even a FIN) is sent on this stream.
-    pub fn recv_only(mut self) -> RecvHalf {
+    /// Keeps only the inbound side; the outbound side ends now (a FIN).
+    pub fn recv_only(self) -> RecvHalf {
+        let (r, _) = self.into_split();
+        r
+    }
+
+    /// Keeps only the inbound side without putting anything on the wire for
+    /// the outbound one (WebSocket channels the peer never reads).
+    pub fn recv_only_silent(mut self) -> RecvHalf {
         {
             let mut st = self.mux.lock();
             if let Some(c) = st.chans.get_mut(&self.id) {
@@ -750,6 +771,10 @@ pub(crate) async fn run_writer<W: AsyncWrite + Unpin, E: Encoder>(
             let _ = w.flush().await;
             let _ = w.shutdown().await;
             let mut st = mux.lock();
+            if st.abort {
+                // A protocol error: the session is over.
+                st.kill(None);
+            }
             // Nothing more can be sent: outbound halves fail from now on.
             for c in st.chans.values_mut() {
                 c.out_reset = true;

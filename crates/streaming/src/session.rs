@@ -354,16 +354,19 @@ async fn forward(
         let _ = pod_w.shutdown().await;
         r
     };
+    // Clients (kubectl) wait for the error stream to end once the pod's side
+    // ended, then reset the pair; the other direction runs until the client
+    // half-closes or resets, so a pod that half-closed can still read.
     let down = async {
         let r = tokio::io::copy(&mut pod_r, &mut data_w).await;
         let _ = data_w.shutdown().await;
+        let _ = error.shutdown().await;
         r
     };
     let (u, d) = tokio::join!(up, down);
     if let Err(e) = u.and(d) {
         tracing::debug!(port, "port-forward copy ended: {e}");
     }
-    let _ = error.shutdown().await;
 }
 
 pub(crate) async fn websocket<IO>(inner: Arc<Inner>, io: IO, req: Request, proto: String)
@@ -442,7 +445,6 @@ async fn ws_port_forward(
     for t in tasks {
         let _ = t.await;
     }
-    let _ = Duration::ZERO;
 }
 
 struct Rejoined {
@@ -473,5 +475,14 @@ async fn forward_ws(inner: &Inner, pod: &str, port: u16, data: Rejoined, mut err
         let _ = tokio::io::copy(&mut pod_r, &mut data_w).await;
         let _ = data_w.flush().await;
     };
-    tokio::join!(up, down);
+    // A WebSocket channel cannot be half-closed: once the pod's side ended,
+    // the client gets a moment to finish, then the forward ends (and with the
+    // last one, the connection).
+    tokio::pin!(up, down);
+    tokio::select! {
+        _ = &mut down => {
+            let _ = tokio::time::timeout(Duration::from_secs(1), up).await;
+        }
+        _ = &mut up => down.await,
+    }
 }

@@ -181,6 +181,10 @@ impl SpdyConn {
     /// Opens a stream with `headers` and waits for the peer's SYN_REPLY.
     pub async fn open(&self, headers: &[(&str, &str)], timeout: Duration) -> io::Result<MuxStream> {
         let (id, stream) = {
+            let h: Headers = headers
+                .iter()
+                .map(|(n, v)| (n.to_ascii_lowercase(), v.to_string()))
+                .collect();
             let mut st = self.mux.lock();
             if st.dead || st.goaway_received {
                 return Err(io::Error::new(
@@ -188,20 +192,18 @@ impl SpdyConn {
                     "connection closed",
                 ));
             }
+            // Ids must reach the wire in increasing order: allocate and queue
+            // the SYN_STREAM in one critical section.
             let id = st.next_local_id;
             st.next_local_id += 2;
-            drop(st);
-            let h: Headers = headers
-                .iter()
-                .map(|(n, v)| (n.to_ascii_lowercase(), v.to_string()))
-                .collect();
             let chan = Chan {
                 syn_pending: Some(h.clone()),
                 headers: h,
                 ..Default::default()
             };
-            let s = self.mux.insert(id, chan);
-            self.mux.lock().mark_dirty(id);
+            let s = self.mux.insert_locked(&mut st, id, chan);
+            st.mark_dirty(id);
+            drop(st);
             self.mux.kick();
             (id, s)
         };

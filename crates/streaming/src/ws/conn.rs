@@ -224,11 +224,13 @@ async fn read_frame<R: AsyncRead + Unpin>(
     read_full(mux, r, &mut buf)
         .await
         .map_err(|e| format!("read: {e}"))?;
+    // The header's own mask bit says whether a key follows; parse() then
+    // refuses a frame masked the wrong way.
     let ext = match buf[1] & 0x7f {
         126 => 2,
         127 => 8,
         _ => 0,
-    } + if masked { 4 } else { 0 };
+    } + if buf[1] & 0x80 != 0 { 4 } else { 0 };
     buf.resize(2 + ext, 0);
     read_full(mux, r, &mut buf[2..])
         .await
@@ -241,7 +243,7 @@ async fn read_frame<R: AsyncRead + Unpin>(
             127 => u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
             l => l as usize,
         },
-        Err(e) => return Err(fail(mux, e.close_code(), e.to_string(), !masked)),
+        Err(e) => return Err(fail(mux, e.close_code(), e.to_string(), masked)),
     };
     let start = buf.len();
     buf.resize(start + len, 0);
@@ -254,9 +256,9 @@ async fn read_frame<R: AsyncRead + Unpin>(
             mux,
             frame::CLOSE_PROTOCOL_ERROR,
             "truncated frame".into(),
-            !masked,
+            masked,
         )),
-        Err(e) => Err(fail(mux, e.close_code(), e.to_string(), !masked)),
+        Err(e) => Err(fail(mux, e.close_code(), e.to_string(), masked)),
     }
 }
 
