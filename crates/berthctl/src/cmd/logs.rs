@@ -27,15 +27,15 @@ pub struct LogsArgs {
 }
 
 /// One parsed log line.
-struct Line<'a> {
-    ts: &'a str,
-    nanos: i64,
-    stream: &'a str,
-    partial: bool,
-    text: &'a str,
+pub struct Line<'a> {
+    pub ts: &'a str,
+    pub nanos: i64,
+    pub stream: &'a str,
+    pub partial: bool,
+    pub text: &'a str,
 }
 
-fn parse_line(l: &str) -> Option<Line<'_>> {
+pub fn parse_line(l: &str) -> Option<Line<'_>> {
     let mut it = l.splitn(4, ' ');
     let ts = it.next()?;
     let stream = it.next()?;
