@@ -179,3 +179,40 @@ fn cri_against_containerd() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&pods.stdout).trim(), "");
 }
+
+#[test]
+fn overhead_host_vs_berth_and_runc() {
+    let out = tempfile::tempdir().unwrap();
+    let o = berthctl()
+        .args([
+            "bench",
+            "overhead",
+            "-n",
+            "1",
+            "--warmup",
+            "0",
+            "--cpu-mib",
+            "4",
+            "--io-mib",
+            "2",
+        ])
+        .args(["--files", "20", "--runtime"])
+        .arg(format!("berth={}", berth().display()))
+        .args(["--runtime", "runc", "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", output_text(&o));
+    let r = read_report(out.path());
+    assert_eq!(r["kind"], "overhead");
+    assert_eq!(r["baseline"], "host");
+    let ops = r["operations"].as_array().unwrap();
+    assert_eq!(ops.len(), 3);
+    for op in ops {
+        for t in ["host", "berth", "runc"] {
+            assert_eq!(op["results"][t]["count"], 1, "{t} in {op}");
+            assert_eq!(op["results"][t]["failures"], 0, "{t} in {op}");
+        }
+        assert_eq!(op["results"]["host"]["ratio_p50_to_baseline"], 1.0);
+    }
+}

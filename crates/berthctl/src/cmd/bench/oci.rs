@@ -224,7 +224,7 @@ impl Runtime {
     }
 }
 
-fn which(name: &str) -> Option<PathBuf> {
+pub fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join(name))
@@ -232,7 +232,7 @@ fn which(name: &str) -> Option<PathBuf> {
 }
 
 /// berth next to berthctl (a cargo build puts both in one dir), else $PATH.
-fn find_berth() -> Option<PathBuf> {
+pub fn find_berth() -> Option<PathBuf> {
     std::env::current_exe()
         .ok()
         .and_then(|e| e.parent().map(|d| d.join("berth")))
@@ -250,14 +250,14 @@ const HUGETLB: &str = "/sys/fs/cgroup/hugetlb";
 
 /// What the bench changed on the host and must undo.
 #[derive(Default)]
-struct Host {
+pub struct Host {
     mounted_hugetlb: bool,
     made_hugetlb_dir: bool,
 }
 
 /// Debian's crun on a cgroup v1 hybrid host only runs with the hugetlb v1
 /// hierarchy mounted: mount it if nobody has, and remember it is ours.
-fn ensure_hugetlb(host: &mut Host) -> Result<()> {
+pub fn ensure_hugetlb(host: &mut Host) -> Result<()> {
     if !Path::new("/sys/fs/cgroup/memory").is_dir() || is_mountpoint(HUGETLB) {
         return Ok(());
     }
@@ -276,7 +276,7 @@ fn ensure_hugetlb(host: &mut Host) -> Result<()> {
 }
 
 /// Removes our cgroup parent everywhere, deepest first; undoes our mount.
-fn cleanup_host(parent: &str, host: &Host) {
+pub fn cleanup_host(parent: &str, host: &Host) {
     let mut dirs = Vec::new();
     if let Ok(rd) = fs::read_dir("/sys/fs/cgroup") {
         for e in rd.flatten() {
@@ -312,7 +312,13 @@ pub fn collect_dirs(d: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-fn write_bundle(dir: &Path, name: &str, args: &[&str], parent: &str, seccomp: bool) -> Result<()> {
+pub fn write_bundle(
+    dir: &Path,
+    name: &str,
+    args: &[&str],
+    parent: &str,
+    seccomp: bool,
+) -> Result<()> {
     berth_testutil::build_rootfs(&dir.join("rootfs"))?;
     let mut config = berth_testutil::runc_spec(args);
     if name != "berth" {
@@ -334,7 +340,7 @@ fn write_bundle(dir: &Path, name: &str, args: &[&str], parent: &str, seccomp: bo
     Ok(())
 }
 
-fn version_of(bin: &Path) -> String {
+pub fn version_of(bin: &Path) -> String {
     Command::new(bin)
         .arg("--version")
         .output()

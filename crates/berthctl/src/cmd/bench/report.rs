@@ -93,7 +93,7 @@ impl Report {
         }
         let base = self.baseline_name().unwrap_or_default();
         println!(
-            "\n{:<22} {:<12} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>5} {:>9}",
+            "\n{:<30} {:<12} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>5} {:>9}",
             "operation",
             "target",
             "n",
@@ -108,7 +108,7 @@ impl Report {
         for op in &self.ops {
             for (name, s) in &op.series {
                 println!(
-                    "{:<22} {:<12} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>5} {:>9}",
+                    "{:<30} {:<12} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>5} {:>9}",
                     format!("{} ({})", op.name, op.unit),
                     name,
                     s.ms.len(),
