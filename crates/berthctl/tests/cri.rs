@@ -257,3 +257,25 @@ fn errors_say_what_to_do() {
         .unwrap();
     assert!(o.status.success(), "{}", output_text(&o));
 }
+
+#[test]
+fn pull_from_a_local_registry() {
+    let ctd = ContainerdCri::start().unwrap();
+    let reg = berth_testutil::registry::Registry::start();
+    let t = tempfile::tempdir().unwrap();
+    let layout = t.path().join("layout");
+    berth_testutil::write_image_layout(&layout, "t", &["echo", "from the registry"]).unwrap();
+    reg.push(&format!("oci:{}:t", layout.display()), "pulled", &[]);
+    ctd.allow_plain_http(&reg.host()).unwrap();
+    let ctl = Ctl { ctd: &ctd };
+    let image = format!("{}/pulled:latest", reg.host());
+    let out = ctl.ok(&["pull", &image]);
+    assert!(out.contains("Image is up to date for sha256:"), "{out}");
+    assert!(ctl
+        .ok(&["images"])
+        .contains(&format!("{}/pulled", reg.host())));
+    let i = ctl.json(&["inspecti", &image]);
+    assert!(i["status"]["size"].as_u64().unwrap() > 0, "{i}");
+    ctl.ok(&["rmi", &image]);
+    assert!(!ctl.ok(&["images"]).contains("pulled"));
+}

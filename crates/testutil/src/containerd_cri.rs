@@ -105,6 +105,8 @@ disabled_plugins = [
     bin_dir = "/usr/lib/cni"
     conf_dir = "{p}/cni/net.d"
     max_conf_num = 1
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{p}/certs.d"
 "#
     )
 }
@@ -260,6 +262,20 @@ impl ContainerdCri {
                 String::from_utf8_lossy(&o.stderr)
             );
         }
+        Ok(())
+    }
+
+    /// Lets the CRI plugin pull from `host` (`127.0.0.1:PORT`) over plain
+    /// HTTP, e.g. from a [`crate::registry::Registry`].
+    pub fn allow_plain_http(&self, host: &str) -> Result<()> {
+        let d = self.dir.path().join("certs.d").join(host);
+        fs::create_dir_all(&d)?;
+        fs::write(
+            d.join("hosts.toml"),
+            format!(
+                "server = \"http://{host}\"\n\n[host.\"http://{host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+            ),
+        )?;
         Ok(())
     }
 

@@ -500,16 +500,23 @@ pub async fn run(c: &mut Cri, a: RunArgs) -> Result<i32> {
     let pcfg = pod_config(&pod, &a, &logs)?;
     let vols = volume_paths(&pod, &mut work)?;
     ensure_images(c, &pod, &pcfg).await?;
-    let pod_id = tokio::select! {
-        r = c.rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+    // An interrupt while the sandbox starts still waits for it, so that it
+    // can be removed rather than left behind.
+    let (started, early) = {
+        let start = c.rt.run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(pcfg.clone()),
             runtime_handler: a.runtime_handler.clone(),
-        }) => r.context("starting the pod sandbox")?.into_inner().pod_sandbox_id,
-        sig = interrupted() => {
-            eprintln!("berthctl: {sig} before the pod started");
-            return Ok(130);
+        });
+        tokio::pin!(start);
+        tokio::select! {
+            r = &mut start => (r, None),
+            sig = interrupted() => (start.await, Some(sig)),
         }
     };
+    let pod_id = started
+        .context("starting the pod sandbox")?
+        .into_inner()
+        .pod_sandbox_id;
     let mut cleanup_client = Cri {
         rt: c.rt.clone(),
         img: c.img.clone(),
@@ -523,11 +530,16 @@ pub async fn run(c: &mut Cri, a: RunArgs) -> Result<i32> {
         logs,
         max_restarts: a.max_restarts,
     };
-    let r = tokio::select! {
+    let r = if let Some(sig) = early {
+        eprintln!("berthctl: {sig}: stopping pod {}", pod.metadata.name);
+        Ok(130)
+    } else {
+        tokio::select! {
         r = runner.drive() => r,
         sig = interrupted() => {
             eprintln!("berthctl: {sig}: stopping pod {}", pod.metadata.name);
             Ok(130)
+        }
         }
     };
     // Stop then remove, whatever happened (RemovePodSandbox removes the
