@@ -5,7 +5,7 @@ use berth_testutil::containerd_cri::{ContainerdCri, BUSYBOX_IMAGE};
 use berth_testutil::output_text;
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 struct Ctl<'a> {
@@ -173,7 +173,19 @@ fn pod_and_container_lifecycle() {
     assert_eq!(sp["stats"][0]["attributes"]["id"], pod.as_str(), "{sp}");
     assert!(ctl.ok(&["statsp"]).contains("web"));
 
+    // A follower started while the container runs returns once it stops.
+    let follow = ctl
+        .cmd()
+        .args(["logs", "-f", "--tail", "1", "app"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
     ctl.ok(&["stop", "--timeout", "1", &ctr]);
+    let f = follow.wait_with_output().unwrap();
+    assert!(f.status.success(), "{}", output_text(&f));
+    assert_eq!(String::from_utf8_lossy(&f.stderr), "oops\n");
     let s = ctl.json(&["inspect", &ctr]);
     assert_eq!(s["status"]["state"], 2, "{s}");
     // Follow on an exited container prints everything and returns.

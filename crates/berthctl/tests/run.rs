@@ -79,7 +79,7 @@ spec:
   - name: main
     image: {BUSYBOX_IMAGE}
     command: [sh, -c]
-    args: ["cat /scratch/order; echo $GREETING; id -u; cat /sys/fs/cgroup/memory/memory.limit_in_bytes; echo done > /out/result"]
+    args: ["cat /scratch/order; echo $GREETING; id -u; cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max; echo done > /out/result"]
     env: [{{name: GREETING, value: hello}}]
     resources: {{limits: {{memory: 64Mi, cpu: 500m}}}}
     securityContext: {{runAsUser: 1000}}
