@@ -227,3 +227,18 @@ fn ctrl_c_stops_and_removes_the_pod() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("SIGINT"));
     no_pods_left(&ctd);
 }
+
+#[test]
+fn the_readme_example_runs() {
+    let ctd = ContainerdCri::start().unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let yaml =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/pod.yaml")).unwrap();
+    let o = run(&ctd, t.path(), &yaml);
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "[app] hello from an init container\n[app] running as 1000 with 64Mi of memory\n"
+    );
+    no_pods_left(&ctd);
+}

@@ -300,7 +300,7 @@ fn svg_plot(op: &Op) -> String {
         s,
         "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text></svg>",
         w - right,
-        axis_y + 18.0 - 30.0 - row * op.series.len() as f64 + 8.0,
+        15.0,
         op.unit
     );
     s
