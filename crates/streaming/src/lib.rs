@@ -92,7 +92,7 @@ pub struct Config {
     pub max_header_block: usize,
     /// Bytes buffered per stream and direction (also the SPDY window).
     pub stream_buffer: usize,
-    /// Concurrent connections.
+    /// Concurrent HTTP connections, and (counted apart) concurrent upgraded sessions.
     pub max_connections: usize,
     /// How long to wait for a client to close after we did.
     pub linger: Duration,

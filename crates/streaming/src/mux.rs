@@ -791,3 +791,20 @@ pub(crate) async fn run_writer<W: AsyncWrite + Unpin, E: Encoder>(
         }
     }
 }
+
+/// Stops a connection's tasks when its owner drops it without closing, so
+/// the socket closes and the peer learns it at once.
+pub(crate) struct TaskGuard {
+    pub mux: Arc<Mux>,
+    pub tasks: Vec<tokio::task::AbortHandle>,
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.mux.lock().kill(None);
+        self.mux.progress.notify_waiters();
+    }
+}

@@ -28,6 +28,8 @@ pub(crate) struct Inner {
     pub backend: Arc<dyn Backend>,
     pub base: String,
     pub conns: Arc<Semaphore>,
+    /// Upgraded sessions outlive their HTTP connection's permit: counted apart.
+    pub sessions: Arc<Semaphore>,
 }
 
 /// The streaming server. Mint URLs with [`Server::url_for`] (or a
@@ -70,6 +72,7 @@ impl Server {
         let inner = Arc::new(Inner {
             tokens: TokenCache::new(cfg.token_ttl, cfg.max_tokens),
             conns: Arc::new(Semaphore::new(cfg.max_connections.max(1))),
+            sessions: Arc::new(Semaphore::new(cfg.max_connections.max(1))),
             cfg,
             backend,
             base,
@@ -200,6 +203,12 @@ fn route(inner: Arc<Inner>, mut req: hyper::Request<Incoming>) -> Resp {
     if request.path() != kind {
         return plain(StatusCode::NOT_FOUND, "unknown, used or expired token");
     }
+    let Ok(session) = inner.sessions.clone().try_acquire_owned() else {
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many streaming sessions",
+        );
+    };
     let h = req.headers().clone();
     let upgrade = h
         .get("upgrade")
@@ -247,6 +256,7 @@ fn route(inner: Arc<Inner>, mut req: hyper::Request<Incoming>) -> Resp {
                 Ok(up) => crate::session::spdy(inner, TokioIo::new(up), request, proto).await,
                 Err(e) => tracing::debug!("spdy upgrade failed: {e}"),
             }
+            drop(session);
         });
         let mut r = Response::new(Full::new(Bytes::new()));
         *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -302,6 +312,7 @@ fn route(inner: Arc<Inner>, mut req: hyper::Request<Incoming>) -> Resp {
                 Ok(up) => crate::session::websocket(inner, TokioIo::new(up), request, proto).await,
                 Err(e) => tracing::debug!("websocket upgrade failed: {e}"),
             }
+            drop(session);
         });
         let mut r = Response::new(Full::new(Bytes::new()));
         *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

@@ -15,6 +15,9 @@ use bytes::BytesMut;
 use common::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
+/// Tests that measure this process's RSS run one at a time.
+static MEMORY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn exec_true() -> Request {
     Request::Exec {
         container_id: "c".into(),
@@ -238,6 +241,7 @@ async fn malformed_spdy_frames_close_the_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zlib_bomb_is_refused_without_memory_growth() {
+    let _serial = MEMORY.lock().await;
     let (_b, srv) = start(Config::default()).await;
     // 64 MiB of header block that deflates to well under the 1 MiB frame limit.
     let bomb = {
@@ -333,6 +337,7 @@ async fn idle_connections_are_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_client_bounds_server_memory() {
+    let _serial = MEMORY.lock().await;
     let (_b, srv) = start(Config::default()).await;
     let url = srv
         .url_for(Request::Exec {
@@ -424,4 +429,130 @@ async fn malformed_websocket_frames_close_the_connection() {
         }
         assert_eq!(close, Some(code), "{what}: {buf:?}");
     }
+}
+
+/// Reads SPDY frames until the server closes.
+async fn collect<R: AsyncRead + Unpin>(r: &mut R) -> Vec<Frame> {
+    frames_until_close(r).await
+}
+
+/// Kubernetes' Go client (spdystream) sends no SETTINGS or WINDOW_UPDATE and
+/// ignores windows: the server must neither stall after 64 KiB of output nor
+/// reset a stream that sends more than the window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_client_without_flow_control() {
+    let (_b, srv) = start(Config {
+        stream_buffer: 64 << 10,
+        ..Default::default()
+    })
+    .await;
+    let url = srv
+        .url_for(Request::Exec {
+            container_id: "c".into(),
+            cmd: sh("wc -c; head -c 1048576 /dev/zero"),
+            tty: false,
+            stdin: true,
+            stdout: true,
+            stderr: false,
+        })
+        .unwrap();
+    let (mut io, _) = upgrade(&url, Transport::Spdy, &[protocol::V4])
+        .await
+        .unwrap();
+    let mut d = Deflater::new();
+    let mut b = BytesMut::new();
+    for (id, kind) in [(1, "error"), (3, "stdin"), (5, "stdout")] {
+        frame::put_syn_stream(
+            &mut b,
+            id,
+            0,
+            &d.deflate(&encode_block(&[("streamtype", kind)])),
+        );
+    }
+    // 1 MiB of stdin in 32 KiB frames, far past the 64 KiB window, then FIN.
+    let chunk = vec![b'x'; 32 << 10];
+    for i in 0..32 {
+        frame::put_data(&mut b, 3, i == 31, &chunk);
+    }
+    io.write_all(&b).await.unwrap();
+    let frames = collect(&mut io).await;
+    assert!(
+        !frames.iter().any(|f| matches!(f, Frame::RstStream { .. })),
+        "a stream was reset"
+    );
+    let mut out = Vec::new();
+    let mut status = Vec::new();
+    for f in &frames {
+        if let Frame::Data {
+            stream_id, data, ..
+        } = f
+        {
+            match stream_id {
+                5 => out.extend_from_slice(data),
+                1 => status.extend_from_slice(data),
+                _ => {}
+            }
+        }
+    }
+    assert!(
+        out.starts_with(b"1048576\n"),
+        "{:?}",
+        String::from_utf8_lossy(&out[..out.len().min(40)])
+    );
+    assert_eq!(out.len(), 8 + (1 << 20));
+    assert_eq!(status, berth_streaming::status::success());
+    assert!(frames
+        .iter()
+        .any(|f| matches!(f, Frame::GoAway { status: 0, .. })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_bounded() {
+    let (_b, srv) = start(Config {
+        max_connections: 1,
+        ..Default::default()
+    })
+    .await;
+    let sleeper = Request::Exec {
+        container_id: "c".into(),
+        cmd: sh("sleep 60"),
+        tty: false,
+        stdin: true,
+        stdout: true,
+        stderr: true,
+    };
+    let first = srv.url_for(sleeper).unwrap();
+    let rc = remote_command(
+        &first,
+        Transport::Spdy,
+        &[protocol::V4],
+        ExecOptions {
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            tty: false,
+        },
+    )
+    .await
+    .unwrap();
+    let url = srv.url_for(exec_true()).unwrap();
+    assert_eq!(
+        status_of(&url, Transport::Spdy, &[protocol::V4]).await,
+        Some(503)
+    );
+    drop(rc);
+    // Once the first session is gone, sessions are accepted again.
+    let mut ok = false;
+    for _ in 0..200 {
+        let url = srv.url_for(exec_true()).unwrap();
+        if status_of(&url, Transport::Spdy, &[protocol::V4])
+            .await
+            .is_none()
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok);
 }

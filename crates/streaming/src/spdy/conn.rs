@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use super::frame::{self, goaway, rst, Frame};
 use super::zlib::{decode_block, encode_block, Deflater, Headers, Inflater};
-use crate::mux::{run_writer, Chan, Encoder, Limits, Mux, MuxStream, State};
+use crate::mux::{run_writer, Chan, Encoder, Limits, Mux, MuxStream, State, TaskGuard};
 
 /// Limits of a SPDY connection besides the multiplexer's.
 #[derive(Debug, Clone, Copy)]
@@ -127,6 +127,7 @@ pub struct SpdyConn {
     pub(crate) mux: Arc<Mux>,
     pub(crate) reader: JoinHandle<()>,
     pub(crate) writer: JoinHandle<()>,
+    _guard: TaskGuard,
 }
 
 impl SpdyConn {
@@ -163,7 +164,16 @@ impl SpdyConn {
             },
         ));
         let reader = tokio::spawn(run_reader(mux.clone(), r, server, spdy));
+        let tasks = vec![reader.abort_handle(), writer.abort_handle()];
+        let guard = TaskGuard {
+            mux: mux.clone(),
+            tasks,
+        };
         SpdyConn {
+            _guard: TaskGuard {
+                mux: mux.clone(),
+                tasks: vec![reader.abort_handle(), writer.abort_handle()],
+            },
             mux,
             reader,
             writer,

@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinHandle;
 
 use super::frame::{self, close_payload, Frame, FrameError};
-use crate::mux::{run_writer, Chan, Encoder, Limits, Mux, MuxStream, State};
+use crate::mux::{run_writer, Chan, Encoder, Limits, Mux, MuxStream, State, TaskGuard};
 use crate::spdy::conn::{read_full, wait_room};
 
 pub const CLOSE_CHANNEL: u8 = 255;
@@ -119,6 +119,7 @@ pub struct WsConn {
     pub(crate) mux: Arc<Mux>,
     pub(crate) reader: JoinHandle<()>,
     pub(crate) writer: JoinHandle<()>,
+    _guard: TaskGuard,
 }
 
 impl WsConn {
@@ -140,8 +141,17 @@ impl WsConn {
         let (r, w) = tokio::io::split(io);
         let writer = tokio::spawn(run_writer(mux.clone(), w, WsEncoder { opts }));
         let reader = tokio::spawn(run_reader(mux.clone(), r, opts));
+        let tasks = vec![reader.abort_handle(), writer.abort_handle()];
+        let guard = TaskGuard {
+            mux: mux.clone(),
+            tasks,
+        };
         (
             WsConn {
+                _guard: TaskGuard {
+                    mux: mux.clone(),
+                    tasks: vec![reader.abort_handle(), writer.abort_handle()],
+                },
                 mux,
                 reader,
                 writer,
