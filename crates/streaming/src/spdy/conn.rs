@@ -170,10 +170,7 @@ impl SpdyConn {
             tasks,
         };
         SpdyConn {
-            _guard: TaskGuard {
-                mux: mux.clone(),
-                tasks: vec![reader.abort_handle(), writer.abort_handle()],
-            },
+            _guard: guard,
             mux,
             reader,
             writer,

@@ -148,10 +148,7 @@ impl WsConn {
         };
         (
             WsConn {
-                _guard: TaskGuard {
-                    mux: mux.clone(),
-                    tasks: vec![reader.abort_handle(), writer.abort_handle()],
-                },
+                _guard: guard,
                 mux,
                 reader,
                 writer,
