@@ -94,6 +94,8 @@ pub(crate) struct State {
     pub conn_wu_pending: bool,
     pub initial_send_window: i64,
     pub next_local_id: u32,
+    /// The newest stream the peer opened (GOAWAY's last-good id).
+    pub last_remote_id: u32,
     pub goaway_received: bool,
     pub error: Option<String>,
 }

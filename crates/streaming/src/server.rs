@@ -283,6 +283,15 @@ fn route(inner: Arc<Inner>, mut req: hyper::Request<Incoming>) -> Resp {
         else {
             return plain(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key is required");
         };
+        if let Request::PortForward { ports, .. } = &request {
+            // Two channels per port, numbered by one byte.
+            if ports.is_empty() || ports.len() > 127 {
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    "a WebSocket port-forward needs 1 to 127 ports",
+                );
+            }
+        }
         let server: &[&str] = if port_forward {
             protocol::WS_PORT_FORWARD
         } else {

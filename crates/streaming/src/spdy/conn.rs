@@ -118,7 +118,7 @@ impl Encoder for SpdyEncoder {
     }
 
     fn encode_close(&mut self, st: &mut State, out: &mut BytesMut) {
-        frame::put_goaway(out, st.next_local_id.saturating_sub(2), goaway::OK);
+        frame::put_goaway(out, st.last_remote_id, goaway::OK);
     }
 }
 
@@ -416,6 +416,7 @@ async fn reader_loop<R: AsyncRead + Unpin>(
                 }
                 last_remote = stream_id;
                 let mut st = mux.lock();
+                st.last_remote_id = stream_id;
                 if !server || st.finishing || st.dead {
                     frame::put_rst(&mut ctrl, stream_id, rst::REFUSED_STREAM);
                 } else if st.chans.len() >= mux.limits.max_streams {
