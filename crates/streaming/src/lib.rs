@@ -25,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 pub mod client;
 mod mux;
+pub mod netns;
 mod server;
 mod session;
 pub mod status;
