@@ -556,3 +556,23 @@ async fn sessions_are_bounded() {
     }
     assert!(ok);
 }
+
+/// Client pings (odd ids, as client-go's keepalive sends) come back; even
+/// ids are the server's own and are not echoed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_are_echoed() {
+    let (_b, srv) = start(Config::default()).await;
+    let mut io = raw_spdy(&srv).await;
+    let mut b = BytesMut::new();
+    frame::put_ping(&mut b, 7);
+    frame::put_ping(&mut b, 8);
+    // Then a protocol error, so the server closes and we can collect.
+    b.extend_from_slice(&[0x80, 2, 0, 6, 0, 0, 0, 4, 0, 0, 0, 1]);
+    io.write_all(&b).await.unwrap();
+    let frames = collect(&mut io).await;
+    let pings: Vec<_> = frames
+        .iter()
+        .filter(|f| matches!(f, Frame::Ping { .. }))
+        .collect();
+    assert_eq!(pings, vec![&Frame::Ping { id: 7 }]);
+}

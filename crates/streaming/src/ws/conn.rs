@@ -51,10 +51,7 @@ impl WsEncoder {
             );
             frame::put_frame(out, true, frame::OP_TEXT, &p, mask);
         } else {
-            let mut p = Vec::with_capacity(data.len() + 1);
-            p.push(ch);
-            p.extend_from_slice(data);
-            frame::put_frame(out, true, frame::OP_BINARY, &p, mask);
+            frame::put_frame_parts(out, frame::OP_BINARY, &[ch], data, mask);
         }
     }
 }
@@ -342,6 +339,13 @@ async fn reader_loop<R: AsyncRead + Unpin>(mux: &Arc<Mux>, r: &mut R, opts: WsOp
                         max: opts.max_message,
                     };
                     return fail(mux, e.close_code(), e.to_string(), opts.server);
+                }
+                if f.fin && body.is_empty() {
+                    // A whole message in one frame: no reassembly copy.
+                    if let Err(e) = dispatch(mux, opcode, f.payload, opts).await {
+                        return e;
+                    }
+                    continue;
                 }
                 body.extend_from_slice(&f.payload);
                 if !f.fin {

@@ -151,7 +151,17 @@ pub fn parse(
 }
 
 pub fn apply_mask(data: &mut [u8], mask: [u8; 4]) {
-    for (i, b) in data.iter_mut().enumerate() {
+    // Eight bytes at a time, then the tail.
+    let word = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
+    let mut chunks = data.chunks_exact_mut(8);
+    for c in &mut chunks {
+        let v = u64::from_ne_bytes((&*c).try_into().unwrap()) ^ word;
+        c.copy_from_slice(&v.to_ne_bytes());
+    }
+    let done = data.len() / 8 * 8;
+    for (i, b) in data[done..].iter_mut().enumerate() {
         *b ^= mask[i & 3];
     }
 }
@@ -179,6 +189,41 @@ pub fn put_frame(out: &mut BytesMut, fin: bool, opcode: u8, payload: &[u8], mask
             apply_mask(&mut out[start..], k);
         }
         None => out.put_slice(payload),
+    }
+}
+
+/// Appends a final frame whose payload is `head` then `body`, without
+/// joining them first.
+pub fn put_frame_parts(
+    out: &mut BytesMut,
+    opcode: u8,
+    head: &[u8],
+    body: &[u8],
+    mask: Option<[u8; 4]>,
+) {
+    let len = head.len() + body.len();
+    out.reserve(len + 14);
+    out.put_u8(0x80 | (opcode & 0x0f));
+    let m = if mask.is_some() { 0x80 } else { 0 };
+    match len {
+        l if l < 126 => out.put_u8(m | l as u8),
+        l if l <= 0xffff => {
+            out.put_u8(m | 126);
+            out.put_u16(l as u16);
+        }
+        l => {
+            out.put_u8(m | 127);
+            out.put_u64(l as u64);
+        }
+    }
+    if let Some(k) = mask {
+        out.put_slice(&k);
+    }
+    let start = out.len();
+    out.put_slice(head);
+    out.put_slice(body);
+    if let Some(k) = mask {
+        apply_mask(&mut out[start..], k);
     }
 }
 
@@ -228,6 +273,19 @@ mod tests {
         let mut b = BytesMut::new();
         put_frame(&mut b, true, OP_BINARY, &[7u8; 65536], None);
         assert_eq!(&b[..10], &[0x82, 0x7f, 0, 0, 0, 0, 0, 1, 0, 0]);
+    }
+
+    #[test]
+    fn parts_equal_whole() {
+        for len in [0usize, 5, 124, 125, 300, 70000] {
+            let body = vec![3u8; len];
+            let mut whole = vec![1u8];
+            whole.extend_from_slice(&body);
+            let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
+            put_frame(&mut a, true, OP_BINARY, &whole, Some([5, 6, 7, 8]));
+            put_frame_parts(&mut b, OP_BINARY, &[1], &body, Some([5, 6, 7, 8]));
+            assert_eq!(a, b, "{len}");
+        }
     }
 
     #[test]
