@@ -93,15 +93,18 @@ async fn source(n: usize) -> std::net::SocketAddr {
     a
 }
 
-async fn drain<R: tokio::io::AsyncRead + Unpin>(mut r: R) -> usize {
+/// Reads until EOF or `limit` bytes (a WebSocket forward ends a moment
+/// after the pod's side closes, which is not transfer time).
+async fn drain<R: tokio::io::AsyncRead + Unpin>(mut r: R, limit: usize) -> usize {
     let mut b = vec![0u8; 256 << 10];
     let mut n = 0;
-    loop {
+    while n < limit {
         match r.read(&mut b).await {
             Ok(0) | Err(_) => return n,
             Ok(k) => n += k,
         }
     }
+    n
 }
 
 fn main() {
@@ -140,7 +143,7 @@ fn main() {
         println!("| path | MiB/s |\n| --- | --- |");
         let rate = |d: Duration| mib as f64 / d.as_secs_f64();
         let s = Instant::now();
-        let got = drain(tokio::net::TcpStream::connect(src).await.unwrap()).await;
+        let got = drain(tokio::net::TcpStream::connect(src).await.unwrap(), bytes).await;
         assert_eq!(got, bytes);
         println!("| direct TCP | {:.0} |", rate(s.elapsed()));
         let url = srv
@@ -151,7 +154,7 @@ fn main() {
             .unwrap();
         let s = Instant::now();
         let pf = port_forward(&url).await.unwrap();
-        let got = drain(pf.open(src.port()).await.unwrap()).await;
+        let got = drain(pf.open(src.port()).await.unwrap(), bytes).await;
         assert_eq!(got, bytes);
         println!("| SPDY portforward.k8s.io | {:.0} |", rate(s.elapsed()));
         pf.close().await;
@@ -166,7 +169,7 @@ fn main() {
             .await
             .unwrap();
         let (_, data, _) = pf.ports.remove(0);
-        let got = drain(data).await;
+        let got = drain(data, bytes).await;
         assert_eq!(got, bytes);
         println!("| WebSocket port-forward | {:.0} |", rate(s.elapsed()));
         pf.close().await;

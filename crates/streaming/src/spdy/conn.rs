@@ -163,7 +163,12 @@ impl SpdyConn {
                 deflater: Deflater::new(),
             },
         ));
-        let reader = tokio::spawn(run_reader(mux.clone(), r, server, spdy));
+        let reader = tokio::spawn(run_reader(
+            mux.clone(),
+            tokio::io::BufReader::with_capacity(64 << 10, r),
+            server,
+            spdy,
+        ));
         let tasks = vec![reader.abort_handle(), writer.abort_handle()];
         let guard = TaskGuard {
             mux: mux.clone(),

@@ -137,7 +137,11 @@ impl WsConn {
             .collect();
         let (r, w) = tokio::io::split(io);
         let writer = tokio::spawn(run_writer(mux.clone(), w, WsEncoder { opts }));
-        let reader = tokio::spawn(run_reader(mux.clone(), r, opts));
+        let reader = tokio::spawn(run_reader(
+            mux.clone(),
+            tokio::io::BufReader::with_capacity(64 << 10, r),
+            opts,
+        ));
         let tasks = vec![reader.abort_handle(), writer.abort_handle()];
         let guard = TaskGuard {
             mux: mux.clone(),
