@@ -14,7 +14,21 @@
 //!
 //! Everything is bounded: frame and message sizes, inflated header blocks,
 //! streams per connection, bytes buffered per stream, pending tokens,
-//! connections, and idle time. [`client`] speaks the same protocols.
+//! connections and sessions, and idle time. [`client`] speaks the same
+//! protocols.
+//!
+//! In berthd:
+//!
+//! ```ignore
+//! let server = Server::bind(Config { addr, ..Default::default() }, backend).await?;
+//! let (streaming, _task) = server.spawn();
+//! // CRI Exec: ExecResponse { url: streaming.url_for(Request::Exec { .. })? }
+//! // Backend::port_forward: netns::dial(&sandbox_netns_path, port, timeout)
+//! ```
+//!
+//! SPDY flow control: Kubernetes' Go clients do not take part in it, so the
+//! server honours windows only for peers that show they do (see
+//! [`spdy::conn`]); what it receives is bounded either way.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -212,6 +226,9 @@ pub trait Backend: Send + Sync + 'static {
         io: Stdio,
     ) -> BoxFuture<'static, Result<i32, String>>;
     /// Connects `io` to the running container's stdio until either side ends.
+    /// `io.stdin` reaching EOF means the client closed its stdin: with the
+    /// container's `stdin_once` the backend closes the container's stdin,
+    /// otherwise it only detaches it.
     fn attach(
         &self,
         container_id: &str,

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 
 /// Connects to `port` on the loopback of the network namespace at `netns`
 /// (e.g. `/var/run/netns/<name>` or `/proc/<pid>/ns/net`): 127.0.0.1
-/// first, then [::1], as containerd does. The socket is made on a thread
+/// first, then `[::1]`, as containerd does. The socket is made on a thread
 /// of its own that enters the namespace and then exits, so no thread of
 /// the caller's pool is ever left inside a pod.
 pub async fn dial(netns: &Path, port: u16, timeout: Duration) -> io::Result<TcpStream> {
