@@ -4,6 +4,9 @@ use anyhow::Context;
 use berth_cri::config::{Config, DEFAULT_PATH};
 use clap::Parser;
 use std::path::PathBuf;
+use std::sync::Arc;
+
+mod stream;
 
 #[derive(Parser)]
 #[command(name = "berthd", version, about = "The berth CRI runtime daemon")]
@@ -94,6 +97,28 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             }
         });
     }
+    // The streaming server for Exec/Attach/PortForward URLs.
+    let scfg = berth_streaming::Config {
+        addr: cfg
+            .stream
+            .address
+            .parse()
+            .with_context(|| format!("stream.address {:?}", cfg.stream.address))?,
+        token_ttl: std::time::Duration::from_secs(cfg.stream.token_ttl_seconds.max(1)),
+        ..Default::default()
+    };
+    let backend = Arc::new(stream::StreamBackend { d: d.clone() });
+    let server = berth_streaming::Server::bind(scfg, backend)
+        .await
+        .context("streaming server")?;
+    tracing::info!(address = %server.local_addr(), "streaming server");
+    let (handle, _task) = server.spawn();
+    *d.stream_url.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(move |r| {
+        handle
+            .url_for(stream::to_request(r))
+            .map_err(|e| tracing::warn!("streaming: {e}"))
+            .ok()
+    }));
     tracing::info!(socket = %cfg.socket.display(), "berthd serving CRI");
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

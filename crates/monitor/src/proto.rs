@@ -43,6 +43,13 @@ pub enum Request {
         id: String,
     },
     Status,
+    /// Copies of the container's output from now on, and its stdin (moved
+    /// out for stdin_once: the container sees EOF when the attacher closes
+    /// it). fds: stdout reader, stderr reader (none with a tty: the stdout
+    /// reader carries the terminal), then the stdin writer if there is one.
+    Attach {
+        id: String,
+    },
     ReopenLog {
         id: String,
     },
@@ -65,6 +72,10 @@ pub enum Response {
     /// and stderr readers, then the stdin writer if stdin was asked for.
     ExecStarted {
         pid: i32,
+    },
+    Attached {
+        tty: bool,
+        stdin: bool,
     },
     Exited(ExitInfo),
     Containers {

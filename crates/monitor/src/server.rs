@@ -30,7 +30,11 @@ struct Container {
     log: Option<LogWriter>,
     /// The write end of the container's stdin, held so stdin stays open
     /// until an attach closes it (stdin_once) or the container is removed.
-    _stdin: Option<OwnedFd>,
+    stdin: Option<OwnedFd>,
+    stdin_once: bool,
+    tty: bool,
+    /// Attach sessions: where output is copied (stdout, stderr).
+    attached: Vec<[OwnedFd; 2]>,
     started: bool,
     exit: Option<ExitInfo>,
     waiters: Vec<OwnedFd>,
@@ -210,6 +214,7 @@ impl Monitor {
                 if let Some(c) = self.containers.get_mut(&id) {
                     c.outputs.remove(i);
                     if c.outputs.is_empty() {
+                        c.attached.clear();
                         if let Some(l) = c.log.as_mut() {
                             let _ = l.flush_partial();
                         }
@@ -266,6 +271,8 @@ impl Monitor {
                 if let Some(l) = c.log.as_mut() {
                     let _ = l.flush_partial();
                 }
+                // Attachers see the end of the output.
+                c.attached.clear();
                 let oom_killed = berth_oci::container::stats(&self.root, id)
                     .map(|s| s.memory.oom_kill_count > 0)
                     .unwrap_or(false);
@@ -360,9 +367,9 @@ impl Monitor {
                 log_path,
                 tty,
                 stdin,
-                stdin_once: _,
+                stdin_once,
             } => self
-                .create(&id, bundle, log_path.as_deref(), tty, stdin)
+                .create(&id, bundle, log_path.as_deref(), tty, stdin, stdin_once)
                 .map(|pid| Response::Created { pid }),
             Request::Start { id } => self.start(&id).map(|()| Response::Ok),
             Request::Exec { id, process, stdin } => {
@@ -397,6 +404,15 @@ impl Monitor {
                     None => Err(io::Error::other(format!("no container {id}"))),
                 },
             },
+            Request::Attach { id } => {
+                return match self.attach(&id) {
+                    Ok((resp, fds)) => {
+                        let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+                        reply(&conn, &resp, &raw);
+                    }
+                    Err(e) => reply(&conn, &Response::Error { msg: e.to_string() }, &[]),
+                };
+            }
             Request::Status => Ok(Response::Containers {
                 containers: self
                     .containers
@@ -450,6 +466,7 @@ impl Monitor {
         log_path: Option<&Path>,
         tty: bool,
         stdin: bool,
+        stdin_once: bool,
     ) -> io::Result<i32> {
         if self.containers.contains_key(id) {
             return Err(io::Error::other(format!("container {id} exists")));
@@ -537,13 +554,53 @@ impl Monitor {
                 pid,
                 outputs,
                 log,
-                _stdin: keep_stdin,
+                stdin: keep_stdin,
+                stdin_once,
+                tty,
+                attached: Vec::new(),
                 started: false,
                 exit: None,
                 waiters: Vec::new(),
             },
         );
         Ok(pid)
+    }
+
+    fn attach(&mut self, id: &str) -> io::Result<(Response, Vec<OwnedFd>)> {
+        let c = self
+            .containers
+            .get_mut(id)
+            .ok_or_else(|| io::Error::other(format!("no container {id}")))?;
+        if c.exit.is_some() {
+            return Err(io::Error::other(format!("container {id} is not running")));
+        }
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        // The attacher being slow must never block the container or its log.
+        set_nonblock(out_w.as_raw_fd());
+        set_nonblock(err_w.as_raw_fd());
+        c.attached.push([out_w, err_w]);
+        let mut fds = vec![out_r];
+        if !c.tty {
+            fds.push(err_r);
+        }
+        let stdin = if c.stdin_once {
+            c.stdin.take()
+        } else {
+            match &c.stdin {
+                Some(f) => Some(f.try_clone()?),
+                None => None,
+            }
+        };
+        let has_stdin = stdin.is_some();
+        fds.extend(stdin);
+        Ok((
+            Response::Attached {
+                tty: c.tty,
+                stdin: has_stdin,
+            },
+            fds,
+        ))
     }
 
     fn start(&mut self, id: &str) -> io::Result<()> {
@@ -631,11 +688,21 @@ fn drain(c: &mut Container, i: usize, buf: &mut [u8]) -> bool {
         // SAFETY: reading into a valid buffer from an fd we own.
         let n = unsafe { libc::read(o.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
         if n > 0 {
+            let data = &buf[..n as usize];
             if let Some(l) = c.log.as_mut() {
-                if let Err(e) = l.write(o.stream, &buf[..n as usize]) {
+                if let Err(e) = l.write(o.stream, data) {
                     eprintln!("berth-monitor: log: {e}");
                 }
             }
+            let slot = if o.stream == Stream::Stderr { 1 } else { 0 };
+            // Best effort: what a full attach pipe cannot take is dropped
+            // for that attacher (the log has it); a closed one is removed.
+            c.attached.retain(|a| {
+                // SAFETY: writing a valid buffer to an fd we own.
+                let w =
+                    unsafe { libc::write(a[slot].as_raw_fd(), data.as_ptr().cast(), data.len()) };
+                w >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EPIPE)
+            });
             continue;
         }
         if n == 0 {

@@ -223,3 +223,63 @@ fn logs_reopen_and_keep_flowing_while_nobody_talks_to_the_monitor() {
     berth_oci::container::kill(&root, &id, libc::SIGKILL, false).unwrap();
     assert_eq!(wait(&m, &id).code, 128 + 9);
 }
+
+#[test]
+fn attach_gets_the_output_and_stdin_once_hands_over_stdin() {
+    let m = Mon::start();
+    let b = Bundle::new(&["sh", "-c", "read line; echo got $line; cat; echo bye >&2"]).unwrap();
+    let id = unique_id("mon-attach");
+    let log = m.dir.path().join("c.log");
+    match m.call(Request::Create {
+        id: id.clone(),
+        bundle: b.path().to_path_buf(),
+        log_path: Some(log.clone()),
+        tty: false,
+        stdin: true,
+        stdin_once: true,
+    }) {
+        Response::Created { .. } => {}
+        r => panic!("{r:?}"),
+    }
+    m.call(Request::Start { id: id.clone() });
+    let (resp, fds) = m
+        .client()
+        .call(&Request::Attach { id: id.clone() })
+        .unwrap();
+    assert!(
+        matches!(
+            resp,
+            Response::Attached {
+                tty: false,
+                stdin: true
+            }
+        ),
+        "{resp:?}"
+    );
+    let mut it = fds.into_iter();
+    let mut out = std::fs::File::from(it.next().unwrap());
+    let mut err = std::fs::File::from(it.next().unwrap());
+    let mut inp = std::fs::File::from(it.next().unwrap());
+    // A second attach of a stdin_once container gets no stdin.
+    let (resp2, _) = m
+        .client()
+        .call(&Request::Attach { id: id.clone() })
+        .unwrap();
+    assert!(
+        matches!(resp2, Response::Attached { stdin: false, .. }),
+        "{resp2:?}"
+    );
+    inp.write_all(b"hello\nrest\n").unwrap();
+    // Closing the attacher's stdin is the container's EOF: it finishes.
+    drop(inp);
+    assert_eq!(wait(&m, &id).code, 0);
+    let mut s = String::new();
+    out.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "got hello\nrest\n");
+    let mut e = String::new();
+    err.read_to_string(&mut e).unwrap();
+    assert_eq!(e, "bye\n");
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("stdout F got hello"));
+}
