@@ -82,14 +82,12 @@ async fn wire(io: Stdio, tty: bool, fds: Vec<OwnedFd>, has_stdin: bool) {
     let out_fd = it.next();
     let err_fd = if tty { None } else { it.next() };
     let in_fd = if has_stdin { it.next() } else { None };
-    if let (Some(fd), Some(mut r)) = (out_fd.as_ref().map(|f| f.try_clone()), resize) {
-        if let Ok(fd) = fd {
-            tokio::spawn(async move {
-                while let Some(sz) = r.recv().await {
-                    berth_oci::console::set_size(&fd, sz.height, sz.width);
-                }
-            });
-        }
+    if let (Some(Ok(fd)), Some(mut r)) = (out_fd.as_ref().map(|f| f.try_clone()), resize) {
+        tokio::spawn(async move {
+            while let Some(sz) = r.recv().await {
+                berth_oci::console::set_size(&fd, sz.height, sz.width);
+            }
+        });
     }
     if let Some(fd) = out_fd {
         let from = reader(fd);
