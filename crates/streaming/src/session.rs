@@ -112,12 +112,22 @@ where
             }
         })
     };
-    let split = |s: Option<MuxStream>| s.map(MuxStream::into_split);
-    let (stdin, _) = half_in(split(got.remove("stdin").filter(|_| w.stdin)));
-    let (_, stdout) = half_out(split(got.remove("stdout").filter(|_| w.stdout)));
-    let (_, stderr) = half_out(split(got.remove("stderr").filter(|_| w.stderr)));
-    let (resize_in, _) = half_in(split(got.remove("resize").filter(|_| resize)));
-    let (_, error) = got.remove("error").unwrap().into_split();
+    // The server never writes to stdin or resize, but must not end them
+    // either: client-go closes its stdin when it sees our side end (a
+    // go-dockerclient convention), which would cut the upload short. Their
+    // outbound halves live until the session is over.
+    let mut keep: Vec<SendHalf> = Vec::new();
+    let mut inbound = |kind: &str, wanted: bool| {
+        let (r, w) = got.remove(kind).filter(|_| wanted)?.into_split();
+        keep.push(w);
+        Some(r)
+    };
+    let stdin = inbound("stdin", w.stdin);
+    let resize_in = inbound("resize", resize);
+    let outbound = |s: Option<MuxStream>| s.map(MuxStream::send_only);
+    let stdout = outbound(got.remove("stdout").filter(|_| w.stdout));
+    let stderr = outbound(got.remove("stderr").filter(|_| w.stderr));
+    let error = got.remove("error").unwrap().send_only();
     drop(got);
     let ch = Channels {
         stdin,
@@ -129,15 +139,8 @@ where
     };
     run_remote(&inner, &mux, req, ch).await;
     extra.abort();
+    drop(keep);
     conn.close(inner.cfg.linger).await;
-}
-
-fn half_in(s: Option<(RecvHalf, SendHalf)>) -> (Option<RecvHalf>, ()) {
-    (s.map(|(r, _w)| r), ())
-}
-
-fn half_out(s: Option<(RecvHalf, SendHalf)>) -> ((), Option<SendHalf>) {
-    ((), s.map(|(_r, w)| w))
 }
 
 /// Reads JSON terminal sizes from the resize stream.
