@@ -75,6 +75,14 @@ fn mint(srv: &ServerHandle, path: &str, q: &[(String, String)]) -> Option<String
             stdout: flag("stdout"),
             stderr: flag("stderr"),
         }
+    } else if path.ends_with("/attach") {
+        Request::Attach {
+            container_id: "ctr".into(),
+            tty: flag("tty"),
+            stdin: flag("stdin"),
+            stdout: flag("stdout"),
+            stderr: flag("stderr"),
+        }
     } else if path.ends_with("/portforward") {
         Request::PortForward {
             pod_id: "p1".into(),
@@ -86,7 +94,7 @@ fn mint(srv: &ServerHandle, path: &str, q: &[(String, String)]) -> Option<String
     srv.url_for(req).ok()
 }
 
-const POD: &str = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p1","namespace":"default"},"spec":{"containers":[{"name":"c","image":"x"}]},"status":{"phase":"Running"}}"#;
+const POD: &str = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p1","namespace":"default"},"spec":{"containers":[{"name":"c","image":"x","stdin":true,"stdinOnce":true}]},"status":{"phase":"Running"}}"#;
 const API: &str = r#"{"kind":"APIVersions","versions":["v1"],"serverAddressByClientCIDRs":[{"clientCIDR":"0.0.0.0/0","serverAddress":"127.0.0.1"}]}"#;
 const APIS: &str = r#"{"kind":"APIGroupList","apiVersion":"v1","groups":[]}"#;
 const RESOURCES: &str = r#"{"kind":"APIResourceList","groupVersion":"v1","resources":[
@@ -300,4 +308,39 @@ async fn kubectl_port_forward_over_spdy() {
         assert!(r.ends_with(&format!("pod /k{i}")), "{i}: {r:?}");
     }
     child.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_attach() {
+    let Some(_) = kubectl() else { return };
+    let (backend, srv) = start(Config::default()).await;
+    let api = apiserver(srv).await;
+    for ws in [false, true] {
+        let mut ctr = backend.start_container("ctr", &["cat"]);
+        let mut child = kubectl_cmd(api, ws, &["attach", "-i", "p1", "-c", "c"])
+            .stdin(PStdio::piped())
+            .stdout(PStdio::piped())
+            .stderr(PStdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"ping\n").await.unwrap();
+        // stdin_once: our EOF ends the container's input, so it exits and attach ends.
+        drop(stdin);
+        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "websockets={ws}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "ping\n",
+            "websockets={ws}"
+        );
+        assert!(ctr.wait().await.unwrap().success());
+    }
 }
