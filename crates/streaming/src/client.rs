@@ -288,7 +288,7 @@ pub async fn remote_command(
                 None
             };
             Ok(RemoteCommand {
-                json: proto == protocol::V4,
+                json: proto == protocol::V4 || proto == protocol::V5,
                 protocol: proto,
                 stdin,
                 stdout,

@@ -7,7 +7,8 @@
 //!
 //! - SPDY/3.1 (`spdy`): `channel.k8s.io`, `v2.channel.k8s.io`,
 //!   `v3.channel.k8s.io` (terminal resize), `v4.channel.k8s.io` (exit status
-//!   as JSON) and `portforward.k8s.io`.
+//!   as JSON), `v5.channel.k8s.io` (as v4; what kubectl offers first) and
+//!   `portforward.k8s.io`.
 //! - WebSocket (`ws`, RFC 6455): `channel.k8s.io`, `base64.channel.k8s.io`,
 //!   `v4.channel.k8s.io`, `v4.base64.channel.k8s.io`, `v5.channel.k8s.io`
 //!   (close signal) and port-forward.
@@ -74,8 +75,9 @@ pub mod protocol {
     pub const BASE64: &str = "base64.channel.k8s.io";
     pub const V4_BASE64: &str = "v4.base64.channel.k8s.io";
     pub const PORT_FORWARD: &str = "portforward.k8s.io";
-    /// Remote command protocols over SPDY.
-    pub const SPDY_REMOTECOMMAND: &[&str] = &[V4, V3, V2, V1];
+    /// Remote command protocols over SPDY (v5 is v4 there: SPDY closes
+    /// streams by itself, and kubelet accepts it too).
+    pub const SPDY_REMOTECOMMAND: &[&str] = &[V5, V4, V3, V2, V1];
     /// Remote command protocols over WebSocket.
     pub const WS_REMOTECOMMAND: &[&str] = &[V5, V4, V4_BASE64, V1, BASE64];
     /// Port-forward protocols over WebSocket.

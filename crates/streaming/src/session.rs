@@ -135,7 +135,7 @@ where
         stderr,
         error,
         resize: resize_in,
-        json_status: proto == protocol::V4,
+        json_status: proto == protocol::V4 || proto == protocol::V5,
     };
     run_remote(&inner, &mux, req, ch).await;
     extra.abort();

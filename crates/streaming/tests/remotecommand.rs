@@ -27,6 +27,7 @@ const ALL: &[(Transport, &str)] = &[
     (Transport::Spdy, protocol::V2),
     (Transport::Spdy, protocol::V3),
     (Transport::Spdy, protocol::V4),
+    (Transport::Spdy, protocol::V5),
     (Transport::WebSocket, protocol::V1),
     (Transport::WebSocket, protocol::BASE64),
     (Transport::WebSocket, protocol::V4),
