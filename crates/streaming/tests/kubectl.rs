@@ -344,3 +344,69 @@ async fn kubectl_attach() {
         assert!(ctr.wait().await.unwrap().success());
     }
 }
+
+/// `kubectl exec -it` on a terminal (from `script`): the terminal's size
+/// travels on the resize stream to the backend's pty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_exec_tty_resize() {
+    let Some(_) = kubectl() else { return };
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: script is not installed");
+        return;
+    }
+    let (backend, srv) = start(Config::default()).await;
+    let api = apiserver(srv).await;
+    for ws in [false, true] {
+        backend.resizes.lock().unwrap().clear();
+        let line = format!(
+            "stty cols 100 rows 40; exec kubectl --server=http://{api} --request-timeout=20s exec -it p1 -c c -- sh -c 'read x; stty size'"
+        );
+        let mut child = tokio::process::Command::new("script")
+            .args(["-qfec", &line, "/dev/null"])
+            .env("KUBECONFIG", "/dev/null")
+            .env(
+                "KUBECTL_REMOTE_COMMAND_WEBSOCKETS",
+                if ws { "true" } else { "false" },
+            )
+            .stdin(PStdio::piped())
+            .stdout(PStdio::piped())
+            .stderr(PStdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut seen = false;
+        for _ in 0..1000 {
+            if backend
+                .resizes
+                .lock()
+                .unwrap()
+                .contains(&berth_streaming::TermSize {
+                    width: 100,
+                    height: 40,
+                })
+            {
+                seen = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(seen, "websockets={ws}: no resize reached the backend");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"\r").await.unwrap();
+        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("40 100"),
+            "websockets={ws}: {text:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        drop(stdin);
+    }
+}
