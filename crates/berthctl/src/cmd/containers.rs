@@ -369,10 +369,10 @@ pub async fn stats(c: &mut Cri, o: Format, a: StatsArgs) -> Result<()> {
 
 #[derive(clap::Args)]
 pub struct ExecArgs {
-    /// Keep stdin open (needs the streaming client: not yet)
+    /// Keep stdin open and send it to the command
     #[arg(short, long)]
     pub interactive: bool,
-    /// Allocate a terminal (needs the streaming client: not yet)
+    /// Allocate a terminal
     #[arg(short, long)]
     pub tty: bool,
     /// Seconds before the command is killed (0: no limit)
@@ -385,22 +385,12 @@ pub struct ExecArgs {
     pub cmd: Vec<String>,
 }
 
-fn not_yet(what: &str) -> anyhow::Error {
-    crate::coded(
-        crate::EXIT_ERROR,
-        format!(
-            "{what} needs the CRI streaming client, which berthctl does not have yet; \
-             for a command without a terminal use `berthctl exec ID CMD...` (no -i/-t)"
-        ),
-    )
-}
-
 /// Returns the command's exit code as berthctl's.
 pub async fn exec(c: &mut Cri, a: ExecArgs) -> Result<i32> {
-    if a.interactive || a.tty {
-        return Err(not_yet("exec -i/-t"));
-    }
     let id = container_id(c, &a.id).await?;
+    if a.interactive || a.tty {
+        return super::stream::exec(c, &id, a.cmd, a.interactive, a.tty).await;
+    }
     let r =
         c.rt.exec_sync(cri::ExecSyncRequest {
             container_id: id,
@@ -425,9 +415,10 @@ pub struct AttachArgs {
     pub id: String,
 }
 
-pub async fn attach(c: &mut Cri, a: AttachArgs) -> Result<()> {
-    container_id(c, &a.id).await?;
-    Err(not_yet("attach"))
+/// Returns the container's exit code once it ends.
+pub async fn attach(c: &mut Cri, a: AttachArgs) -> Result<i32> {
+    let id = container_id(c, &a.id).await?;
+    super::stream::attach(c, &id, a.interactive, a.tty).await
 }
 
 #[derive(clap::Args)]
@@ -440,6 +431,6 @@ pub struct PortForwardArgs {
 }
 
 pub async fn port_forward(c: &mut Cri, a: PortForwardArgs) -> Result<()> {
-    pod_id(c, &a.pod).await?;
-    Err(not_yet("port-forward"))
+    let pod = pod_id(c, &a.pod).await?;
+    super::stream::port_forward(c, &pod, &a.ports).await
 }

@@ -9,6 +9,7 @@ pub mod logs;
 pub mod pods;
 pub mod run;
 pub mod runtime;
+pub mod stream;
 
 use crate::client::{self, Cri};
 use crate::{Cli, Cmd};
@@ -45,7 +46,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Cmd::Inspect(a) => containers::inspect(&mut c, o, a).await?,
         Cmd::Stats(a) => containers::stats(&mut c, o, a).await?,
         Cmd::Exec(a) => return containers::exec(&mut c, a).await,
-        Cmd::Attach(a) => containers::attach(&mut c, a).await?,
+        Cmd::Attach(a) => return containers::attach(&mut c, a).await,
         Cmd::PortForward(a) => containers::port_forward(&mut c, a).await?,
         Cmd::Logs(a) => logs::logs(&mut c, a).await?,
         Cmd::Images(a) => images::list(&mut c, o, a).await?,
