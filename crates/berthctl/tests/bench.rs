@@ -82,17 +82,12 @@ fn oci_berth_vs_runc() {
         }
         assert_eq!(op["results"]["runc"]["ratio_p50_to_baseline"], 1.0);
     }
-    // Nothing left behind: no cgroups of ours.
-    let left = std::fs::read_dir("/sys/fs/cgroup/memory")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("berthctl-bench-")
-        })
-        .count();
-    assert_eq!(left, 0);
+    // Nothing left behind: the bench's cgroup parent is gone.
+    let parent = r["params"]["cgroup_parent"].as_str().unwrap();
+    assert!(parent.starts_with("berthctl-bench-"), "{parent}");
+    assert!(!std::path::Path::new("/sys/fs/cgroup/memory")
+        .join(parent)
+        .exists());
 }
 
 #[test]

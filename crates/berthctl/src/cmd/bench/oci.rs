@@ -514,7 +514,7 @@ fn bench(
     Ok(Report {
         kind: "oci",
         title: format!("OCI runtimes: N={n}, wall ms"),
-        params: json!({"n": n, "warmup": warmup, "seccomp": !a.no_seccomp}),
+        params: json!({"n": n, "warmup": warmup, "seccomp": !a.no_seccomp, "cgroup_parent": parent}),
         baseline: a.common.baseline.clone(),
         targets: rts
             .iter()
