@@ -331,3 +331,56 @@ async fn attach_to_a_missing_container_fails() {
     .unwrap();
     assert!(matches!(rc.wait().await.unwrap(), Outcome::Failure(m) if m.contains("nope")));
 }
+
+/// A client that goes away cancels its exec: the backend's future is
+/// dropped, which here kills the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_disconnect_cancels_the_exec() {
+    let (_b, srv) = start(Config::default()).await;
+    for (t, p) in [
+        (Transport::Spdy, protocol::V4),
+        (Transport::WebSocket, protocol::V5),
+    ] {
+        let url = srv
+            .url_for(exec(sh("echo $$; exec sleep 60"), true, false))
+            .unwrap();
+        let mut rc = remote_command(
+            &url,
+            t,
+            &[p],
+            ExecOptions {
+                stdin: true,
+                stdout: true,
+                stderr: true,
+                tty: false,
+            },
+        )
+        .await
+        .unwrap();
+        let mut stdout = rc.stdout.take().unwrap();
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while !line.ends_with(b"\n") {
+            assert_eq!(stdout.read(&mut b).await.unwrap(), 1);
+            line.push(b[0]);
+        }
+        let pid: u32 = String::from_utf8_lossy(&line).trim().parse().unwrap();
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+        drop(stdout);
+        drop(rc);
+        let mut gone = false;
+        for _ in 0..1000 {
+            // Gone, or a zombie about to be reaped.
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat.is_empty() || stat.contains(") Z ") {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            gone,
+            "{t:?}: process {pid} still runs after the client left"
+        );
+    }
+}
