@@ -35,7 +35,6 @@ pub struct ContainerdCri {
     pub bridge: String,
     /// The pod subnet, `10.x.y.0/24`.
     pub subnet: String,
-    run_containerd_existed: bool,
 }
 
 /// Random 10.x.y.0/24 that no host route covers yet.
@@ -161,7 +160,6 @@ impl ContainerdCri {
         )?;
         fs::write(d.join("config.toml"), config_toml(d))?;
         let log = fs::File::create(d.join("containerd.log"))?;
-        let run_containerd_existed = Path::new("/run/containerd").exists();
         let child = Command::new("containerd")
             .arg("--config")
             .arg(d.join("config.toml"))
@@ -176,7 +174,6 @@ impl ContainerdCri {
             cgroup_parent: format!("/berth-test-{suffix}"),
             bridge,
             subnet,
-            run_containerd_existed,
         };
         c.wait_ready()?;
         let images = tempfile::tempdir()?;
@@ -446,10 +443,11 @@ impl Drop for ContainerdCri {
         for d in self.cgroup_dirs() {
             let _ = fs::remove_dir(d);
         }
-        if !self.run_containerd_existed && !containerd_running() {
+        if !containerd_running() {
             // containerd makes /run/containerd (shim sockets) whatever its
-            // state dir; remove what is empty unless another daemon (maybe
-            // a parallel test's) may still use it.
+            // state dir; remove the empty dirs unless a daemon (maybe a
+            // parallel test's) may still use them. Whoever started last
+            // sees none left.
             let mut dirs = crate::walk_dirs(Path::new("/run/containerd"));
             dirs.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
             for d in dirs {
