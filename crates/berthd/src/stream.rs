@@ -44,6 +44,7 @@ async fn drain(mut from: Box<dyn AsyncRead + Send + Unpin>) {
 }
 
 struct Target {
+    runtime: Option<berth_monitor::proto::ExternalRuntime>,
     pod_dir: PathBuf,
     bundle: PathBuf,
     id: String,
@@ -62,6 +63,7 @@ impl StreamBackend {
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("pod sandbox {} not found", c.pod_id))?;
         Ok(Target {
+            runtime: self.d.handler(&p.runtime_handler).external(),
             pod_dir: p.dir,
             bundle: c.bundle,
             id: c.id,
@@ -147,6 +149,7 @@ impl Backend for StreamBackend {
                 id: t.id.clone(),
                 process,
                 stdin: has_stdin,
+                runtime: t.runtime.clone(),
             };
             let (resp, fds) = tokio::task::spawn_blocking(move || client.call(&req))
                 .await

@@ -558,3 +558,82 @@ async fn fifty_pods_at_once() {
     }
     assert_eq!(b.leaks(), Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_class_handler_runs_the_pod_with_runc() {
+    let b = Berthd::start();
+    let mut c = b.rt().await;
+    let st = c
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(st.runtime_handlers.iter().any(|h| h.name == "runc"));
+    let cfg = pod_config("viarunc", &b.logs());
+    let pod = c
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(cfg.clone()),
+            runtime_handler: "runc".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let mut ids = Vec::new();
+    for ctr in [
+        ctr_config("say", &["sh", "-c", "echo via runc; exit 4"]),
+        ctr_config("s", &["sleep", "1000"]),
+    ] {
+        let id = c
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(ctr),
+                sandbox_config: Some(cfg.clone()),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .container_id;
+        c.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    // runc holds the state: the container is runc's, not berth's.
+    let runc_list = std::process::Command::new("runc")
+        .args([
+            "--root",
+            b.state().join("runtimes/runc").to_str().unwrap(),
+            "list",
+            "-q",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&runc_list.stdout).contains(&ids[1]));
+    let s = wait_exited(&mut c, &ids[0]).await;
+    assert_eq!(s.exit_code, 4);
+    let log = std::fs::read_to_string(b.logs().join("viarunc/say.log")).unwrap();
+    assert!(log.contains("stdout F via runc"), "{log}");
+    let r = exec(&mut c, &ids[1], &["sh", "-c", "echo exec via runc; exit 2"]).await;
+    assert_eq!(
+        (r.stdout.as_slice(), r.exit_code),
+        (&b"exec via runc\n"[..], 2)
+    );
+    c.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        status(&mut c, &ids[1]).await.state,
+        cri::ContainerState::ContainerExited as i32
+    );
+    c.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    assert_eq!(b.leaks(), Vec::<String>::new());
+}

@@ -143,6 +143,7 @@ impl Daemon {
                 tty: rec.config.tty,
                 stdin: rec.config.stdin,
                 stdin_once: rec.config.stdin_once,
+                runtime: self.handler(&pod.runtime_handler).external(),
             };
             Client::new(&pod.dir)
                 .call(&req)
@@ -173,12 +174,15 @@ impl Daemon {
             )));
         }
         let pod = self.pod_of(&rec)?;
+        // Taken before the start: a quick process may be gone before the
+        // call returns, and finished_at must not precede started_at.
+        let started_at = now_ns();
         Client::new(&pod.dir)
             .call(&Request::Start { id: rec.id.clone() })
             .map_err(|e| internal(format!("starting container: {e}")))?;
         crate::fault_point("start:started");
         rec.state = CtrState::Running;
-        rec.started_at = now_ns();
+        rec.started_at = started_at;
         self.save_container(&rec)?;
         self.event(&rec, ContainerEventType::ContainerStartedEvent);
         Ok(())
@@ -217,10 +221,7 @@ impl Daemon {
     }
 
     fn alive(&self, r: &ContainerRecord) -> bool {
-        match self.oci.load(&r.id) {
-            Ok(st) => berth_oci::state::process_alive(st.pid, st.pid_start),
-            Err(_) => false,
-        }
+        self.handler_of_pod(&r.pod_id).alive(self, &r.id)
     }
 
     pub fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
@@ -251,12 +252,17 @@ impl Daemon {
         let mut exit = None;
         if rec.state == CtrState::Running
             && timeout > 0
-            && berth_oci::container::kill(&self.oci, &rec.id, rec.stop_signal, false).is_ok()
+            && self
+                .handler(&pod.runtime_handler)
+                .kill(self, &rec.id, rec.stop_signal, false)
+                .is_ok()
         {
             exit = wait(Duration::from_secs(timeout as u64));
         }
         if exit.is_none() {
-            let _ = berth_oci::container::kill(&self.oci, &rec.id, libc::SIGKILL, true);
+            let _ = self
+                .handler(&pod.runtime_handler)
+                .kill(self, &rec.id, libc::SIGKILL, true);
             exit = wait(Duration::from_secs(10));
         }
         let mut r = rec.clone();
@@ -301,10 +307,8 @@ impl Daemon {
 
     /// Removes the runtime state, rootfs view and bundle of a container.
     pub fn cleanup_container(&self, rec: &ContainerRecord) {
-        if let Err(e) = berth_oci::container::delete(&self.oci, &rec.id, true) {
-            if !matches!(e, berth_oci::error::Error::NotFound(_)) {
-                tracing::warn!(container = %rec.id, "delete: {e}");
-            }
+        if let Err(e) = self.handler_of_pod(&rec.pod_id).delete(self, &rec.id) {
+            tracing::warn!(container = %rec.id, "delete: {e}");
         }
         let dir = self.cfg.state.join("pods").join(&rec.pod_id);
         let _ = Client::new(&dir).call_timeout(

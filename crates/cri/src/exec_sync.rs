@@ -145,6 +145,7 @@ impl Daemon {
                 id: rec.id.clone(),
                 process,
                 stdin: false,
+                runtime: self.handler(&pod.runtime_handler).external(),
             })
             .map_err(|e| CriError::Internal(format!("exec: {e}")))?;
         let Response::ExecStarted { pid } = resp else {

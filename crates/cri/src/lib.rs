@@ -9,6 +9,7 @@ pub mod container;
 pub mod daemon;
 pub mod error;
 pub mod exec_sync;
+pub mod handler;
 pub mod images;
 pub mod metrics;
 pub mod model;

@@ -55,6 +55,17 @@ impl Daemon {
                 let _ = berth_oci::container::delete(&self.oci, &id, true);
             }
         }
+        for name in self.cfg.runtime.handlers.keys() {
+            let h = self.handler(name);
+            if let Some(rt) = h.external() {
+                for e in std::fs::read_dir(&rt.root).into_iter().flatten().flatten() {
+                    let id = e.file_name().to_string_lossy().to_string();
+                    if !ctr_ids.contains(&id) {
+                        let _ = h.delete(self, &id);
+                    }
+                }
+            }
+        }
         for v in self.images.snapshots.views().unwrap_or_default() {
             if !ctr_ids.contains(&v.id) {
                 let _ = self.images.snapshots.remove_view(&v.id);

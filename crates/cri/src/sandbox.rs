@@ -248,11 +248,6 @@ impl Daemon {
         } else {
             handler
         };
-        if handler != "berth" {
-            return Err(CriError::Precondition(format!(
-                "runtime handler {handler:?}: external handlers are configured but not implemented yet"
-            )));
-        }
         let id = new_id();
         let (net_mode, _pid_mode, ipc_mode) = namespace_modes(&cfg);
         let host_net = net_mode == NamespaceMode::Node as i32;
@@ -398,6 +393,15 @@ impl Daemon {
                 Path::new(&rec.cgroup_parent),
             );
             let _ = m.remove();
+            // Other runtimes (runc) also make it in hierarchies berth's
+            // manager does not use, such as the hybrid unified one.
+            for e in fs::read_dir(berth_oci::CGROUP_ROOT)
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let _ = fs::remove_dir(e.path().join(rec.cgroup_parent.trim_start_matches('/')));
+            }
         }
     }
 

@@ -302,8 +302,9 @@ impl RuntimeService for Service {
                 .ok_or_else(|| CriError::NotFound(format!("container {:?}", r.container_id)))?;
             let Some(l) = r.linux else { return Ok(()) };
             let res = crate::resources::to_oci(&l).map_err(|m| invalid("linux", m))?;
-            berth_oci::container::update(&d.oci, &c.id, "linux", &res)
-                .map_err(|e| CriError::Precondition(e.to_string()))?;
+            d.handler_of_pod(&c.pod_id)
+                .update(d, &c.id, &res)
+                .map_err(CriError::Precondition)?;
             let mut c = c;
             if let Some(lc) = c.config.linux.as_mut() {
                 lc.resources = Some(l);
@@ -578,6 +579,13 @@ impl RuntimeService for Service {
             name: "berth".into(),
             features,
         });
+        for name in self.d.cfg.runtime.handlers.keys() {
+            // What an external runtime implements is not known here.
+            runtime_handlers.push(cri::RuntimeHandler {
+                name: name.clone(),
+                features: Some(cri::RuntimeHandlerFeatures::default()),
+            });
+        }
         let mut info = std::collections::HashMap::new();
         if verbose {
             info.insert(

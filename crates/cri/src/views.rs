@@ -182,7 +182,9 @@ impl Daemon {
             }),
             ..Default::default()
         };
-        if let Ok(st) = berth_oci::container::stats(&self.oci, &c.id) {
+        let st = crate::handler::container_cgroup(&c.bundle)
+            .and_then(|p| berth_oci::container::cgroup_manager(&p).stats().ok());
+        if let Some(st) = st {
             s.cpu = Some(cri::CpuUsage {
                 timestamp: ts,
                 usage_core_nano_seconds: u64v(st.cpu.usage_total_ns),

@@ -23,6 +23,9 @@ pub enum Request {
         tty: bool,
         stdin: bool,
         stdin_once: bool,
+        /// A runc-compatible binary to drive instead of the built-in runtime.
+        #[serde(default)]
+        runtime: Option<ExternalRuntime>,
     },
     Start {
         id: String,
@@ -33,6 +36,8 @@ pub enum Request {
         id: String,
         process: serde_json::Value,
         stdin: bool,
+        #[serde(default)]
+        runtime: Option<ExternalRuntime>,
     },
     /// Replies when the exec process has exited.
     WaitExec {
@@ -59,6 +64,22 @@ pub enum Request {
     },
     /// The monitor exits (refused while containers still run).
     Shutdown,
+}
+
+/// A runc-compatible runtime (runc, crun, a sandboxing runtime) by path,
+/// with its own state root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalRuntime {
+    pub path: PathBuf,
+    pub root: PathBuf,
+}
+
+impl ExternalRuntime {
+    pub fn command(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(&self.path);
+        c.arg("--root").arg(&self.root);
+        c
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

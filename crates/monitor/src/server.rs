@@ -4,7 +4,7 @@
 //! statuses come to it and nowhere else.
 
 use crate::logs::{LogWriter, Stream};
-use crate::proto::{self, ContainerInfo, ExitInfo, Request, Response};
+use crate::proto::{self, ContainerInfo, ExitInfo, ExternalRuntime, Request, Response};
 use berth_oci::state::Root;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
@@ -35,9 +35,19 @@ struct Container {
     tty: bool,
     /// Attach sessions: where output is copied (stdout, stderr).
     attached: Vec<[OwnedFd; 2]>,
+    runtime: Option<ExternalRuntime>,
+    /// The container's cgroup (from its spec), for the OOM verdict.
+    cgroup: Option<PathBuf>,
     started: bool,
     exit: Option<ExitInfo>,
     waiters: Vec<OwnedFd>,
+}
+
+/// How a container's stdio is set up.
+struct IoOpts {
+    tty: bool,
+    stdin: bool,
+    stdin_once: bool,
 }
 
 struct ExecProcess {
@@ -273,9 +283,11 @@ impl Monitor {
                 }
                 // Attachers see the end of the output.
                 c.attached.clear();
-                let oom_killed = berth_oci::container::stats(&self.root, id)
-                    .map(|s| s.memory.oom_kill_count > 0)
-                    .unwrap_or(false);
+                let oom_killed = c
+                    .cgroup
+                    .as_ref()
+                    .and_then(|p| berth_oci::container::cgroup_manager(p).stats().ok())
+                    .is_some_and(|s| s.memory.oom_kill_count > 0);
                 let exit = ExitInfo {
                     code,
                     signal,
@@ -368,12 +380,28 @@ impl Monitor {
                 tty,
                 stdin,
                 stdin_once,
+                runtime,
             } => self
-                .create(&id, bundle, log_path.as_deref(), tty, stdin, stdin_once)
+                .create(
+                    &id,
+                    bundle,
+                    log_path.as_deref(),
+                    IoOpts {
+                        tty,
+                        stdin,
+                        stdin_once,
+                    },
+                    runtime.as_ref(),
+                )
                 .map(|pid| Response::Created { pid }),
             Request::Start { id } => self.start(&id).map(|()| Response::Ok),
-            Request::Exec { id, process, stdin } => {
-                return match self.exec(&id, process, stdin) {
+            Request::Exec {
+                id,
+                process,
+                stdin,
+                runtime,
+            } => {
+                return match self.exec(&id, process, stdin, runtime.as_ref()) {
                     Ok((pid, fds)) => {
                         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
                         reply(&conn, &Response::ExecStarted { pid }, &raw);
@@ -464,10 +492,14 @@ impl Monitor {
         id: &str,
         bundle: PathBuf,
         log_path: Option<&Path>,
-        tty: bool,
-        stdin: bool,
-        stdin_once: bool,
+        io_opts: IoOpts,
+        runtime: Option<&ExternalRuntime>,
     ) -> io::Result<i32> {
+        let IoOpts {
+            tty,
+            stdin,
+            stdin_once,
+        } = io_opts;
         if self.containers.contains_key(id) {
             return Err(io::Error::other(format!("container {id} exists")));
         }
@@ -514,21 +546,35 @@ impl Monitor {
             console_fd = None;
             console_peer = None;
         }
-        let pid = berth_oci::container::create(
-            &self.root,
-            berth_oci::container::CreateOptions {
-                id: id.to_string(),
-                bundle,
-                pid_file: None,
-                console_socket: None,
-                console_fd,
-                no_pivot: false,
-                no_new_keyring: false,
-                preserve_fds: 0,
-                stdio,
-            },
-        )
-        .map_err(|e| io::Error::other(e.to_string()))?;
+        let cgroup = fs::read(bundle.join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["linux"]["cgroupsPath"].as_str().map(PathBuf::from));
+        let (pid, console_peer) = match runtime {
+            None => {
+                let pid = berth_oci::container::create(
+                    &self.root,
+                    berth_oci::container::CreateOptions {
+                        id: id.to_string(),
+                        bundle,
+                        pid_file: None,
+                        console_socket: None,
+                        console_fd,
+                        no_pivot: false,
+                        no_new_keyring: false,
+                        preserve_fds: 0,
+                        stdio,
+                    },
+                )
+                .map_err(|e| io::Error::other(e.to_string()))?;
+                (pid, console_peer)
+            }
+            Some(rt) => {
+                let mut cmd = rt.command();
+                cmd.arg("create").arg("--bundle").arg(&bundle);
+                external(rt, cmd, id, stdio, tty, &self.opts.dir)?
+            }
+        };
         drop(child);
         if let Some(peer) = console_peer {
             let master = berth_oci::console::recv_fd(peer.as_raw_fd())
@@ -558,6 +604,8 @@ impl Monitor {
                 stdin_once,
                 tty,
                 attached: Vec::new(),
+                runtime: runtime.cloned(),
+                cgroup,
                 started: false,
                 exit: None,
                 waiters: Vec::new(),
@@ -608,7 +656,20 @@ impl Monitor {
             .containers
             .get_mut(id)
             .ok_or_else(|| io::Error::other(format!("no container {id}")))?;
-        berth_oci::container::start(&self.root, id).map_err(|e| io::Error::other(e.to_string()))?;
+        match &c.runtime {
+            None => berth_oci::container::start(&self.root, id)
+                .map_err(|e| io::Error::other(e.to_string()))?,
+            Some(rt) => {
+                let o = rt.command().arg("start").arg(id).output()?;
+                if !o.status.success() {
+                    return Err(io::Error::other(format!(
+                        "{} start: {}",
+                        rt.path.display(),
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    )));
+                }
+            }
+        }
         c.started = true;
         Ok(())
     }
@@ -618,6 +679,7 @@ impl Monitor {
         id: &str,
         process: serde_json::Value,
         stdin: bool,
+        runtime: Option<&ExternalRuntime>,
     ) -> io::Result<(i32, Vec<OwnedFd>)> {
         let process: oci_spec::runtime::Process = serde_json::from_value(process)
             .map_err(|e| io::Error::other(format!("process: {e}")))?;
@@ -649,19 +711,36 @@ impl Monitor {
             child.push(err_w);
             (Some(s), None, None)
         };
-        let pid = berth_oci::exec::exec(
-            &self.root,
-            berth_oci::exec::ExecOptions {
-                id: id.to_string(),
-                process,
-                console_socket: None,
-                console_fd,
-                pid_file: None,
-                preserve_fds: 0,
-                stdio,
-            },
-        )
-        .map_err(|e| io::Error::other(e.to_string()))?;
+        let (pid, console_peer) = match runtime {
+            None => {
+                let pid = berth_oci::exec::exec(
+                    &self.root,
+                    berth_oci::exec::ExecOptions {
+                        id: id.to_string(),
+                        process,
+                        console_socket: None,
+                        console_fd,
+                        pid_file: None,
+                        preserve_fds: 0,
+                        stdio,
+                    },
+                )
+                .map_err(|e| io::Error::other(e.to_string()))?;
+                (pid, console_peer)
+            }
+            Some(rt) => {
+                let pf = self
+                    .opts
+                    .dir
+                    .join(format!("exec-{}.json", std::process::id()));
+                fs::write(&pf, serde_json::to_vec(&process).map_err(io::Error::other)?)?;
+                let mut cmd = rt.command();
+                cmd.arg("exec").arg("--detach").arg("--process").arg(&pf);
+                let r = external(rt, cmd, id, stdio, tty, &self.opts.dir);
+                let _ = fs::remove_file(&pf);
+                r?
+            }
+        };
         drop(child);
         if let Some(peer) = console_peer {
             let master = berth_oci::console::recv_fd(peer.as_raw_fd())
@@ -678,6 +757,96 @@ impl Monitor {
         );
         Ok((pid, ours))
     }
+}
+
+/// Runs a runc-compatible `create` or `exec --detach` for `id` with the
+/// given stdio (or a console socket for a terminal); returns the pid it
+/// wrote and the console master's socket. The process it starts is
+/// reparented to the monitor (the subreaper) when the runtime exits.
+fn external(
+    _rt: &ExternalRuntime,
+    mut cmd: std::process::Command,
+    id: &str,
+    stdio: Option<[RawFd; 3]>,
+    tty: bool,
+    dir: &Path,
+) -> io::Result<(i32, Option<std::os::unix::net::UnixStream>)> {
+    use std::process::Stdio;
+    let pid_file = dir.join(format!("{id}.{}.pid", std::process::id()));
+    let _ = fs::remove_file(&pid_file);
+    cmd.arg("--pid-file").arg(&pid_file);
+    // The console socket path must fit sun_path for the runtime: a short one.
+    let console = if tty {
+        let p = std::env::temp_dir().join(format!(
+            "berth-con-{}-{}.sock",
+            std::process::id(),
+            proto::now_ns()
+        ));
+        let l = std::os::unix::net::UnixListener::bind(&p)?;
+        cmd.arg("--console-socket").arg(&p);
+        Some((p, l))
+    } else {
+        None
+    };
+    cmd.arg(id);
+    let dup = |fd: RawFd| -> io::Result<Stdio> {
+        // SAFETY: dup of a valid fd; the copy is handed to the child.
+        let d = cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) }, "dup")?;
+        // SAFETY: fcntl returned a new fd.
+        Ok(Stdio::from(unsafe { OwnedFd::from_raw_fd(d) }))
+    };
+    match stdio {
+        Some([i, o, e]) => {
+            cmd.stdin(dup(i)?).stdout(dup(o)?);
+            cmd.stderr(dup(e)?);
+        }
+        None => {
+            cmd.stdin(Stdio::null()).stdout(Stdio::null());
+        }
+    }
+    // Errors come back on stderr only when the container does not own it.
+    let errfile = dir.join(format!("{id}.{}.err", std::process::id()));
+    if stdio.is_none() {
+        cmd.stderr(File::create(&errfile)?);
+    }
+    let mut child = cmd.spawn()?;
+    let mut master = None;
+    if let Some((p, l)) = &console {
+        l.set_nonblocking(true)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match l.accept() {
+                Ok((s, _)) => {
+                    master = Some(s);
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if child.try_wait()?.is_some() || Instant::now() > deadline {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let _ = fs::remove_file(p);
+    }
+    let st = child.wait()?;
+    let err = fs::read_to_string(&errfile).unwrap_or_default();
+    let _ = fs::remove_file(&errfile);
+    if !st.success() {
+        return Err(io::Error::other(format!(
+            "{}: {st}: {}",
+            _rt.path.display(),
+            err.trim()
+        )));
+    }
+    let pid = fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| io::Error::other("the runtime wrote no pid file"))?;
+    let _ = fs::remove_file(&pid_file);
+    Ok((pid, master))
 }
 
 /// Reads what output is there; false at end of stream.

@@ -59,6 +59,7 @@ fn create(m: &Mon, b: &Bundle, id: &str, log: &Path, stdin: bool) -> i32 {
         tty: false,
         stdin,
         stdin_once: false,
+        runtime: None,
     }) {
         Response::Created { pid } => pid,
         r => panic!("{r:?}"),
@@ -158,6 +159,7 @@ fn exec_hands_back_the_stdio_and_reports_the_exit_code() {
             id: id.clone(),
             process,
             stdin: true,
+            runtime: None,
         })
         .unwrap();
     let Response::ExecStarted { pid } = resp else {
@@ -237,6 +239,7 @@ fn attach_gets_the_output_and_stdin_once_hands_over_stdin() {
         tty: false,
         stdin: true,
         stdin_once: true,
+        runtime: None,
     }) {
         Response::Created { .. } => {}
         r => panic!("{r:?}"),

@@ -77,7 +77,7 @@ impl Berthd {
         .unwrap();
         let config = tmp.path().join("berth.toml");
         let toml = format!(
-            "root = {root:?}\nstate = {state:?}\nsocket = {sock:?}\n[runtime]\ncgroup_parent = {cg:?}\nmonitor = {mon:?}\n[cni]\nconf_dir = {conf:?}\nbin_dirs = [\"/usr/lib/cni\"]\n",
+            "root = {root:?}\nstate = {state:?}\nsocket = {sock:?}\n[runtime]\ncgroup_parent = {cg:?}\nmonitor = {mon:?}\n[runtime.handlers.runc]\npath = \"/usr/sbin/runc\"\n[cni]\nconf_dir = {conf:?}\nbin_dirs = [\"/usr/lib/cni\"]\n",
             root = tmp.path().join("root"),
             state = tmp.path().join("state"),
             sock = tmp.path().join("berth.sock"),

@@ -1,0 +1,137 @@
+//! RuntimeClass handlers behind one interface: the built-in berth runtime
+//! (a library call) or any runc-compatible binary (its CLI), each with its
+//! own state root.
+
+use crate::daemon::Daemon;
+use berth_monitor::proto::ExternalRuntime;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone)]
+pub enum Handler {
+    Builtin,
+    External(ExternalRuntime),
+}
+
+impl Daemon {
+    /// The handler a pod runs with (unknown names fall back to built-in:
+    /// they were refused when the pod was created).
+    pub fn handler(&self, name: &str) -> Handler {
+        match self.cfg.runtime.handlers.get(name) {
+            Some(h) => Handler::External(ExternalRuntime {
+                path: h.path.clone(),
+                root: self.cfg.state.join("runtimes").join(name),
+            }),
+            None => Handler::Builtin,
+        }
+    }
+
+    pub fn handler_of_pod(&self, pod_id: &str) -> Handler {
+        match self.pod(pod_id) {
+            Ok(Some(p)) => self.handler(&p.runtime_handler),
+            _ => Handler::Builtin,
+        }
+    }
+}
+
+impl Handler {
+    pub fn external(&self) -> Option<ExternalRuntime> {
+        match self {
+            Handler::Builtin => None,
+            Handler::External(rt) => Some(rt.clone()),
+        }
+    }
+
+    pub fn kill(&self, d: &Daemon, id: &str, sig: i32, all: bool) -> Result<(), String> {
+        match self {
+            Handler::Builtin => {
+                berth_oci::container::kill(&d.oci, id, sig, all).map_err(|e| e.to_string())
+            }
+            Handler::External(rt) => {
+                let mut c = rt.command();
+                c.arg("kill");
+                if all {
+                    c.arg("--all");
+                }
+                run(c.arg(id).arg(sig.to_string()))
+            }
+        }
+    }
+
+    /// Force-deletes the container's runtime state; a missing one is fine.
+    pub fn delete(&self, d: &Daemon, id: &str) -> Result<(), String> {
+        match self {
+            Handler::Builtin => match berth_oci::container::delete(&d.oci, id, true) {
+                Err(berth_oci::error::Error::NotFound(_)) | Ok(()) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            },
+            Handler::External(rt) => {
+                if !rt.root.join(id).exists() {
+                    return Ok(());
+                }
+                run(rt.command().arg("delete").arg("--force").arg(id))
+            }
+        }
+    }
+
+    /// Whether the container's init process is alive.
+    pub fn alive(&self, d: &Daemon, id: &str) -> bool {
+        match self {
+            Handler::Builtin => match d.oci.load(id) {
+                Ok(st) => berth_oci::state::process_alive(st.pid, st.pid_start),
+                Err(_) => false,
+            },
+            Handler::External(rt) => rt
+                .command()
+                .arg("state")
+                .arg(id)
+                .output()
+                .ok()
+                .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+                .is_some_and(|v| v["status"] == "running" || v["status"] == "created"),
+        }
+    }
+
+    pub fn update(
+        &self,
+        d: &Daemon,
+        id: &str,
+        res: &oci_spec::runtime::LinuxResources,
+    ) -> Result<(), String> {
+        match self {
+            Handler::Builtin => {
+                berth_oci::container::update(&d.oci, id, "linux", res).map_err(|e| e.to_string())
+            }
+            Handler::External(rt) => {
+                let f = d
+                    .cfg
+                    .state
+                    .join("containers")
+                    .join(id)
+                    .join("resources.json");
+                std::fs::write(&f, serde_json::to_vec(res).map_err(|e| e.to_string())?)
+                    .map_err(|e| e.to_string())?;
+                run(rt
+                    .command()
+                    .arg("update")
+                    .arg("--resources")
+                    .arg(&f)
+                    .arg(id))
+            }
+        }
+    }
+}
+
+fn run(c: &mut std::process::Command) -> Result<(), String> {
+    let o = c.output().map_err(|e| e.to_string())?;
+    if o.status.success() {
+        return Ok(());
+    }
+    Err(String::from_utf8_lossy(&o.stderr).trim().to_string())
+}
+
+/// The cgroup of a container, from its bundle's spec.
+pub fn container_cgroup(bundle: &std::path::Path) -> Option<PathBuf> {
+    let b = std::fs::read(bundle.join("config.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&b).ok()?;
+    v["linux"]["cgroupsPath"].as_str().map(PathBuf::from)
+}
