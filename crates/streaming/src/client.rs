@@ -425,6 +425,32 @@ pub async fn port_forward(url: &str) -> Result<PortForward, ClientError> {
     })
 }
 
+/// The same over SPDY tunnelled in WebSocket messages
+/// (`SPDY/3.1+portforward.k8s.io`, what kubectl 1.31+ uses).
+pub async fn port_forward_tunnel(url: &str) -> Result<PortForward, ClientError> {
+    let (io, proto) = upgrade(
+        url,
+        Transport::WebSocket,
+        &[protocol::SPDY_TUNNEL_PORT_FORWARD],
+    )
+    .await?;
+    if proto != protocol::SPDY_TUNNEL_PORT_FORWARD {
+        return Err(err(format!("server chose {proto:?}")));
+    }
+    let (lim, spdy_lim) = limits();
+    let (ours, theirs) = tokio::io::duplex(lim.stream_buf);
+    tokio::spawn(crate::ws::tunnel::run(
+        io,
+        theirs,
+        Config::default().max_frame,
+        false,
+    ));
+    Ok(PortForward {
+        conn: SpdyConn::start(ours, false, lim, spdy_lim),
+        next: AtomicU64::new(0),
+    })
+}
+
 impl PortForward {
     /// Opens a connection to `port` in the pod.
     pub async fn open(&self, port: u16) -> io::Result<Forwarded> {

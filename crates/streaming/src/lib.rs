@@ -11,7 +11,8 @@
 //!   `portforward.k8s.io`.
 //! - WebSocket (`ws`, RFC 6455): `channel.k8s.io`, `base64.channel.k8s.io`,
 //!   `v4.channel.k8s.io`, `v4.base64.channel.k8s.io`, `v5.channel.k8s.io`
-//!   (close signal) and port-forward.
+//!   (close signal), port-forward, and SPDY port-forward tunnelled through
+//!   WebSocket messages (`SPDY/3.1+portforward.k8s.io`, kubectl 1.31+).
 //!
 //! Everything is bounded: frame and message sizes, inflated header blocks,
 //! streams per connection, bytes buffered per stream, pending tokens,
@@ -59,6 +60,7 @@ pub mod ws {
     //! WebSocket framing and channel connections.
     pub mod conn;
     pub mod frame;
+    pub(crate) mod tunnel;
 }
 
 pub use mux::{MuxStream, RecvHalf, SendHalf};
@@ -80,8 +82,10 @@ pub mod protocol {
     pub const SPDY_REMOTECOMMAND: &[&str] = &[V5, V4, V3, V2, V1];
     /// Remote command protocols over WebSocket.
     pub const WS_REMOTECOMMAND: &[&str] = &[V5, V4, V4_BASE64, V1, BASE64];
+    /// SPDY carried inside WebSocket binary messages (kubectl 1.31+ port-forward).
+    pub const SPDY_TUNNEL_PORT_FORWARD: &str = "SPDY/3.1+portforward.k8s.io";
     /// Port-forward protocols over WebSocket.
-    pub const WS_PORT_FORWARD: &[&str] = &[PORT_FORWARD, V4, V4_BASE64];
+    pub const WS_PORT_FORWARD: &[&str] = &[SPDY_TUNNEL_PORT_FORWARD, PORT_FORWARD, V4, V4_BASE64];
     pub const HEADER_PROTOCOL: &str = "X-Stream-Protocol-Version";
     pub const HEADER_ACCEPTED: &str = "X-Accepted-Stream-Protocol-Versions";
 }

@@ -283,15 +283,6 @@ fn route(inner: Arc<Inner>, mut req: hyper::Request<Incoming>) -> Resp {
         else {
             return plain(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key is required");
         };
-        if let Request::PortForward { ports, .. } = &request {
-            // Two channels per port, numbered by one byte.
-            if ports.is_empty() || ports.len() > 127 {
-                return plain(
-                    StatusCode::BAD_REQUEST,
-                    "a WebSocket port-forward needs 1 to 127 ports",
-                );
-            }
-        }
         let server: &[&str] = if port_forward {
             protocol::WS_PORT_FORWARD
         } else {
@@ -314,6 +305,18 @@ fn route(inner: Arc<Inner>, mut req: hyper::Request<Incoming>) -> Resp {
                 }
             }
         };
+        if let (Request::PortForward { ports, .. }, false) =
+            (&request, chosen == protocol::SPDY_TUNNEL_PORT_FORWARD)
+        {
+            // Two channels per port, numbered by one byte (the SPDY tunnel
+            // names ports per stream instead).
+            if ports.is_empty() || ports.len() > 127 {
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    "a WebSocket port-forward needs 1 to 127 ports",
+                );
+            }
+        }
         let on_upgrade = hyper::upgrade::on(&mut req);
         let proto = chosen.clone();
         tokio::spawn(async move {

@@ -61,7 +61,19 @@ fn wanted(req: &Request) -> Wanted {
     }
 }
 
-pub(crate) async fn spdy<IO>(inner: Arc<Inner>, io: IO, req: Request, proto: String)
+pub(crate) fn spdy<IO>(
+    inner: Arc<Inner>,
+    io: IO,
+    req: Request,
+    proto: String,
+) -> crate::BoxFuture<'static, ()>
+where
+    IO: AsyncRead + AsyncWrite + Send + 'static,
+{
+    Box::pin(spdy_session(inner, io, req, proto))
+}
+
+async fn spdy_session<IO>(inner: Arc<Inner>, io: IO, req: Request, proto: String)
 where
     IO: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -376,6 +388,18 @@ pub(crate) async fn websocket<IO>(inner: Arc<Inner>, io: IO, req: Request, proto
 where
     IO: AsyncRead + AsyncWrite + Send + 'static,
 {
+    if proto == protocol::SPDY_TUNNEL_PORT_FORWARD {
+        let (ours, theirs) = tokio::io::duplex(inner.cfg.stream_buffer.max(64 << 10));
+        let tunnel = tokio::spawn(crate::ws::tunnel::run(
+            io,
+            theirs,
+            inner.cfg.max_frame,
+            true,
+        ));
+        spdy(inner, ours, req, protocol::PORT_FORWARD.to_string()).await;
+        let _ = tunnel.await;
+        return;
+    }
     let base64 = proto == protocol::BASE64 || proto == protocol::V4_BASE64;
     let opts = WsOptions {
         server: true,

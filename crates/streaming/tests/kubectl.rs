@@ -104,6 +104,9 @@ const RESOURCES: &str = r#"{"kind":"APIResourceList","groupVersion":"v1","resour
 const NOT_FOUND: &str =
     r#"{"apiVersion":"v1","kind":"Status","status":"Failure","reason":"NotFound","code":404}"#;
 
+/// Upgrade headers of the requests the fake API server proxied.
+static UPGRADES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
 /// A fake API server: answers discovery and GET pod, proxies exec/portforward upgrades.
 async fn apiserver(srv: ServerHandle) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -133,6 +136,12 @@ async fn apiserver(srv: ServerHandle) -> SocketAddr {
                     let (method, target) = (line.next().unwrap_or(""), line.next().unwrap_or(""));
                     let path = target.split('?').next().unwrap();
                     if let Some(url) = mint(&srv, path, &query(target)) {
+                        let upgrade = head
+                            .lines()
+                            .find(|l| l.to_ascii_lowercase().starts_with("upgrade:"))
+                            .unwrap_or("")
+                            .to_string();
+                        UPGRADES.lock().unwrap().push(format!("{path} {upgrade}"));
                         // Proxy the upgrade: same headers, the streaming URL's path.
                         let (_, spath) = url.split_once(&srv.local_addr().to_string()).unwrap();
                         let mut up = TcpStream::connect(srv.local_addr()).await.unwrap();
@@ -163,13 +172,25 @@ async fn apiserver(srv: ServerHandle) -> SocketAddr {
 }
 
 fn kubectl_cmd(api: SocketAddr, websockets: bool, args: &[&str]) -> tokio::process::Command {
+    kubectl_cmd_pf(api, websockets, false, args)
+}
+
+fn kubectl_cmd_pf(
+    api: SocketAddr,
+    websockets: bool,
+    pf_websockets: bool,
+    args: &[&str],
+) -> tokio::process::Command {
     let mut c = tokio::process::Command::new("kubectl");
     c.env("KUBECONFIG", "/dev/null")
         .env(
             "KUBECTL_REMOTE_COMMAND_WEBSOCKETS",
             if websockets { "true" } else { "false" },
         )
-        .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")
+        .env(
+            "KUBECTL_PORT_FORWARD_WEBSOCKETS",
+            if pf_websockets { "true" } else { "false" },
+        )
         .arg(format!("--server=http://{api}"))
         .arg("--request-timeout=20s")
         .args(args)
@@ -254,60 +275,74 @@ async fn kubectl_exec_over_spdy_and_websocket() {
     }
 }
 
+/// kubectl port-forward over SPDY, and (kubectl 1.31+) over SPDY tunnelled
+/// in WebSocket messages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_port_forward_over_spdy() {
+async fn kubectl_port_forward() {
     let Some(_) = kubectl() else { return };
     let (backend, srv) = start(Config::default()).await;
     let http = http_server("127.0.0.1:0", "pod").await;
     backend.pods.lock().unwrap().insert("p1".into(), http);
     let api = apiserver(srv).await;
-    let local = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = kubectl_cmd(
-        api,
-        false,
-        &[
-            "port-forward",
-            "pod/p1",
-            &format!("{local}:{}", http.port()),
-        ],
-    )
-    .stdout(PStdio::piped())
-    .stderr(PStdio::piped())
-    .spawn()
-    .unwrap();
-    // kubectl prints "Forwarding from ..." once it listens.
-    let mut stdout = child.stdout.take().unwrap();
-    let mut seen = Vec::new();
-    let mut b = [0u8; 256];
-    while !String::from_utf8_lossy(&seen).contains("Forwarding from") {
-        let n = tokio::time::timeout(Duration::from_secs(30), stdout.read(&mut b))
-            .await
-            .expect("kubectl port-forward started")
+    for tunnel in [false, true] {
+        let local = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let ports = format!("{local}:{}", http.port());
+        let mut child = kubectl_cmd_pf(api, false, tunnel, &["port-forward", "pod/p1", &ports])
+            .stdout(PStdio::piped())
+            .stderr(PStdio::piped())
+            .spawn()
             .unwrap();
-        assert!(n > 0, "kubectl port-forward exited");
-        seen.extend_from_slice(&b[..n]);
-    }
-    let mut tasks = Vec::new();
-    for i in 0..50 {
-        tasks.push(tokio::spawn(async move {
-            let mut s = TcpStream::connect(("127.0.0.1", local)).await.unwrap();
-            s.write_all(format!("GET /k{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        // kubectl prints "Forwarding from ..." once it listens.
+        let mut stdout = child.stdout.take().unwrap();
+        let mut seen = Vec::new();
+        let mut b = [0u8; 256];
+        while !String::from_utf8_lossy(&seen).contains("Forwarding from") {
+            let n = tokio::time::timeout(Duration::from_secs(30), stdout.read(&mut b))
                 .await
+                .expect("kubectl port-forward started")
                 .unwrap();
-            let mut r = Vec::new();
-            s.read_to_end(&mut r).await.unwrap();
-            (i, String::from_utf8_lossy(&r).to_string())
-        }));
+            assert!(n > 0, "kubectl port-forward exited");
+            seen.extend_from_slice(&b[..n]);
+        }
+        let mut tasks = Vec::new();
+        for i in 0..50 {
+            tasks.push(tokio::spawn(async move {
+                let mut s = TcpStream::connect(("127.0.0.1", local)).await.unwrap();
+                s.write_all(format!("GET /k{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                    .await
+                    .unwrap();
+                let mut r = Vec::new();
+                s.read_to_end(&mut r).await.unwrap();
+                (i, String::from_utf8_lossy(&r).to_string())
+            }));
+        }
+        for t in tasks {
+            let (i, r) = t.await.unwrap();
+            assert!(
+                r.ends_with(&format!("pod /k{i}")),
+                "tunnel={tunnel} {i}: {r:?}"
+            );
+        }
+        child.kill().await.unwrap();
+        let last = UPGRADES
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|u| u.contains("/portforward"))
+            .cloned()
+            .unwrap_or_default();
+        let want = if tunnel { "websocket" } else { "SPDY/3.1" };
+        assert!(
+            last.to_ascii_lowercase()
+                .contains(&want.to_ascii_lowercase()),
+            "tunnel={tunnel}: {last}"
+        );
     }
-    for t in tasks {
-        let (i, r) = t.await.unwrap();
-        assert!(r.ends_with(&format!("pod /k{i}")), "{i}: {r:?}");
-    }
-    child.kill().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,7 @@
 
 mod common;
 
-use berth_streaming::client::{port_forward, port_forward_ws};
+use berth_streaming::client::{port_forward, port_forward_tunnel, port_forward_ws};
 use berth_streaming::{protocol, Config, Request};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -139,4 +139,47 @@ async fn websocket_port_forward() {
         );
         pf.close().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spdy_tunnelled_in_websocket() {
+    let (backend, srv) = start(Config::default()).await;
+    let a = http_server("127.0.0.1:0", "tun").await;
+    let hc = half_close_server("127.0.0.1:0").await;
+    backend.pods.lock().unwrap().insert("p".into(), a);
+    backend.pods.lock().unwrap().insert("q".into(), hc);
+    let url = srv
+        .url_for(Request::PortForward {
+            pod_id: "p".into(),
+            ports: vec![],
+        })
+        .unwrap();
+    let pf = std::sync::Arc::new(port_forward_tunnel(&url).await.unwrap());
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let pf = pf.clone();
+        tasks.push(tokio::spawn(async move {
+            (i, get(&pf, a.port(), &format!("/t{i}")).await)
+        }));
+    }
+    for t in tasks {
+        let (i, body) = t.await.unwrap();
+        assert_eq!(body, format!("tun /t{i}"));
+    }
+    std::sync::Arc::into_inner(pf).unwrap().close().await;
+    // Half-close through the tunnel.
+    let url = srv
+        .url_for(Request::PortForward {
+            pod_id: "q".into(),
+            ports: vec![],
+        })
+        .unwrap();
+    let pf = port_forward_tunnel(&url).await.unwrap();
+    let mut s = pf.open(hc.port()).await.unwrap();
+    s.write_all(b"abc").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut b = Vec::new();
+    s.read_to_end(&mut b).await.unwrap();
+    assert_eq!(b, b"3:cba");
+    pf.close().await;
 }
