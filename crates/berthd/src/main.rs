@@ -29,6 +29,24 @@ struct Args {
     /// Log level filter (e.g. info, debug).
     #[arg(long, default_value = "info")]
     log_level: String,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(clap::Subcommand)]
+enum Cmd {
+    /// Import an OCI image archive (docker/podman/skopeo `oci-archive`) into
+    /// berthd's image store, for nodes without a registry. Run it while
+    /// berthd is stopped (the store is locked while it runs).
+    Import {
+        /// The archive (a tar of an OCI image layout).
+        archive: PathBuf,
+        /// The image's name, e.g. localhost/app:1.
+        name: String,
+        /// Which tag of the archive's index to take (its only image if omitted).
+        #[arg(long)]
+        tag: Option<String>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -57,6 +75,16 @@ fn real_main() -> anyhow::Result<()> {
     cfg.validate().map_err(anyhow::Error::msg)?;
     if a.print_config {
         print!("{}", cfg.print());
+        return Ok(());
+    }
+    if let Some(Cmd::Import { archive, name, tag }) = a.cmd {
+        let images = berth_image::ImageRoot::open(cfg.root.join("images"))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let f = std::fs::File::open(&archive).with_context(|| archive.display().to_string())?;
+        let img = images
+            .import_archive(f, tag.as_deref(), &name)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", archive.display()))?;
+        println!("{} {}", img.id, name);
         return Ok(());
     }
     let filter = tracing_subscriber::EnvFilter::try_new(&a.log_level).context("--log-level")?;
