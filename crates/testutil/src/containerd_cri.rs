@@ -117,12 +117,14 @@ fn cni_conflist(name: &str, bridge: &str, subnet: &str, ipam_dir: &Path) -> Stri
         "plugins": [{
             "type": "bridge",
             "bridge": bridge,
-            "isGateway": true,
+            // The bridge and its address are made by the harness: the
+            // plugin's isGateway would switch on host-wide ip_forward.
+            "isGateway": false,
             // No masquerading: tests must not add iptables rules.
             "ipMasq": false,
             "ipam": {
                 "type": "host-local",
-                "ranges": [[{"subnet": subnet}]],
+                "ranges": [[{"subnet": subnet, "rangeStart": subnet.replace(".0/24", ".10"), "gateway": subnet.replace(".0/24", ".1")}]],
                 "routes": [{"dst": "0.0.0.0/0"}],
                 "dataDir": ipam_dir,
             }
@@ -159,6 +161,23 @@ impl ContainerdCri {
             ),
         )?;
         fs::write(d.join("config.toml"), config_toml(d))?;
+        for args in [
+            vec!["link", "add", bridge.as_str(), "type", "bridge"],
+            vec![
+                "addr",
+                "add",
+                &format!("{}/24", subnet.replace(".0/24", ".1")),
+                "dev",
+                bridge.as_str(),
+            ],
+            vec!["link", "set", bridge.as_str(), "up"],
+        ] {
+            let o = Command::new("ip").args(&args).output().context("ip")?;
+            if !o.status.success() {
+                let _ = Command::new("ip").args(["link", "del", &bridge]).output();
+                bail!("ip {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+            }
+        }
         let log = fs::File::create(d.join("containerd.log"))?;
         let child = Command::new("containerd")
             .arg("--config")
