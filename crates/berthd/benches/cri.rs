@@ -8,7 +8,6 @@
 //!   cargo bench -p berthd --bench cri [-- N CONCURRENCY OUTDIR]
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::process::Command;
