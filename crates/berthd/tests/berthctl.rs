@@ -1,0 +1,233 @@
+//! berthctl, the built binary, against the real berthd: every command a
+//! user reaches for, their output and exit codes.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+struct Ctl {
+    endpoint: String,
+}
+
+impl Ctl {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(bin("berthctl"));
+        c.arg("--runtime-endpoint").arg(&self.endpoint);
+        c.env_remove("CONTAINER_RUNTIME_ENDPOINT");
+        c.env("BERTHCTL_CONFIG", "/dev/null");
+        c
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "berthctl {args:?}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+fn wait_for(mut f: impl FnMut() -> bool) {
+    for _ in 0..300 {
+        if f() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("timed out");
+}
+
+#[test]
+fn every_command_against_berthd() {
+    let b = Berthd::start();
+    let ctl = Ctl {
+        endpoint: format!("unix://{}", b.socket.display()),
+    };
+    let t = tempfile::tempdir().unwrap();
+    assert!(ctl.ok(&["version"]).contains("RuntimeName:  berth"));
+    let info = ctl.json(&["info"]);
+    assert!(
+        info["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["status"] == true),
+        "{info}"
+    );
+    assert!(ctl.ok(&["images"]).contains("localhost/berth-test/busybox"));
+    assert_eq!(
+        ctl.json(&["inspecti", IMAGE])["status"]["repo_tags"][0],
+        IMAGE
+    );
+
+    let logs = t.path().join("logs");
+    let pod_cfg = write(
+        t.path(),
+        "pod.yaml",
+        &format!(
+            "metadata:\n  name: web\n  namespace: test\n  uid: web-uid\nlog_directory: {}\n",
+            logs.display()
+        ),
+    );
+    let pod = ctl.ok(&["runp", &pod_cfg]).trim().to_string();
+    assert!(ctl.ok(&["pods"]).contains("Ready"));
+    assert_eq!(ctl.json(&["inspectp", &pod[..10]])["status"]["state"], 0);
+    let ctr_cfg = write(
+        t.path(),
+        "ctr.yaml",
+        &format!("metadata: {{name: app}}\nimage: {{image: {IMAGE}}}\ncommand: [sh, -c]\nargs: ['echo hello $G; echo oops >&2; exec busybox httpd -f -p 127.0.0.1:8080 -h /etc']\nenvs: [{{key: G, value: world}}]\nlog_path: app.log\n"),
+    );
+    // Events seen while the container is created and started.
+    let mut ev = ctl
+        .cmd()
+        .args(["events", "-n", "2", "-o", "json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let ctr = ctl
+        .ok(&["create", &pod, &ctr_cfg, &pod_cfg])
+        .trim()
+        .to_string();
+    ctl.ok(&["start", &ctr[..12]]);
+    let ev = ev.wait_with_output_timeout();
+    assert!(ev.contains(&ctr), "{ev}");
+    assert!(ctl.ok(&["ps"]).contains("Running"));
+    wait_for(|| ctl.ok(&["logs", "app"]).contains("hello world"));
+    let o = ctl.run(&["logs", "app"]);
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "oops\n");
+    assert_eq!(ctl.ok(&["exec", "app", "sh", "-c", "echo $G"]), "world\n");
+    let o = ctl.run(&["exec", &ctr, "sh", "-c", "exit 3"]);
+    assert_eq!(o.status.code(), Some(3));
+    // Interactive exec (streaming): stdin in, output and exit code out.
+    let mut child = ctl
+        .cmd()
+        .args(["exec", "-i", "app", "sh", "-c", "cat; exit 5"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"through stdin\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "through stdin\n");
+    assert_eq!(o.status.code(), Some(5));
+    // Port-forward to the pod's loopback-only server.
+    let port = berth_testutil::registry::free_port();
+    let mut pf = ctl
+        .cmd()
+        .args(["port-forward", &pod, &format!("{port}:8080")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut body = String::new();
+    wait_for(|| {
+        let o = Command::new("busybox")
+            .args([
+                "wget",
+                "-q",
+                "-O",
+                "-",
+                &format!("http://127.0.0.1:{port}/hostname"),
+            ])
+            .output()
+            .unwrap();
+        body = String::from_utf8_lossy(&o.stdout).to_string();
+        o.status.success()
+    });
+    let _ = pf.kill();
+    let _ = pf.wait();
+    assert_eq!(body.trim(), "web");
+    assert_eq!(
+        ctl.json(&["stats", &ctr])["stats"][0]["attributes"]["id"],
+        ctr.as_str()
+    );
+    assert_eq!(
+        ctl.json(&["statsp", &pod])["stats"][0]["attributes"]["id"],
+        pod.as_str()
+    );
+    ctl.ok(&["stop", "--timeout", "1", &ctr]);
+    assert_eq!(ctl.json(&["inspect", &ctr])["status"]["state"], 2);
+    ctl.ok(&["rm", &ctr]);
+    ctl.ok(&["stopp", &pod]);
+    ctl.ok(&["rmp", &pod]);
+    assert_eq!(ctl.ok(&["pods", "-q"]).trim(), "");
+    // Unknown ids: a scriptable exit code.
+    assert_eq!(ctl.run(&["inspect", "nope"]).status.code(), Some(4));
+    assert_eq!(b.leaks(), Vec::<String>::new());
+}
+
+#[test]
+fn run_a_pod_manifest_with_init_containers_volumes_and_a_failure() {
+    let b = Berthd::start();
+    let ctl = Ctl {
+        endpoint: format!("unix://{}", b.socket.display()),
+    };
+    let t = tempfile::tempdir().unwrap();
+    let ok = write(
+        t.path(),
+        "ok.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: hello}}\nspec:\n  restartPolicy: Never\n  volumes: [{{name: data, emptyDir: {{}}}}]\n  initContainers:\n  - {{name: prep, image: {IMAGE}, command: [sh, -c, 'echo from init > /data/g'], volumeMounts: [{{name: data, mountPath: /data}}]}}\n  containers:\n  - {{name: app, image: {IMAGE}, command: [sh, -c, 'cat /data/g; id -u'], securityContext: {{runAsUser: 1000}}, volumeMounts: [{{name: data, mountPath: /data}}]}}\n"
+        ),
+    );
+    let o = ctl.run(&["run", &ok]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("from init") && out.contains("1000"), "{out}");
+    let bad = write(
+        t.path(),
+        "bad.yaml",
+        &format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: failing}}\nspec:\n  restartPolicy: Never\n  containers:\n  - {{name: app, image: {IMAGE}, command: [sh, -c, 'exit 7']}}\n"),
+    );
+    let o = ctl.run(&["run", &bad]);
+    assert_eq!(o.status.code(), Some(7));
+    assert_eq!(ctl.ok(&["pods", "-q"]).trim(), "", "the pod is removed");
+    assert_eq!(b.leaks(), Vec::<String>::new());
+}
+
+trait WaitTimeout {
+    fn wait_with_output_timeout(self) -> String;
+}
+
+impl WaitTimeout for std::process::Child {
+    fn wait_with_output_timeout(mut self) -> String {
+        for _ in 0..100 {
+            if self.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = self.kill();
+        let o = self.wait_with_output().unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
