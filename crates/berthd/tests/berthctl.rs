@@ -97,7 +97,7 @@ fn every_command_against_berthd() {
         &format!("metadata: {{name: app}}\nimage: {{image: {IMAGE}}}\ncommand: [sh, -c]\nargs: ['echo hello $G; echo oops >&2; exec busybox httpd -f -p 127.0.0.1:8080 -h /etc']\nenvs: [{{key: G, value: world}}]\nlog_path: app.log\n"),
     );
     // Events seen while the container is created and started.
-    let mut ev = ctl
+    let ev = ctl
         .cmd()
         .args(["events", "-n", "2", "-o", "json"])
         .stdout(Stdio::piped())
