@@ -162,6 +162,22 @@ fn every_command_against_berthd() {
     let _ = pf.kill();
     let _ = pf.wait();
     assert_eq!(body.trim(), "web");
+    // exec -t: a terminal, and the exit code.
+    let o = with_stdin(
+        &ctl,
+        &["exec", "-t", "app", "sh", "-c", "test -t 0 && exit 4"],
+        "",
+    );
+    assert_eq!(o.status.code(), Some(4));
+    // attach -i to a stdin_once `cat`: what is sent comes back; EOF ends it.
+    let cat = write(t.path(), "cat.yaml", &format!("metadata: {{name: cat}}\nimage: {{image: {IMAGE}}}\ncommand: [cat]\nstdin: true\nstdin_once: true\nlog_path: cat.log\n"));
+    let cat_id = ctl.ok(&["create", &pod, &cat, &pod_cfg]).trim().to_string();
+    ctl.ok(&["start", &cat_id]);
+    let o = with_stdin(&ctl, &["attach", "-i", "cat"], "echo me\n");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "echo me\n");
+    wait_for(|| ctl.json(&["inspect", "cat"])["status"]["state"] == 2);
+    // logs -f of an exited container prints all and returns.
+    assert_eq!(ctl.ok(&["logs", "-f", "cat"]), "echo me\n");
     assert_eq!(
         ctl.json(&["stats", &ctr])["stats"][0]["attributes"]["id"],
         ctr.as_str()
@@ -173,6 +189,7 @@ fn every_command_against_berthd() {
     ctl.ok(&["stop", "--timeout", "1", &ctr]);
     assert_eq!(ctl.json(&["inspect", &ctr])["status"]["state"], 2);
     ctl.ok(&["rm", &ctr]);
+    ctl.ok(&["rm", &cat_id]);
     ctl.ok(&["stopp", &pod]);
     ctl.ok(&["rmp", &pod]);
     assert_eq!(ctl.ok(&["pods", "-q"]).trim(), "");
@@ -212,6 +229,69 @@ fn run_a_pod_manifest_with_init_containers_volumes_and_a_failure() {
     assert_eq!(o.status.code(), Some(7));
     assert_eq!(ctl.ok(&["pods", "-q"]).trim(), "", "the pod is removed");
     assert_eq!(b.leaks(), Vec::<String>::new());
+}
+
+fn with_stdin(ctl: &Ctl, args: &[&str], input: &str) -> Output {
+    let mut ch = ctl
+        .cmd()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    ch.stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    ch.wait_with_output().unwrap()
+}
+
+#[test]
+fn pull_and_rmi_through_berthd() {
+    let b = Berthd::start();
+    let reg = berth_testutil::registry::Registry::start();
+    let archive = b.tmp.path().join("app.tar");
+    berth_testutil::write_image_archive(&archive, "latest", &["true"]).unwrap();
+    reg.push(
+        &format!("oci-archive:{}:latest", archive.display()),
+        "test/app",
+        &[],
+    );
+    let hosts = b.tmp.path().join("certs.d").join(reg.host());
+    std::fs::create_dir_all(&hosts).unwrap();
+    std::fs::write(
+        hosts.join("hosts.toml"),
+        format!("server = \"http://{}\"\n", reg.host()),
+    )
+    .unwrap();
+    let mut b = b;
+    b.kill9();
+    let cfg = std::fs::read_to_string(&b.config).unwrap();
+    std::fs::write(
+        &b.config,
+        format!(
+            "{cfg}[registry]\nconfig_path = {:?}\n",
+            b.tmp.path().join("certs.d")
+        ),
+    )
+    .unwrap();
+    b.spawn();
+    let ctl = Ctl {
+        endpoint: format!("unix://{}", b.socket.display()),
+    };
+    let name = format!("{}/test/app:latest", reg.host());
+    let out = ctl.ok(&["pull", &name]);
+    assert!(out.contains("sha256:"), "{out}");
+    assert!(ctl
+        .ok(&["images"])
+        .contains(&format!("{}/test/app", reg.host())));
+    ctl.ok(&["rmi", &name]);
+    assert!(!ctl.ok(&["images"]).contains("test/app"));
+    // A reference that cannot be pulled: a clear error, a failing exit code.
+    let o = ctl.run(&["pull", &format!("{}/no/such:1", reg.host())]);
+    assert!(!o.status.success());
 }
 
 trait WaitTimeout {
