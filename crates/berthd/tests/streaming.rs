@@ -271,5 +271,28 @@ async fn attach_with_stdin_once_and_port_forward_into_the_pod() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(got.ends_with("att\n"), "{got}");
-    pf.close().await;
+    // 50 requests in parallel over the one port-forward connection.
+    let pf = std::sync::Arc::new(pf);
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let pf = pf.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = pf.open(8080).await.unwrap();
+            conn.data
+                .write_all(b"GET /hostname HTTP/1.0\r\n\r\n")
+                .await
+                .unwrap();
+            let mut resp = String::new();
+            conn.data.read_to_string(&mut resp).await.unwrap();
+            resp
+        }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert!(r.contains("200 OK") && r.ends_with("att\n"), "{r}");
+    }
+    match std::sync::Arc::try_unwrap(pf) {
+        Ok(pf) => pf.close().await,
+        Err(_) => panic!("port-forward still shared"),
+    }
 }
