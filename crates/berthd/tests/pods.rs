@@ -637,3 +637,50 @@ async fn a_runtime_class_handler_runs_the_pod_with_runc() {
     .unwrap();
     assert_eq!(b.leaks(), Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_sharing_its_pid_namespace_keeps_one_tiny_init() {
+    let b = Berthd::start();
+    let mut c = b.rt().await;
+    let mut cfg = pod_config("sharepid", &b.logs());
+    cfg.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                pid: cri::NamespaceMode::Pod as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let (pod, ids) = run_pod(
+        &mut c,
+        cfg,
+        vec![
+            ctr_config("a", &["sleep", "4242"]),
+            ctr_config("b", &["sleep", "1000"]),
+        ],
+    )
+    .await;
+    // b sees a's process; PID 1 is the pod's init, not a container.
+    let r = exec(&mut c, &ids[1], &["ps", "-o", "pid,args"]).await;
+    let ps = String::from_utf8_lossy(&r.stdout).to_string();
+    assert!(ps.contains("sleep 4242"), "{ps}");
+    let pid1 = ps
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("1"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(!pid1.contains("sleep"), "{ps}");
+    c.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    c.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    assert_eq!(b.leaks(), Vec::<String>::new());
+}

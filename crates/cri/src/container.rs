@@ -416,7 +416,7 @@ pub fn sandbox_info<'a>(pod: &'a PodRecord, cfg: &'a PodSandboxConfig) -> Sandbo
         netns: pod.netns.clone(),
         ipcns: pod.ipcns.clone(),
         utsns: pod.utsns.clone(),
-        pidns: None,
+        pidns: pod.pidns.clone(),
         userns: None,
         etc_files,
         shm: None,

@@ -24,6 +24,9 @@ pub struct PodRecord {
     pub netns: Option<PathBuf>,
     pub ipcns: Option<PathBuf>,
     pub utsns: Option<PathBuf>,
+    /// The pod's shared PID namespace, when its containers share one.
+    #[serde(default)]
+    pub pidns: Option<PathBuf>,
     pub ips: Vec<String>,
     pub cgroup_parent: String,
     /// The cgroup parent was berthd's choice (removed with the pod).

@@ -39,7 +39,7 @@ fn cvt(r: libc::c_int, what: &str) -> io::Result<()> {
     Ok(())
 }
 
-fn bind(src: &Path, dst: &Path) -> io::Result<()> {
+pub fn bind(src: &Path, dst: &Path) -> io::Result<()> {
     let s = std::ffi::CString::new(src.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
     let d = std::ffi::CString::new(dst.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
     // SAFETY: valid C strings; null fstype/data for a bind mount.

@@ -97,6 +97,7 @@ impl Daemon {
                         netns: None,
                         ipcns: None,
                         utsns: None,
+                        pidns: None,
                         ips: vec![],
                         cgroup_parent: String::new(),
                         own_cgroup: false,

@@ -279,6 +279,7 @@ impl Daemon {
             netns: None,
             ipcns: None,
             utsns: None,
+            pidns: None,
             ips: Vec::new(),
             cgroup_parent,
             own_cgroup,
@@ -337,7 +338,18 @@ impl Daemon {
         fs::create_dir_all(&etc)?;
         fs::write(etc.join("hostname"), format!("{hostname}\n"))?;
         fs::write(etc.join("resolv.conf"), resolv_conf(&rec.config))?;
-        self.start_monitor(&rec.dir)?;
+        let shared_pid = rec
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.as_ref())
+            .is_some_and(|o| o.pid == NamespaceMode::Pod as i32);
+        self.start_monitor_with(&rec.dir, shared_pid)?;
+        if shared_pid {
+            rec.pidns = Some(pin_pid_ns(&rec.dir)?);
+            self.save_pod(rec)?;
+        }
         crate::fault_point("run_pod:monitor");
         if !host_net {
             let res = self
@@ -352,7 +364,15 @@ impl Daemon {
     }
 
     pub fn start_monitor(&self, dir: &Path) -> Result<()> {
-        let out = Command::new(&self.monitor_bin)
+        self.start_monitor_with(dir, false)
+    }
+
+    fn start_monitor_with(&self, dir: &Path, pid_init: bool) -> Result<()> {
+        let mut cmd = Command::new(&self.monitor_bin);
+        if pid_init {
+            cmd.arg("--pid-init");
+        }
+        let out = cmd
             .arg("--dir")
             .arg(dir)
             .arg("--oci-root")
@@ -381,10 +401,12 @@ impl Daemon {
             }
         }
         self.stop_monitor(&rec.dir);
-        let pinned: Vec<_> = [Ns::Net, Ns::Ipc, Ns::Uts]
+        kill_by_pid_file(&rec.dir.join("pidinit.pid"));
+        let mut pinned: Vec<_> = [Ns::Net, Ns::Ipc, Ns::Uts]
             .iter()
             .map(|k| rec.dir.join("ns").join(k.name()))
             .collect();
+        pinned.push(rec.dir.join("ns").join("pid"));
         netns::remove(&pinned);
         let _ = fs::remove_dir_all(&rec.dir);
         if rec.own_cgroup {
@@ -413,14 +435,7 @@ impl Daemon {
             return;
         }
         // Unresponsive or refusing (containers left): kill it by its pid file.
-        if let Ok(pid) = fs::read_to_string(dir.join("monitor.pid")) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                if is_monitor(pid) {
-                    // SAFETY: kill has no memory-safety preconditions.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-        }
+        kill_by_pid_file(&dir.join("monitor.pid"));
     }
 
     pub fn stop_pod(&self, id: &str) -> Result<()> {
@@ -465,6 +480,29 @@ impl Daemon {
         self.store.delete(Kind::Pod, &rec.id)?;
         Ok(())
     }
+}
+
+/// Kills the berth-monitor (or its pid-namespace init) named by a pid file.
+fn kill_by_pid_file(f: &Path) {
+    if let Ok(pid) = fs::read_to_string(f) {
+        if let Ok(pid) = pid.trim().parse::<i32>() {
+            if is_monitor(pid) {
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// Bind-mounts the pod init's PID namespace to `dir/ns/pid`.
+fn pin_pid_ns(dir: &Path) -> Result<std::path::PathBuf> {
+    let pid = fs::read_to_string(dir.join("pidinit.pid"))
+        .map_err(|e| internal(format!("the pod's pid namespace init: {e}")))?;
+    let target = dir.join("ns").join("pid");
+    fs::create_dir_all(dir.join("ns"))?;
+    fs::File::create(&target)?;
+    netns::bind(Path::new(&format!("/proc/{}/ns/pid", pid.trim())), &target).map_err(internal)?;
+    Ok(target)
 }
 
 /// The pid names a berth-monitor (pid files can go stale).

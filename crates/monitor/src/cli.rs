@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
 fn usage() -> ! {
-    eprintln!("usage: berth-monitor --dir DIR --oci-root ROOT [--max-line BYTES]");
+    eprintln!("usage: berth-monitor --dir DIR --oci-root ROOT [--max-line BYTES] [--pid-init]");
     std::process::exit(2)
 }
 
@@ -15,6 +15,7 @@ pub fn run_main() {
     let mut dir = None;
     let mut oci_root = None;
     let mut max_line = 16 * 1024;
+    let mut pid_init = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| usage());
@@ -22,6 +23,7 @@ pub fn run_main() {
             "--dir" => dir = Some(PathBuf::from(val())),
             "--oci-root" => oci_root = Some(PathBuf::from(val())),
             "--max-line" => max_line = val().parse().unwrap_or_else(|_| usage()),
+            "--pid-init" => pid_init = true,
             _ => usage(),
         }
     }
@@ -39,6 +41,14 @@ pub fn run_main() {
             std::process::exit(1);
         }
     };
+    // Made before the monitor detaches, so its pid file exists when whoever
+    // started the monitor sees it ready.
+    if pid_init {
+        if let Err(e) = crate::pidinit::start(&dir) {
+            eprintln!("berth-monitor: the pod's pid namespace: {e}");
+            std::process::exit(1);
+        }
+    }
     // SAFETY: single-threaded here; the child only continues this program.
     match unsafe { libc::fork() } {
         -1 => {
@@ -64,6 +74,7 @@ pub fn run_main() {
         }
     }
     let _ = std::fs::write(dir.join("monitor.pid"), std::process::id().to_string());
+
     let opts = Options {
         dir,
         oci_root,

@@ -5,6 +5,7 @@
 
 mod cli;
 pub mod logs;
+pub mod pidinit;
 pub mod proto;
 pub mod server;
 
