@@ -310,8 +310,9 @@ impl Mux {
         if let Some(c) = st.chans.get_mut(&id) {
             c.in_reset = Some(code);
             c.out_reset = true;
-            c.in_buf.clear();
-            c.in_len = 0;
+            // What arrived before the reset is still the reader's: peers
+            // (containerd) reset streams as they close a session, right
+            // after the last output and the exit status.
             c.out_buf.clear();
             c.out_len = 0;
             if let Some(w) = c.reader_waker.take() {
@@ -543,11 +544,10 @@ impl MuxStream {
             self.mux.wake_reader.notify_one();
             return Poll::Ready(Ok(()));
         }
-        if let Some(code) = c.in_reset {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::ConnectionReset,
-                format!("stream reset (status {code})"),
-            )));
+        // A reset ends the stream like Go's spdystream does: the reader sees
+        // EOF once the data before it is consumed.
+        if c.in_reset.is_some() {
+            return Poll::Ready(Ok(()));
         }
         if c.in_eof || dead {
             return Poll::Ready(Ok(()));
