@@ -148,6 +148,7 @@ async fn status_reports_the_network_and_runtime_features() {
     let conds = st.status.unwrap().conditions;
     assert!(conds.iter().all(|c| c.status), "{conds:?}");
     assert!(st.features.unwrap().supplemental_groups_policy);
+    assert!(st.info["unsupported"].contains("apparmor"), "{:?}", st.info);
     assert!(st
         .runtime_handlers
         .iter()

@@ -81,6 +81,14 @@ impl Daemon {
             .images
             .get(&image_ref)
             .map_err(|_| CriError::NotFound(format!("image {image_ref:?}")))?;
+        if let Some(sc) = cfg.linux.as_ref().and_then(|l| l.security_context.as_ref()) {
+            let apparmor = sc.apparmor.as_ref().is_some_and(|p| {
+                p.profile_type != k8s_cri::v1::security_profile::ProfileType::Unconfined as i32
+            });
+            if apparmor || sc.selinux_options.is_some() {
+                tracing::warn!(pod = %pod.id, "AppArmor/SELinux settings are not supported here and are ignored");
+            }
+        }
         let stop_signal = spec::stop_signal(&image.config)
             .map_err(|e| CriError::Internal(format!("image {image_ref}: {e}")))?;
         let id = new_id();

@@ -587,6 +587,12 @@ impl RuntimeService for Service {
             });
         }
         let mut info = std::collections::HashMap::new();
+        // Accepted in requests, not enforced: there is no AppArmor or
+        // SELinux on the nodes berth targets yet.
+        info.insert(
+            "unsupported".to_string(),
+            r#"{"apparmor":"profiles are accepted and ignored","selinux":"options are accepted and ignored"}"#.to_string(),
+        );
         if verbose {
             info.insert(
                 "config".to_string(),

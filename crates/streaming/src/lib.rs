@@ -21,7 +21,7 @@
 //!
 //! In berthd:
 //!
-//! ```ignore
+//! ```text
 //! let server = Server::bind(Config { addr, ..Default::default() }, backend).await?;
 //! let (streaming, _task) = server.spawn();
 //! // CRI Exec: ExecResponse { url: streaming.url_for(Request::Exec { .. })? }
