@@ -14,7 +14,10 @@ work=$(mktemp -d /tmp/berth-demo.XXXXXX)
 bridge="bdemo$$"; bridge="${bridge:0:15}"
 net="10.$((200 + RANDOM % 50)).$((RANDOM % 250)).0"
 pid=""
+# The CNI bridge plugin may switch on host-wide IPv4 forwarding: restored at the end.
+fwd=$(cat /proc/sys/net/ipv4/ip_forward)
 cleanup() {
+  echo "$fwd" > /proc/sys/net/ipv4/ip_forward
   [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
   pkill -f "berth-monitor --dir $work/" 2>/dev/null || true
   grep -o "$work[^ ]*" /proc/self/mountinfo 2>/dev/null | sort -r | xargs -r -n1 umount -l 2>/dev/null || true

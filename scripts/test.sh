@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# The CNI bridge plugin may switch on host-wide IPv4 forwarding when it
+# configures an address; put back what the machine had.
+fwd=$(cat /proc/sys/net/ipv4/ip_forward)
+trap 'echo "$fwd" > /proc/sys/net/ipv4/ip_forward' EXIT
 cargo build --workspace --all-targets
 cargo test --workspace --no-fail-fast -- --test-threads="${BERTH_TEST_THREADS:-4}"
 # cgroup v2 for real, in a qemu guest (this host may be v1); says so if it cannot.
