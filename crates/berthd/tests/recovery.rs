@@ -170,3 +170,52 @@ async fn a_crash_at_any_step_is_recovered_without_leaks() {
         assert_eq!(b.leaks(), Vec::<String>::new(), "after a crash at {point}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_whose_monitor_died_is_reported_when_it_ends() {
+    let b = Berthd::start();
+    let mut c = b.rt().await;
+    let (pod, ids) = run_pod(
+        &mut c,
+        pod_config("orphan", &b.logs()),
+        vec![ctr_config("s", &["sleep", "1000"])],
+    )
+    .await;
+    // The monitor is killed; the container lives on (reparented).
+    let dir = b.state().join("pods").join(&pod);
+    let mon: i32 = std::fs::read_to_string(dir.join("monitor.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(mon, libc::SIGKILL) };
+    assert_eq!(
+        status(&mut c, &ids[0]).await.state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    // A berthd restart starts a new monitor for the ready pod; the old
+    // container then dies with nobody left to record its exit.
+    let mut b = b;
+    b.kill9();
+    b.spawn();
+    let mut c = b.rt().await;
+    let st = std::fs::read_to_string(b.state().join("oci").join(&ids[0]).join("state.json"))
+        .unwrap_or_default();
+    let pid = serde_json::from_str::<serde_json::Value>(&st)
+        .ok()
+        .and_then(|v| v["pid"].as_i64())
+        .unwrap_or(0) as i32;
+    assert!(pid > 0, "{st}");
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let s = wait_exited(&mut c, &ids[0]).await;
+    assert_eq!(s.reason, "Error");
+    assert!(s.message.contains("exit status unknown"), "{s:?}");
+    c.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    assert_eq!(b.leaks(), Vec::<String>::new());
+}

@@ -213,7 +213,7 @@ impl Daemon {
                 self.event(&r, ContainerEventType::ContainerStoppedEvent);
             } else if r.state == CtrState::Running
                 && !self.alive(&r)
-                && !Client::new(&dir).alive()
+                && !monitor_tracks(&dir, &r.id)
                 && proto::read_exit(&dir, &r.id).is_none()
             {
                 // No record and no process: the monitor died with it.
@@ -393,6 +393,16 @@ fn has_cap_sys_resource() -> bool {
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
         .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+}
+
+/// Whether the pod's monitor (still) has `id` in its table: a restarted
+/// monitor does not, so the exit of a container it never parented cannot
+/// be waited for.
+fn monitor_tracks(dir: &std::path::Path, id: &str) -> bool {
+    match Client::new(dir).call_timeout(&Request::Status, Some(Duration::from_secs(5))) {
+        Ok((Response::Containers { containers }, _)) => containers.iter().any(|c| c.id == id),
+        _ => false,
+    }
 }
 
 pub fn apply_exit(r: &mut ContainerRecord, x: &ExitInfo) {
