@@ -54,14 +54,9 @@ impl StreamBackend {
     fn target(&self, container_id: &str) -> Result<Target, String> {
         let c = self
             .d
-            .resolve_container(container_id)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("container {container_id} not found"))?;
-        let p = self
-            .d
-            .pod(&c.pod_id)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("pod sandbox {} not found", c.pod_id))?;
+            .find_container(container_id)
+            .map_err(|e| e.to_string())?;
+        let p = self.d.find_pod(&c.pod_id).map_err(|e| e.to_string())?;
         Ok(Target {
             runtime: self.d.handler(&p.runtime_handler).external(),
             pod_dir: p.dir,
@@ -210,9 +205,8 @@ impl Backend for StreamBackend {
     ) -> BoxFuture<'static, Result<Box<dyn AsyncReadWrite>, String>> {
         let netns = self
             .d
-            .resolve_pod(pod_id)
+            .find_pod(pod_id)
             .map_err(|e| e.to_string())
-            .and_then(|p| p.ok_or_else(|| format!("pod sandbox {pod_id} not found")))
             .and_then(|p| {
                 p.netns
                     .ok_or_else(|| "the pod uses the host network".to_string())

@@ -41,9 +41,7 @@ impl Daemon {
         sandbox_cfg: Option<PodSandboxConfig>,
     ) -> Result<String> {
         validate(&cfg)?;
-        let pod = self
-            .resolve_pod(pod_id)?
-            .ok_or_else(|| CriError::NotFound(format!("pod sandbox {pod_id:?}")))?;
+        let pod = self.find_pod(pod_id)?;
         if pod.state != PodState::Ready {
             return Err(CriError::Precondition(format!(
                 "pod sandbox {} is not ready",
@@ -171,9 +169,7 @@ impl Daemon {
     }
 
     pub fn start_container(&self, id: &str) -> Result<()> {
-        let mut rec = self
-            .resolve_container(id)?
-            .ok_or_else(|| CriError::NotFound(format!("container {id:?}")))?;
+        let mut rec = self.find_container(id)?;
         let rec_now = self.refresh(&rec)?;
         if rec_now.state != CtrState::Created {
             return Err(CriError::Precondition(format!(
@@ -197,8 +193,7 @@ impl Daemon {
     }
 
     fn pod_of(&self, c: &ContainerRecord) -> Result<PodRecord> {
-        self.pod(&c.pod_id)?
-            .ok_or_else(|| CriError::NotFound(format!("pod sandbox {}", c.pod_id)))
+        self.find_pod(&c.pod_id)
     }
 
     /// The record with a recorded exit folded in (the monitor writes exits
@@ -333,9 +328,7 @@ impl Daemon {
     }
 
     pub fn reopen_log(&self, id: &str) -> Result<()> {
-        let rec = self
-            .resolve_container(id)?
-            .ok_or_else(|| CriError::NotFound(format!("container {id:?}")))?;
+        let rec = self.find_container(id)?;
         let rec = self.refresh(&rec)?;
         if rec.state != CtrState::Running {
             return Err(CriError::Precondition(format!(

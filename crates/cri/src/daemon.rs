@@ -136,6 +136,18 @@ impl Daemon {
         Ok(if m.len() == 1 { m.pop() } else { None })
     }
 
+    /// Like `resolve_pod`, an unknown id being NOT_FOUND.
+    pub fn find_pod(&self, id: &str) -> Result<PodRecord> {
+        self.resolve_pod(id)?
+            .ok_or_else(|| crate::error::CriError::NotFound(format!("pod sandbox {id:?}")))
+    }
+
+    /// Like `resolve_container`, an unknown id being NOT_FOUND.
+    pub fn find_container(&self, id: &str) -> Result<ContainerRecord> {
+        self.resolve_container(id)?
+            .ok_or_else(|| crate::error::CriError::NotFound(format!("container {id:?}")))
+    }
+
     pub fn emit(&self, ev: ContainerEventResponse) {
         let _ = self.events.send(ev);
     }

@@ -117,9 +117,7 @@ impl Daemon {
         if timeout < 0 {
             return Err(invalid("timeout", "must not be negative"));
         }
-        let rec = self
-            .resolve_container(id)?
-            .ok_or_else(|| CriError::NotFound(format!("container {id:?}")))?;
+        let rec = self.find_container(id)?;
         let rec = self.refresh(&rec)?;
         if rec.state != CtrState::Running {
             return Err(CriError::Precondition(format!(
@@ -127,9 +125,7 @@ impl Daemon {
                 rec.id
             )));
         }
-        let pod = self
-            .pod(&rec.pod_id)?
-            .ok_or_else(|| CriError::NotFound(format!("pod sandbox {}", rec.pod_id)))?;
+        let pod = self.find_pod(&rec.pod_id)?;
         let spec: serde_json::Value = serde_json::from_slice(
             &std::fs::read(rec.bundle.join("config.json"))
                 .map_err(|e| internal(format!("container spec: {e}")))?,

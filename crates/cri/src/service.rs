@@ -146,9 +146,7 @@ impl RuntimeService for Service {
         let verbose = r.verbose;
         let resp = self
             .run("PodSandboxStatus", None, move |d| {
-                let p = d.resolve_pod(&r.pod_sandbox_id)?.ok_or_else(|| {
-                    CriError::NotFound(format!("pod sandbox {:?}", r.pod_sandbox_id))
-                })?;
+                let p = d.find_pod(&r.pod_sandbox_id)?;
                 let mut info = std::collections::HashMap::new();
                 if verbose {
                     let v = serde_json::json!({
@@ -270,9 +268,7 @@ impl RuntimeService for Service {
         let verbose = r.verbose;
         let resp = self
             .run("ContainerStatus", None, move |d| {
-                let c = d
-                    .resolve_container(&r.container_id)?
-                    .ok_or_else(|| CriError::NotFound(format!("container {:?}", r.container_id)))?;
+                let c = d.find_container(&r.container_id)?;
                 let c = d.refresh(&c)?;
                 let mut info = std::collections::HashMap::new();
                 if verbose {
@@ -297,9 +293,7 @@ impl RuntimeService for Service {
         required("container_id", &r.container_id)?;
         let pod = self.pod_of(&r.container_id);
         self.run("UpdateContainerResources", Some(pod), move |d| {
-            let c = d
-                .resolve_container(&r.container_id)?
-                .ok_or_else(|| CriError::NotFound(format!("container {:?}", r.container_id)))?;
+            let c = d.find_container(&r.container_id)?;
             let Some(l) = r.linux else { return Ok(()) };
             let res = crate::resources::to_oci(&l).map_err(|m| invalid("linux", m))?;
             d.handler_of_pod(&c.pod_id)
@@ -358,16 +352,7 @@ impl RuntimeService for Service {
                 invalid("stdin", "one of stdin, stdout or stderr must be requested").into(),
             );
         }
-        let c = self
-            .d
-            .resolve_container(&r.container_id)
-            .map_err(Status::from)?;
-        let c = c.ok_or_else(|| {
-            Status::from(CriError::NotFound(format!(
-                "container {:?}",
-                r.container_id
-            )))
-        })?;
+        let c = self.d.find_container(&r.container_id)?;
         let url = self.stream_url(crate::StreamRequest::Exec {
             container_id: c.id,
             cmd: r.cmd,
@@ -385,16 +370,7 @@ impl RuntimeService for Service {
     ) -> std::result::Result<Response<cri::AttachResponse>, Status> {
         let r = r.into_inner();
         required("container_id", &r.container_id)?;
-        let c = self
-            .d
-            .resolve_container(&r.container_id)
-            .map_err(Status::from)?;
-        let c = c.ok_or_else(|| {
-            Status::from(CriError::NotFound(format!(
-                "container {:?}",
-                r.container_id
-            )))
-        })?;
+        let c = self.d.find_container(&r.container_id)?;
         let url = self.stream_url(crate::StreamRequest::Attach {
             container_id: c.id,
             tty: r.tty,
@@ -411,16 +387,7 @@ impl RuntimeService for Service {
     ) -> std::result::Result<Response<cri::PortForwardResponse>, Status> {
         let r = r.into_inner();
         required("pod_sandbox_id", &r.pod_sandbox_id)?;
-        let p = self
-            .d
-            .resolve_pod(&r.pod_sandbox_id)
-            .map_err(Status::from)?;
-        let p = p.ok_or_else(|| {
-            Status::from(CriError::NotFound(format!(
-                "pod sandbox {:?}",
-                r.pod_sandbox_id
-            )))
-        })?;
+        let p = self.d.find_pod(&r.pod_sandbox_id)?;
         for (i, port) in r.port.iter().enumerate() {
             if !(1..=65535).contains(port) {
                 return Err(invalid(format!("port[{i}]"), "must be 1-65535").into());
@@ -441,9 +408,7 @@ impl RuntimeService for Service {
         required("container_id", &id)?;
         let stats = self
             .run("ContainerStats", None, move |d| {
-                let c = d
-                    .resolve_container(&id)?
-                    .ok_or_else(|| CriError::NotFound(format!("container {id:?}")))?;
+                let c = d.find_container(&id)?;
                 Ok(d.container_stats(&c))
             })
             .await?;
@@ -467,13 +432,10 @@ impl RuntimeService for Service {
                         state: cri::ContainerState::ContainerRunning as i32,
                     }),
                 };
-                let mut out = Vec::new();
-                for c in d.list_containers(Some(filter))? {
-                    if let Some(rec) = d.container(&c.id)? {
-                        out.push(d.container_stats(&rec));
-                    }
-                }
-                Ok(out)
+                Ok(d.filter_containers(Some(filter))?
+                    .iter()
+                    .map(|c| d.container_stats(c))
+                    .collect())
             })
             .await?;
         Ok(Response::new(cri::ListContainerStatsResponse { stats }))
@@ -487,9 +449,7 @@ impl RuntimeService for Service {
         required("pod_sandbox_id", &id)?;
         let stats = self
             .run("PodSandboxStats", None, move |d| {
-                let p = d
-                    .resolve_pod(&id)?
-                    .ok_or_else(|| CriError::NotFound(format!("pod sandbox {id:?}")))?;
+                let p = d.find_pod(&id)?;
                 d.pod_stats(&p)
             })
             .await?;
@@ -512,13 +472,10 @@ impl RuntimeService for Service {
                         state: cri::PodSandboxState::SandboxReady as i32,
                     }),
                 };
-                let mut out = Vec::new();
-                for p in d.list_pods(Some(filter))? {
-                    if let Some(rec) = d.pod(&p.id)? {
-                        out.push(d.pod_stats(&rec)?);
-                    }
-                }
-                Ok(out)
+                d.filter_pods(Some(filter))?
+                    .iter()
+                    .map(|p| d.pod_stats(p))
+                    .collect()
             })
             .await?;
         Ok(Response::new(cri::ListPodSandboxStatsResponse { stats }))

@@ -109,7 +109,8 @@ pub fn container_status(c: &ContainerRecord) -> cri::ContainerStatus {
 }
 
 impl Daemon {
-    pub fn list_pods(&self, f: Option<cri::PodSandboxFilter>) -> Result<Vec<cri::PodSandbox>> {
+    /// The pod records a ListPodSandbox filter selects.
+    pub fn filter_pods(&self, f: Option<cri::PodSandboxFilter>) -> Result<Vec<PodRecord>> {
         let f = f.unwrap_or_default();
         Ok(self
             .pods()?
@@ -122,6 +123,13 @@ impl Daemon {
                     .is_none_or(|s| s.state == pod_state(p.state))
             })
             .filter(|p| labels_match(&p.config.labels, &f.label_selector))
+            .collect())
+    }
+
+    pub fn list_pods(&self, f: Option<cri::PodSandboxFilter>) -> Result<Vec<cri::PodSandbox>> {
+        Ok(self
+            .filter_pods(f)?
+            .into_iter()
             .map(|p| cri::PodSandbox {
                 id: p.id.clone(),
                 metadata: p.config.metadata.clone(),
@@ -134,7 +142,11 @@ impl Daemon {
             .collect())
     }
 
-    pub fn list_containers(&self, f: Option<cri::ContainerFilter>) -> Result<Vec<cri::Container>> {
+    /// The container records (exits folded in) a ListContainers filter selects.
+    pub fn filter_containers(
+        &self,
+        f: Option<cri::ContainerFilter>,
+    ) -> Result<Vec<ContainerRecord>> {
         let f = f.unwrap_or_default();
         let mut out = Vec::new();
         for c in self.containers()? {
@@ -152,7 +164,16 @@ impl Daemon {
             {
                 continue;
             }
-            out.push(cri::Container {
+            out.push(c);
+        }
+        Ok(out)
+    }
+
+    pub fn list_containers(&self, f: Option<cri::ContainerFilter>) -> Result<Vec<cri::Container>> {
+        Ok(self
+            .filter_containers(f)?
+            .into_iter()
+            .map(|c| cri::Container {
                 id: c.id.clone(),
                 pod_sandbox_id: c.pod_id.clone(),
                 metadata: c.config.metadata.clone(),
@@ -166,9 +187,8 @@ impl Daemon {
                 labels: c.config.labels.clone(),
                 annotations: c.config.annotations.clone(),
                 image_id: c.image_id.clone(),
-            });
-        }
-        Ok(out)
+            })
+            .collect())
     }
 
     pub fn container_stats(&self, c: &ContainerRecord) -> cri::ContainerStats {
