@@ -1,47 +1,18 @@
 //! berthctl's CRI commands against a private containerd (its CRI plugin),
 //! run as a user would: the built binary, its output and exit codes.
 
+use berth_testutil::berthctl::{wait_for, write, Ctl};
 use berth_testutil::containerd_cri::{ContainerdCri, BUSYBOX_IMAGE};
 use berth_testutil::output_text;
-use serde_json::Value;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-struct Ctl<'a> {
-    ctd: &'a ContainerdCri,
-}
-
-impl Ctl<'_> {
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_berthctl"));
-        c.arg("--runtime-endpoint").arg(self.ctd.endpoint());
-        c.env_remove("CONTAINER_RUNTIME_ENDPOINT");
-        c.env("BERTHCTL_CONFIG", "/dev/null");
-        c
+fn ctl(ctd: &ContainerdCri) -> Ctl {
+    Ctl {
+        bin: env!("CARGO_BIN_EXE_berthctl").into(),
+        endpoint: ctd.endpoint(),
     }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd().args(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(o.status.success(), "berthctl {args:?}: {}", output_text(&o));
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.extend(["-o", "json"]);
-        serde_json::from_str(&self.ok(&a)).unwrap()
-    }
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p.display().to_string()
 }
 
 fn pod_yaml(ctd: &ContainerdCri, dir: &Path, name: &str) -> String {
@@ -58,21 +29,10 @@ fn pod_yaml(ctd: &ContainerdCri, dir: &Path, name: &str) -> String {
     )
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn pod_and_container_lifecycle() {
     let ctd = ContainerdCri::start().unwrap();
-    let ctl = Ctl { ctd: &ctd };
+    let ctl = ctl(&ctd);
     let t = tempfile::tempdir().unwrap();
 
     let v = ctl.ok(&["version"]);
@@ -209,7 +169,7 @@ fn images_inspect_and_remove() {
     let ctd = ContainerdCri::start().unwrap();
     ctd.import_busybox("localhost/berth/extra:v1", &["true"])
         .unwrap();
-    let ctl = Ctl { ctd: &ctd };
+    let ctl = ctl(&ctd);
     let i = ctl.json(&["inspecti", "localhost/berth/extra:v1"]);
     assert!(
         i["status"]["repo_tags"].to_string().contains("extra:v1"),
@@ -234,7 +194,7 @@ fn images_inspect_and_remove() {
 #[test]
 fn errors_say_what_to_do() {
     let ctd = ContainerdCri::start().unwrap();
-    let ctl = Ctl { ctd: &ctd };
+    let ctl = ctl(&ctd);
     let t = tempfile::tempdir().unwrap();
 
     let o = ctl.run(&["inspect", "nosuchcontainer"]);
@@ -284,7 +244,7 @@ fn pull_from_a_local_registry() {
     berth_testutil::write_image_layout(&layout, "t", &["echo", "from the registry"]).unwrap();
     reg.push(&format!("oci:{}:t", layout.display()), "pulled", &[]);
     ctd.allow_plain_http(&reg.host()).unwrap();
-    let ctl = Ctl { ctd: &ctd };
+    let ctl = ctl(&ctd);
     let image = format!("{}/pulled:latest", reg.host());
     let out = ctl.ok(&["pull", &image]);
     assert!(out.contains("Image is up to date for sha256:"), "{out}");
@@ -298,28 +258,10 @@ fn pull_from_a_local_registry() {
 }
 
 /// Runs `berthctl args` with `input` on its stdin.
-fn with_stdin(ctl: &Ctl, args: &[&str], input: &str) -> Output {
-    use std::io::Write;
-    let mut ch = ctl
-        .cmd()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    ch.stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    ch.wait_with_output().unwrap()
-}
-
 #[test]
 fn port_forward_to_a_pod() {
     let ctd = ContainerdCri::start().unwrap();
-    let ctl = Ctl { ctd: &ctd };
+    let ctl = ctl(&ctd);
     let t = tempfile::tempdir().unwrap();
     let pod_cfg = pod_yaml(&ctd, t.path(), "streams");
     let pod = ctl.ok(&["runp", &pod_cfg]).trim().to_string();
@@ -378,7 +320,7 @@ fn port_forward_to_a_pod() {
 #[test]
 fn streaming_exec_and_attach() {
     let ctd = ContainerdCri::start().unwrap();
-    let ctl = Ctl { ctd: &ctd };
+    let ctl = ctl(&ctd);
     let t = tempfile::tempdir().unwrap();
     let pod_cfg = pod_yaml(&ctd, t.path(), "codes");
     let pod = ctl.ok(&["runp", &pod_cfg]).trim().to_string();
@@ -393,8 +335,7 @@ fn streaming_exec_and_attach() {
     ctl.ok(&["start", &id]);
     // exec -i: stdin reaches the command; -t gives it a terminal (stdout
     // and stderr merged). Exit codes: see streaming_exec_exit_codes.
-    let o = with_stdin(
-        &ctl,
+    let o = ctl.with_stdin(
         &["exec", "-i", "c", "sh", "-c", "cat; echo err >&2"],
         "piped in\n",
     );
@@ -409,8 +350,7 @@ fn streaming_exec_and_attach() {
         "{}",
         output_text(&o)
     );
-    let o = with_stdin(
-        &ctl,
+    let o = ctl.with_stdin(
         &["exec", "-t", "c", "sh", "-c", "readlink /proc/self/fd/0"],
         "",
     );
@@ -420,13 +360,12 @@ fn streaming_exec_and_attach() {
         output_text(&o)
     );
 
-    let o = with_stdin(
-        &ctl,
+    let o = ctl.with_stdin(
         &["exec", "-i", "c", "sh", "-c", "cat >/dev/null; exit 3"],
         "x",
     );
     assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
-    let o = with_stdin(&ctl, &["exec", "-t", "c", "sh", "-c", "exit 4"], "");
+    let o = ctl.with_stdin(&["exec", "-t", "c", "sh", "-c", "exit 4"], "");
     assert_eq!(o.status.code(), Some(4), "{}", output_text(&o));
     let cat = write(
         t.path(),
@@ -439,7 +378,7 @@ fn streaming_exec_and_attach() {
     // attach -i to `cat`: what we send comes back; closing stdin ends it.
     let cat_id = ctl.ok(&["create", &pod, &cat, &pod_cfg]).trim().to_string();
     ctl.ok(&["start", &cat_id]);
-    let o = with_stdin(&ctl, &["attach", "-i", "cat"], "echo me\n");
+    let o = ctl.with_stdin(&["attach", "-i", "cat"], "echo me\n");
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "echo me\n");
     wait_for("cat to exit", || {

@@ -2,66 +2,22 @@
 //! user reaches for, their output and exit codes.
 
 mod common;
+use berth_testutil::berthctl::{wait_for, write, Ctl};
 use common::*;
-use serde_json::Value;
 use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
-struct Ctl {
-    endpoint: String,
-}
-
-impl Ctl {
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(bin("berthctl"));
-        c.arg("--runtime-endpoint").arg(&self.endpoint);
-        c.env_remove("CONTAINER_RUNTIME_ENDPOINT");
-        c.env("BERTHCTL_CONFIG", "/dev/null");
-        c
+fn ctl(b: &Berthd) -> Ctl {
+    Ctl {
+        bin: bin("berthctl"),
+        endpoint: format!("unix://{}", b.socket.display()),
     }
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd().args(args).output().unwrap()
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "berthctl {args:?}: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.extend(["-o", "json"]);
-        serde_json::from_str(&self.ok(&a)).unwrap()
-    }
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p.display().to_string()
-}
-
-fn wait_for(mut f: impl FnMut() -> bool) {
-    for _ in 0..300 {
-        if f() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    panic!("timed out");
 }
 
 #[test]
 fn every_command_against_berthd() {
     let b = Berthd::start();
-    let ctl = Ctl {
-        endpoint: format!("unix://{}", b.socket.display()),
-    };
+    let ctl = ctl(&b);
     let t = tempfile::tempdir().unwrap();
     assert!(ctl.ok(&["version"]).contains("RuntimeName:  berth"));
     let info = ctl.json(&["info"]);
@@ -112,7 +68,9 @@ fn every_command_against_berthd() {
     let ev = ev.wait_with_output_timeout();
     assert!(ev.contains(&ctr), "{ev}");
     assert!(ctl.ok(&["ps"]).contains("Running"));
-    wait_for(|| ctl.ok(&["logs", "app"]).contains("hello world"));
+    wait_for("the container", || {
+        ctl.ok(&["logs", "app"]).contains("hello world")
+    });
     let o = ctl.run(&["logs", "app"]);
     assert_eq!(String::from_utf8_lossy(&o.stderr), "oops\n");
     assert_eq!(ctl.ok(&["exec", "app", "sh", "-c", "echo $G"]), "world\n");
@@ -145,7 +103,7 @@ fn every_command_against_berthd() {
         .spawn()
         .unwrap();
     let mut body = String::new();
-    wait_for(|| {
+    wait_for("the container", || {
         let o = Command::new("busybox")
             .args([
                 "wget",
@@ -163,8 +121,7 @@ fn every_command_against_berthd() {
     let _ = pf.wait();
     assert_eq!(body.trim(), "web");
     // exec -t: a terminal, and the exit code.
-    let o = with_stdin(
-        &ctl,
+    let o = ctl.with_stdin(
         &["exec", "-t", "app", "sh", "-c", "test -t 0 && exit 4"],
         "",
     );
@@ -173,9 +130,11 @@ fn every_command_against_berthd() {
     let cat = write(t.path(), "cat.yaml", &format!("metadata: {{name: cat}}\nimage: {{image: {IMAGE}}}\ncommand: [cat]\nstdin: true\nstdin_once: true\nlog_path: cat.log\n"));
     let cat_id = ctl.ok(&["create", &pod, &cat, &pod_cfg]).trim().to_string();
     ctl.ok(&["start", &cat_id]);
-    let o = with_stdin(&ctl, &["attach", "-i", "cat"], "echo me\n");
+    let o = ctl.with_stdin(&["attach", "-i", "cat"], "echo me\n");
     assert_eq!(String::from_utf8_lossy(&o.stdout), "echo me\n");
-    wait_for(|| ctl.json(&["inspect", "cat"])["status"]["state"] == 2);
+    wait_for("the container", || {
+        ctl.json(&["inspect", "cat"])["status"]["state"] == 2
+    });
     // logs -f of an exited container prints all and returns.
     assert_eq!(ctl.ok(&["logs", "-f", "cat"]), "echo me\n");
     assert_eq!(
@@ -201,9 +160,7 @@ fn every_command_against_berthd() {
 #[test]
 fn run_a_pod_manifest_with_init_containers_volumes_and_a_failure() {
     let b = Berthd::start();
-    let ctl = Ctl {
-        endpoint: format!("unix://{}", b.socket.display()),
-    };
+    let ctl = ctl(&b);
     let t = tempfile::tempdir().unwrap();
     let ok = write(
         t.path(),
@@ -229,23 +186,6 @@ fn run_a_pod_manifest_with_init_containers_volumes_and_a_failure() {
     assert_eq!(o.status.code(), Some(7));
     assert_eq!(ctl.ok(&["pods", "-q"]).trim(), "", "the pod is removed");
     assert_eq!(b.leaks(), Vec::<String>::new());
-}
-
-fn with_stdin(ctl: &Ctl, args: &[&str], input: &str) -> Output {
-    let mut ch = ctl
-        .cmd()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    ch.stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    ch.wait_with_output().unwrap()
 }
 
 #[test]
@@ -278,9 +218,7 @@ fn pull_and_rmi_through_berthd() {
     )
     .unwrap();
     b.spawn();
-    let ctl = Ctl {
-        endpoint: format!("unix://{}", b.socket.display()),
-    };
+    let ctl = ctl(&b);
     let name = format!("{}/test/app:latest", reg.host());
     let out = ctl.ok(&["pull", &name]);
     assert!(out.contains("sha256:"), "{out}");

@@ -9,6 +9,7 @@
 //! * [`Berth`]: runs the `berth` binary with a private state root;
 //! * [`registry::Registry`]: Debian's `docker-registry` on 127.0.0.1.
 
+pub mod berthctl;
 pub mod containerd_cri;
 pub mod registry;
 
