@@ -77,47 +77,74 @@ fn map_text(maps: &[LinuxIdMapping]) -> String {
 /// A user namespace carrying the given mappings: a child unshares one, the
 /// caller writes its maps and keeps an fd of it, the child is killed.
 pub fn userns_fd(uid: &[LinuxIdMapping], gid: &[LinuxIdMapping]) -> Result<OwnedFd> {
-    let mut ready = [0; 2];
-    // SAFETY: ready is a valid 2-int array.
-    if unsafe { libc::pipe2(ready.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(last_os("pipe"));
-    }
-    // SAFETY: pipe2 returned two fresh fds.
-    let (rd, wr) = unsafe {
-        (
-            OwnedFd::from_raw_fd(ready[0]),
-            OwnedFd::from_raw_fd(ready[1]),
-        )
-    };
-    // SAFETY: the runtime is single-threaded here; the child only makes
-    // async-signal-safe calls.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(last_os("fork"));
-    }
-    if pid == 0 {
-        // SAFETY: raw syscalls only, then _exit / pause until killed.
-        unsafe {
-            let ok = libc::unshare(libc::CLONE_NEWUSER) == 0;
-            let b = [u8::from(ok)];
-            libc::write(wr.as_raw_fd(), b.as_ptr().cast(), 1);
-            if !ok {
-                libc::_exit(1);
-            }
-            loop {
-                libc::pause();
+    let holder = NsHolder::spawn(uid, gid, 0, None)?;
+    fsutil::open_path(&holder.ns_path("user"), libc::O_RDONLY)
+}
+
+/// A child process holding a new user namespace with the given mappings
+/// (written by the caller, as the kernel wants) and the namespaces of
+/// `extra_flags` (net, ipc, uts, ...), which that user namespace owns. The
+/// caller pins or opens what it needs from [`NsHolder::ns_path`]; dropping
+/// the holder kills and reaps the child.
+pub struct NsHolder {
+    pid: libc::pid_t,
+}
+
+impl NsHolder {
+    /// `hostname` is set in the new UTS namespace when `extra_flags` has
+    /// CLONE_NEWUTS.
+    pub fn spawn(
+        uid: &[LinuxIdMapping],
+        gid: &[LinuxIdMapping],
+        extra_flags: libc::c_int,
+        hostname: Option<&str>,
+    ) -> Result<NsHolder> {
+        // Prepared before fork: the child makes raw syscalls only.
+        let host = hostname.map(|h| h.as_bytes().to_vec());
+        let mut ready = [0; 2];
+        // SAFETY: ready is a valid 2-int array.
+        if unsafe { libc::pipe2(ready.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(last_os("pipe"));
+        }
+        // SAFETY: pipe2 returned two fresh fds.
+        let (rd, wr) = unsafe {
+            (
+                OwnedFd::from_raw_fd(ready[0]),
+                OwnedFd::from_raw_fd(ready[1]),
+            )
+        };
+        // SAFETY: the child only makes async-signal-safe calls, so forking
+        // a multi-threaded caller (berthd) is fine too.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(last_os("fork"));
+        }
+        if pid == 0 {
+            // SAFETY: raw syscalls only, then _exit / pause until killed.
+            unsafe {
+                let mut ok = libc::unshare(libc::CLONE_NEWUSER | extra_flags) == 0;
+                if ok && extra_flags & libc::CLONE_NEWUTS != 0 {
+                    if let Some(h) = &host {
+                        ok = libc::sethostname(h.as_ptr().cast(), h.len()) == 0;
+                    }
+                }
+                let b = [u8::from(ok)];
+                libc::write(wr.as_raw_fd(), b.as_ptr().cast(), 1);
+                if !ok {
+                    libc::_exit(1);
+                }
+                loop {
+                    libc::pause();
+                }
             }
         }
-    }
-    drop(wr);
-    let res = (|| {
+        drop(wr);
+        let holder = NsHolder { pid };
         let mut b = [0u8; 1];
         // SAFETY: b is a valid 1-byte buffer.
         let n = unsafe { libc::read(rd.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
         if n != 1 || b[0] != 1 {
-            return Err(Error::Other(
-                "creating a user namespace for an idmapped mount failed".into(),
-            ));
+            return Err(Error::Other("creating a user namespace failed".into()));
         }
         let dir = format!("/proc/{pid}");
         // SAFETY: geteuid cannot fail.
@@ -130,24 +157,30 @@ pub fn userns_fd(uid: &[LinuxIdMapping], gid: &[LinuxIdMapping]) -> Result<Owned
         }
         for (file, maps) in [("uid_map", uid), ("gid_map", gid)] {
             std::fs::write(format!("{dir}/{file}"), map_text(maps)).map_err(|e| Error::Os {
-                ctx: format!("writing {dir}/{file} for an idmapped mount"),
+                ctx: format!("writing {dir}/{file}"),
                 err: e,
             })?;
         }
-        fsutil::open_path(
-            std::path::Path::new(&format!("{dir}/ns/user")),
-            libc::O_RDONLY,
-        )
-    })();
-    // SAFETY: pid is our child; kill and reap it whatever happened.
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-        let mut st = 0;
-        while libc::waitpid(pid, &mut st, 0) < 0
-            && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
-        {}
+        Ok(holder)
     }
-    res
+
+    /// `/proc/<child>/ns/<name>`.
+    pub fn ns_path(&self, name: &str) -> std::path::PathBuf {
+        format!("/proc/{}/ns/{name}", self.pid).into()
+    }
+}
+
+impl Drop for NsHolder {
+    fn drop(&mut self) {
+        // SAFETY: pid is our child; kill and reap it whatever happened.
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+            let mut st = 0;
+            while libc::waitpid(self.pid, &mut st, 0) < 0
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+            {}
+        }
+    }
 }
 
 /// A detached clone of `src` (with its submounts for `rbind`) whose ids are

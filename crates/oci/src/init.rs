@@ -197,6 +197,15 @@ fn stage1_inner(l: &Launch, ch: &Channel, in_cgroup: bool) -> Result<()> {
                 return Err(last_os("becoming root in the user namespace"));
             }
         }
+    } else if joins.iter().any(|(t, _, _)| *t == LinuxNamespaceType::User) {
+        // A joined user namespace (a pod's) does not map the host ids we
+        // still hold: files we made would fail with EOVERFLOW. Become its root.
+        // SAFETY: plain syscalls.
+        unsafe {
+            if libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0 {
+                return Err(last_os("becoming root in the joined user namespace"));
+            }
+        }
     }
     let mut flags = 0;
     for (t, p) in &l.namespaces {
