@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 pub use digest::Digest;
 pub use layout::{import_archive, import_layout, Image, ImageConfig};
 pub use metadata::{Images, Removed};
-pub use snapshot::{Snapshotter, View};
+pub use snapshot::{Idmap, Snapshotter, View};
 pub use store::Store;
 pub use unpack::{unpack, unpack_onto, Compression, Unpacked};
 

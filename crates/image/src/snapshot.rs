@@ -16,6 +16,12 @@
 //! overlay cannot be mounted the view is a plain copy. Layers are
 //! referenced by views and by layers above them; a referenced layer
 //! cannot be removed.
+//!
+//! An idmapped view (for a pod in its own user namespace) gets each lower
+//! as a detached idmapped clone the caller makes, handed to overlayfs by fd
+//! (`lowerdir+`, Linux 6.13+), so the layers, owned by host root on disk,
+//! appear owned by the container's root; its upper dir belongs to the
+//! container's root on the host. There is no copy fallback for these.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
@@ -50,6 +56,14 @@ impl Staged {
     pub fn diff_id(&self) -> &Digest {
         &self.diff_id
     }
+}
+
+/// How an idmapped view shows its layers.
+pub struct Idmap<'a> {
+    /// Turns a layer directory into a detached, idmapped mount of it.
+    pub map_layer: &'a dyn Fn(&Path) -> io::Result<std::os::fd::OwnedFd>,
+    /// The host uid and gid of the container's root: owner of the upper dir.
+    pub root_owner: (u32, u32),
 }
 
 /// A container's root filesystem.
@@ -247,13 +261,28 @@ impl Snapshotter {
     /// Creates view `id` of the image whose top layer is `chain`: an overlay
     /// mount with its own upper and work dirs, or a copy if overlay fails.
     pub fn create_view(&self, id: &str, chain: &Digest) -> Result<View> {
+        self.create_view_with(id, chain, None)
+    }
+
+    /// [`Snapshotter::create_view`], idmapped when `idmap` is given.
+    pub fn create_view_with(
+        &self,
+        id: &str,
+        chain: &Digest,
+        idmap: Option<&Idmap>,
+    ) -> Result<View> {
         let lowers = self.ancestry(chain)?;
         let dir = self.view_dir(id)?;
         fs::create_dir(&dir).map_err(|e| match e.kind() {
             io::ErrorKind::AlreadyExists => Error::invalid(format!("view {id}"), "already exists"),
             _ => Error::io(&dir, e),
         })?;
-        let r = self.populate_view(&dir, chain, &lowers);
+        let r = match idmap {
+            Some(m) => self
+                .populate_idmapped(&dir, chain, &lowers, m)
+                .map(|()| true),
+            None => self.populate_view(&dir, chain, &lowers),
+        };
         match r {
             Ok(overlay) => Ok(View {
                 id: id.to_string(),
@@ -292,6 +321,72 @@ impl Snapshotter {
         }
         fs::write(dir.join("mode"), "copy").map_err(ioe(dir))?;
         Ok(false)
+    }
+
+    fn populate_idmapped(
+        &self,
+        dir: &Path,
+        chain: &Digest,
+        lowers: &[Digest],
+        m: &Idmap,
+    ) -> Result<()> {
+        use rustix::mount::{self as rm, FsMountFlags, FsOpenFlags, MountAttrFlags};
+        fs::write(dir.join("chain"), chain.to_string()).map_err(ioe(dir))?;
+        let rootfs = dir.join("rootfs");
+        let upper = dir.join("upper");
+        for d in [&rootfs, &upper, &dir.join("work")] {
+            fs::create_dir(d).map_err(ioe(d))?;
+        }
+        // The merged root takes the upper dir's owner and mode.
+        let top = self.layer_path(&lowers[0]);
+        let mode = fs::metadata(&top).map_err(ioe(&top))?.mode() & 0o7777;
+        let (uid, gid) = m.root_owner;
+        std::os::unix::fs::chown(&upper, Some(uid), Some(gid)).map_err(ioe(&upper))?;
+        fs::set_permissions(&upper, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .map_err(ioe(&upper))?;
+        let err = |what: &str, e: io::Error| {
+            Error::io(
+                &rootfs,
+                io::Error::new(e.kind(), format!("idmapped overlay: {what}: {e}")),
+            )
+        };
+        let fsfd = rm::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)
+            .map_err(|e| err("fsopen", e.into()))?;
+        // Top layer first, as in a lowerdir list. The detached trees must
+        // stay open until the mount is created: closing one dissolves it.
+        let mut trees = Vec::with_capacity(lowers.len());
+        for c in lowers {
+            let p = self.layer_path(c);
+            let tree = (m.map_layer)(&p).map_err(|e| err(&p.display().to_string(), e))?;
+            rm::fsconfig_set_fd(&fsfd, "lowerdir+", &tree).map_err(|e| {
+                err(
+                    "lowerdir+ (layers by fd need Linux 6.13 or later)",
+                    e.into(),
+                )
+            })?;
+            trees.push(tree);
+        }
+        for (key, p) in [("upperdir", &upper), ("workdir", &dir.join("work"))] {
+            rm::fsconfig_set_string(&fsfd, key, p.as_os_str()).map_err(|e| err(key, e.into()))?;
+        }
+        rm::fsconfig_create(&fsfd).map_err(|e| err("create", e.into()))?;
+        drop(trees);
+        let mnt = rm::fsmount(
+            &fsfd,
+            FsMountFlags::FSMOUNT_CLOEXEC,
+            MountAttrFlags::empty(),
+        )
+        .map_err(|e| err("fsmount", e.into()))?;
+        rm::move_mount(
+            &mnt,
+            "",
+            rustix::fs::CWD,
+            &rootfs,
+            rm::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+        .map_err(|e| err("move_mount", e.into()))?;
+        fs::write(dir.join("mode"), "overlay").map_err(ioe(dir))?;
+        Ok(())
     }
 
     fn mount_overlay(&self, dir: &Path, links: &[String]) -> Result<()> {
