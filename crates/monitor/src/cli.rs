@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
 fn usage() -> ! {
-    eprintln!("usage: berth-monitor --dir DIR --oci-root ROOT [--max-line BYTES] [--pid-init]");
+    eprintln!("usage: berth-monitor --dir DIR --oci-root ROOT [--max-line BYTES] [--pid-init [--pid-init-userns PATH]]");
     std::process::exit(2)
 }
 
@@ -16,6 +16,7 @@ pub fn run_main() {
     let mut oci_root = None;
     let mut max_line = 16 * 1024;
     let mut pid_init = false;
+    let mut pid_init_userns = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| usage());
@@ -24,6 +25,7 @@ pub fn run_main() {
             "--oci-root" => oci_root = Some(PathBuf::from(val())),
             "--max-line" => max_line = val().parse().unwrap_or_else(|_| usage()),
             "--pid-init" => pid_init = true,
+            "--pid-init-userns" => pid_init_userns = Some(PathBuf::from(val())),
             _ => usage(),
         }
     }
@@ -44,7 +46,7 @@ pub fn run_main() {
     // Made before the monitor detaches, so its pid file exists when whoever
     // started the monitor sees it ready.
     if pid_init {
-        if let Err(e) = crate::pidinit::start(&dir) {
+        if let Err(e) = crate::pidinit::start(&dir, pid_init_userns.as_deref()) {
             eprintln!("berth-monitor: the pod's pid namespace: {e}");
             std::process::exit(1);
         }

@@ -7,8 +7,16 @@ use std::io;
 use std::path::Path;
 
 /// Forks the init (via an intermediate child that unshares the PID
-/// namespace) and waits until its pid is recorded.
-pub fn start(dir: &Path) -> io::Result<()> {
+/// namespace) and waits until its pid is recorded. With `userns` (a pod in
+/// its own user namespace) the child joins it first, so that namespace owns
+/// the PID namespace and the pod's root may mount its /proc.
+pub fn start(dir: &Path, userns: Option<&Path>) -> io::Result<()> {
+    let userns = userns
+        .map(|p| {
+            std::fs::File::open(p)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))
+        })
+        .transpose()?;
     let (r, w) = std::os::unix::net::UnixStream::pair()?;
     // SAFETY: the monitor is single-threaded here; the children only call
     // async-signal-safe functions before looping or exiting.
@@ -18,6 +26,12 @@ pub fn start(dir: &Path) -> io::Result<()> {
             drop(r);
             // SAFETY: as above.
             unsafe {
+                use std::os::fd::AsRawFd;
+                if let Some(u) = &userns {
+                    if libc::setns(u.as_raw_fd(), libc::CLONE_NEWUSER) != 0 {
+                        libc::_exit(1);
+                    }
+                }
                 if libc::unshare(libc::CLONE_NEWPID) != 0 {
                     libc::_exit(1);
                 }
@@ -25,7 +39,6 @@ pub fn start(dir: &Path) -> io::Result<()> {
                     -1 => libc::_exit(1),
                     0 => init_loop(),
                     pid => {
-                        use std::os::fd::AsRawFd;
                         let b = pid.to_ne_bytes();
                         libc::write(w.as_raw_fd(), b.as_ptr().cast(), b.len());
                         libc::_exit(0)
