@@ -118,7 +118,10 @@ impl Daemon {
         let r = (|| -> Result<()> {
             fs::create_dir_all(&bundle)?;
             crate::fault_point("create:recorded");
-            let view = self.images.snapshots.create_view(&id, &image.chain_id)?;
+            let view = match &pod.userns {
+                None => self.images.snapshots.create_view(&id, &image.chain_id)?,
+                Some(u) => self.idmapped_view(&id, &image.chain_id, u)?,
+            };
             crate::fault_point("create:view");
             let sb_cfg = sandbox_cfg.as_ref().unwrap_or(&pod.config);
             let sb = sandbox_info(&pod, sb_cfg);
@@ -166,6 +169,30 @@ impl Daemon {
         self.save_container(&rec)?;
         self.event(&rec, ContainerEventType::ContainerCreatedEvent);
         Ok(id)
+    }
+
+    /// A rootfs view whose layers appear owned by the pod's root: each one
+    /// an idmapped clone through the pod's own user namespace.
+    fn idmapped_view(
+        &self,
+        id: &str,
+        chain: &berth_image::Digest,
+        u: &crate::model::PodUserNs,
+    ) -> Result<berth_image::View> {
+        let userns = berth_oci::fsutil::open_path(&u.path, libc::O_RDONLY)
+            .map_err(|e| internal(format!("the pod's user namespace: {e}")))?;
+        let map_layer = |p: &std::path::Path| {
+            berth_oci::idmap::idmapped_tree(p, false, false, &userns)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        };
+        let idmap = berth_image::Idmap {
+            map_layer: &map_layer,
+            root_owner: u.root_owner(),
+        };
+        Ok(self
+            .images
+            .snapshots
+            .create_view_with(id, chain, Some(&idmap))?)
     }
 
     pub fn start_container(&self, id: &str) -> Result<()> {
@@ -428,7 +455,11 @@ pub fn sandbox_info<'a>(pod: &'a PodRecord, cfg: &'a PodSandboxConfig) -> Sandbo
         ipcns: pod.ipcns.clone(),
         utsns: pod.utsns.clone(),
         pidns: pod.pidns.clone(),
-        userns: None,
+        userns: pod.userns.as_ref().map(|u| spec::UserNs {
+            path: Some(u.path.clone()),
+            uid_map: u.uid_map.clone(),
+            gid_map: u.gid_map.clone(),
+        }),
         etc_files,
         shm: None,
         cgroup_parent: pod.cgroup_parent.clone(),

@@ -34,6 +34,24 @@ impl Daemon {
 }
 
 impl Handler {
+    /// Pods in their own user namespace need idmapped mounts made by the
+    /// runtime, which only the built-in one is known to do.
+    pub fn user_namespaces(&self) -> bool {
+        matches!(self, Handler::Builtin)
+    }
+
+    /// What Status advertises for this handler.
+    pub fn features(&self) -> k8s_cri::v1::RuntimeHandlerFeatures {
+        match self {
+            Handler::Builtin => k8s_cri::v1::RuntimeHandlerFeatures {
+                recursive_read_only_mounts: true,
+                user_namespaces: true,
+            },
+            // What an external runtime implements is not known here.
+            Handler::External(_) => Default::default(),
+        }
+    }
+
     pub fn external(&self) -> Option<ExternalRuntime> {
         match self {
             Handler::Builtin => None,

@@ -27,10 +27,34 @@ pub struct PodRecord {
     /// The pod's shared PID namespace, when its containers share one.
     #[serde(default)]
     pub pidns: Option<PathBuf>,
+    /// The pod's own user namespace (hostUsers: false).
+    #[serde(default)]
+    pub userns: Option<PodUserNs>,
     pub ips: Vec<String>,
     pub cgroup_parent: String,
     /// The cgroup parent was berthd's choice (removed with the pod).
     pub own_cgroup: bool,
+}
+
+/// A pod's user namespace: pinned at `path`, with the mappings the kubelet
+/// chose, each (container id, host id, size).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodUserNs {
+    pub path: PathBuf,
+    pub uid_map: Vec<(u32, u32, u32)>,
+    pub gid_map: Vec<(u32, u32, u32)>,
+}
+
+impl PodUserNs {
+    /// The host ids of the container's root.
+    pub fn root_owner(&self) -> (u32, u32) {
+        let host0 = |m: &[(u32, u32, u32)]| {
+            m.iter()
+                .find(|&&(c, _, s)| c == 0 && s > 0)
+                .map_or(0, |&(_, h, _)| h)
+        };
+        (host0(&self.uid_map), host0(&self.gid_map))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

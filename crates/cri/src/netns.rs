@@ -101,6 +101,43 @@ pub fn create(dir: &Path, kinds: &[Ns], hostname: Option<&str>) -> io::Result<Ve
     r
 }
 
+/// Like [`create`], for a pod in its own user namespace (hostUsers: false):
+/// a short-lived child creates the user namespace with the pod's mappings
+/// and, owned by it, the `kinds` namespaces (so the pod's root may mount
+/// sysfs, set net sysctls, and so on); all are pinned under `dir/ns/`.
+/// Returns the pinned user namespace, then the others in order.
+pub fn create_in_userns(
+    dir: &Path,
+    kinds: &[Ns],
+    hostname: Option<&str>,
+    uid_map: &[oci_spec::runtime::LinuxIdMapping],
+    gid_map: &[oci_spec::runtime::LinuxIdMapping],
+) -> io::Result<(PathBuf, Vec<PathBuf>)> {
+    let nsdir = dir.join("ns");
+    fs::create_dir_all(&nsdir)?;
+    let flags = kinds.iter().fold(0, |f, k| f | k.flag());
+    let mut done = Vec::new();
+    let r = (|| -> io::Result<PathBuf> {
+        let holder = berth_oci::idmap::NsHolder::spawn(uid_map, gid_map, flags, hostname)
+            .map_err(|e| io::Error::other(format!("the pod's user namespace: {e}")))?;
+        for name in std::iter::once("user").chain(kinds.iter().map(|k| k.name())) {
+            let target = nsdir.join(name);
+            fs::File::create(&target)?;
+            bind(&holder.ns_path(name), &target)?;
+            done.push(target);
+        }
+        Ok(done.remove(0))
+    })();
+    match r {
+        Ok(user) => Ok((user, done)),
+        Err(e) => {
+            remove(&done);
+            let _ = fs::remove_dir_all(&nsdir);
+            Err(e)
+        }
+    }
+}
+
 /// Unmounts and deletes pinned namespace files (missing ones are fine).
 pub fn remove(paths: &[PathBuf]) {
     for p in paths {

@@ -98,6 +98,7 @@ impl Daemon {
                         ipcns: None,
                         utsns: None,
                         pidns: None,
+                        userns: None,
                         ips: vec![],
                         cgroup_parent: String::new(),
                         own_cgroup: false,

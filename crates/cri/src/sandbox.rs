@@ -5,7 +5,7 @@
 use crate::cni::{Bandwidth, PodNetwork, PortMapping};
 use crate::daemon::Daemon;
 use crate::error::{internal, invalid, CriError, Result};
-use crate::model::{new_id, now_ns, PodRecord, PodState};
+use crate::model::{new_id, now_ns, PodRecord, PodState, PodUserNs};
 use crate::netns::{self, Ns};
 use crate::store::Kind;
 use berth_monitor::proto::{Client, Request};
@@ -24,6 +24,93 @@ pub fn namespace_modes(cfg: &PodSandboxConfig) -> (i32, i32, i32) {
         Some(o) => (o.network, o.pid, o.ipc),
         None => (0, 0, 0),
     }
+}
+
+const USERNS: &str = "config.linux.security_context.namespace_options.userns_options";
+
+/// The pod's user namespace mappings, each (container id, host id, size):
+/// None when the pod uses the node's user namespace (hostUsers: true).
+pub fn userns_mappings(cfg: &PodSandboxConfig) -> Result<Option<PodUserNs>> {
+    let o = cfg
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref());
+    let Some(u) = o.and_then(|o| o.userns_options.as_ref()) else {
+        return Ok(None);
+    };
+    match NamespaceMode::try_from(u.mode) {
+        Ok(NamespaceMode::Node) => return Ok(None),
+        Ok(NamespaceMode::Pod) => {}
+        _ => {
+            return Err(invalid(
+                format!("{USERNS}.mode"),
+                "only POD and NODE user namespaces are supported",
+            ))
+        }
+    }
+    let o = o.expect("userns_options came from namespace_options");
+    for (name, mode) in [("network", o.network), ("pid", o.pid), ("ipc", o.ipc)] {
+        if mode == NamespaceMode::Node as i32 {
+            return Err(invalid(
+                format!("config.linux.security_context.namespace_options.{name}"),
+                "a pod in its own user namespace cannot share the node's namespaces",
+            ));
+        }
+    }
+    let maps = |list: &[k8s_cri::v1::IdMapping], name: &str| -> Result<Vec<(u32, u32, u32)>> {
+        if list.is_empty() {
+            return Err(invalid(
+                format!("{USERNS}.{name}"),
+                "a POD user namespace needs mappings",
+            ));
+        }
+        let mut out = Vec::new();
+        for (i, m) in list.iter().enumerate() {
+            let f = format!("{USERNS}.{name}[{i}]");
+            if m.length == 0 {
+                return Err(invalid(format!("{f}.length"), "must be greater than 0"));
+            }
+            if m.container_id.checked_add(m.length - 1).is_none()
+                || m.host_id.checked_add(m.length - 1).is_none()
+            {
+                return Err(invalid(f, "the range overflows 32 bits"));
+            }
+            if m.host_id == 0 {
+                return Err(invalid(
+                    format!("{f}.host_id"),
+                    "must not map the node's root into the pod",
+                ));
+            }
+            out.push((m.container_id, m.host_id, m.length));
+        }
+        if !out.iter().any(|&(c, _, _)| c == 0) {
+            return Err(invalid(
+                format!("{USERNS}.{name}"),
+                "must map the container's root (container_id 0)",
+            ));
+        }
+        Ok(out)
+    };
+    Ok(Some(PodUserNs {
+        path: Default::default(),
+        uid_map: maps(&u.uids, "uids")?,
+        gid_map: maps(&u.gids, "gids")?,
+    }))
+}
+
+/// As the OCI runtime library takes them.
+pub fn oci_mappings(m: &[(u32, u32, u32)]) -> Vec<oci_spec::runtime::LinuxIdMapping> {
+    m.iter()
+        .map(|&(c, h, s)| {
+            oci_spec::runtime::LinuxIdMappingBuilder::default()
+                .container_id(c)
+                .host_id(h)
+                .size(s)
+                .build()
+                .expect("all fields set")
+        })
+        .collect()
 }
 
 fn validate(cfg: &PodSandboxConfig) -> Result<()> {
@@ -248,6 +335,13 @@ impl Daemon {
         } else {
             handler
         };
+        let userns = userns_mappings(&cfg)?;
+        if userns.is_some() && !self.handler(&handler).user_namespaces() {
+            return Err(invalid(
+                USERNS,
+                format!("runtime handler {handler:?} does not support user namespaces"),
+            ));
+        }
         let id = new_id();
         let (net_mode, _pid_mode, ipc_mode) = namespace_modes(&cfg);
         let host_net = net_mode == NamespaceMode::Node as i32;
@@ -280,6 +374,7 @@ impl Daemon {
             ipcns: None,
             utsns: None,
             pidns: None,
+            userns,
             ips: Vec::new(),
             cgroup_parent,
             own_cgroup,
@@ -322,7 +417,26 @@ impl Daemon {
             rec.config.hostname.clone()
         };
         let hostname: String = hostname.chars().take(63).collect();
-        if !kinds.is_empty() {
+        if let Some(u) = &mut rec.userns {
+            let (user, paths) = netns::create_in_userns(
+                &rec.dir,
+                &kinds,
+                Some(&hostname),
+                &oci_mappings(&u.uid_map),
+                &oci_mappings(&u.gid_map),
+            )
+            .map_err(internal)?;
+            u.path = user;
+            crate::fault_point("run_pod:namespaces");
+            for (k, p) in kinds.iter().zip(paths) {
+                match k {
+                    Ns::Net => rec.netns = Some(p),
+                    Ns::Ipc => rec.ipcns = Some(p),
+                    Ns::Uts => rec.utsns = Some(p),
+                }
+            }
+            self.save_pod(rec)?;
+        } else if !kinds.is_empty() {
             let paths = netns::create(&rec.dir, &kinds, Some(&hostname)).map_err(internal)?;
             crate::fault_point("run_pod:namespaces");
             for (k, p) in kinds.iter().zip(paths) {
@@ -345,7 +459,8 @@ impl Daemon {
             .and_then(|l| l.security_context.as_ref())
             .and_then(|s| s.namespace_options.as_ref())
             .is_some_and(|o| o.pid == NamespaceMode::Pod as i32);
-        self.start_monitor_with(&rec.dir, shared_pid)?;
+        let pid_userns = rec.userns.as_ref().map(|u| u.path.as_path());
+        self.start_monitor_with(&rec.dir, shared_pid.then_some(pid_userns))?;
         if shared_pid {
             rec.pidns = Some(pin_pid_ns(&rec.dir)?);
             self.save_pod(rec)?;
@@ -364,13 +479,18 @@ impl Daemon {
     }
 
     pub fn start_monitor(&self, dir: &Path) -> Result<()> {
-        self.start_monitor_with(dir, false)
+        self.start_monitor_with(dir, None)
     }
 
-    fn start_monitor_with(&self, dir: &Path, pid_init: bool) -> Result<()> {
+    /// `pid_init`: Some when the pod shares a PID namespace, with the user
+    /// namespace that must own it (the pod's own, if it has one).
+    fn start_monitor_with(&self, dir: &Path, pid_init: Option<Option<&Path>>) -> Result<()> {
         let mut cmd = Command::new(&self.monitor_bin);
-        if pid_init {
+        if let Some(userns) = pid_init {
             cmd.arg("--pid-init");
+            if let Some(u) = userns {
+                cmd.arg("--pid-init-userns").arg(u);
+            }
         }
         let out = cmd
             .arg("--dir")
@@ -407,6 +527,7 @@ impl Daemon {
             .map(|k| rec.dir.join("ns").join(k.name()))
             .collect();
         pinned.push(rec.dir.join("ns").join("pid"));
+        pinned.push(rec.dir.join("ns").join("user"));
         netns::remove(&pinned);
         let _ = fs::remove_dir_all(&rec.dir);
         if rec.own_cgroup {

@@ -524,24 +524,17 @@ impl RuntimeService for Service {
                 message,
             },
         ];
-        let features = Some(cri::RuntimeHandlerFeatures {
-            recursive_read_only_mounts: true,
-            user_namespaces: false,
-        });
-        let mut runtime_handlers = vec![cri::RuntimeHandler {
-            name: String::new(),
-            features,
-        }];
-        runtime_handlers.push(cri::RuntimeHandler {
-            name: "berth".into(),
-            features,
-        });
+        let d = &self.d;
+        let handler_entry = |name: &str, h: &str| cri::RuntimeHandler {
+            name: name.to_string(),
+            features: Some(d.handler(h).features()),
+        };
+        let mut runtime_handlers = vec![
+            handler_entry("", &d.cfg.runtime.default_handler),
+            handler_entry("berth", "berth"),
+        ];
         for name in self.d.cfg.runtime.handlers.keys() {
-            // What an external runtime implements is not known here.
-            runtime_handlers.push(cri::RuntimeHandler {
-                name: name.clone(),
-                features: Some(cri::RuntimeHandlerFeatures::default()),
-            });
+            runtime_handlers.push(handler_entry(name, name));
         }
         let mut info = std::collections::HashMap::new();
         // Accepted in requests, not enforced: there is no AppArmor or

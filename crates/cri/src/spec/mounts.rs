@@ -205,6 +205,18 @@ pub fn build(
             .any(|e| dest(e) == d || (dest(e) == "/dev" && d.starts_with("/dev/")))
     });
     extra.sort_by_key(depth);
+    if sb.userns.is_some() {
+        // In the pod's user namespace, host files owned by root would show
+        // as nobody: volumes and the pod's /etc files are idmapped with the
+        // pod's mappings (an `idmap` without its own takes the container's).
+        for m in &mut extra {
+            if m.get("uidMappings").is_none() {
+                if let Some(o) = m["options"].as_array_mut() {
+                    o.push(json!("idmap"));
+                }
+            }
+        }
+    }
     mounts.extend(extra);
     Ok(Built {
         mounts,
