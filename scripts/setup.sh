@@ -4,7 +4,8 @@
 set -euo pipefail
 pkgs=(busybox-static protobuf-compiler containernetworking-plugins libseccomp-dev pkg-config libc6-dev runc crun podman conmon containerd skopeo umoci docker-registry openssl
       iproute2 iptables uidmap procps bsdutils
-      qemu-system-x86 linux-image-amd64 cpio kmod xz-utils zstd)  # the cgroup v2 VM (test-cgroup2.sh)
+      qemu-system-x86 linux-image-amd64 cpio kmod xz-utils zstd  # the cgroup v2 VM (test-cgroup2.sh)
+      golang-go golang-google-grpc-dev)  # a grpc-go client, as kubelet dials (crates/cri/tests/authority.rs)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
