@@ -100,11 +100,27 @@ async fn a_crash_at_any_step_is_recovered_without_leaks() {
         "remove_pod:containers",
         "remove_pod:torn_down",
     ];
-    for point in points {
+    // Pods in their own user namespace pin one more namespace and mount
+    // idmapped views: the steps that make or undo those, again for them.
+    let userns_points = ["run_pod:namespaces", "create:view", "remove_pod:containers"];
+    let runs = points
+        .iter()
+        .map(|p| (*p, false))
+        .chain(userns_points.iter().map(|p| (*p, true)));
+    for (point, userns) in runs {
         b.kill9();
         b.spawn_with_fault(point);
         let mut c = b.rt().await;
-        let cfg = pod_config(&format!("f-{}", point.replace([':', '_'], "-")), &b.logs());
+        let name = format!(
+            "f-{}{}",
+            point.replace([':', '_'], "-"),
+            if userns { "-u" } else { "" }
+        );
+        let cfg = if userns {
+            userns_pod_config(&name, &b.logs(), 300_000, cri::NamespaceMode::Container)
+        } else {
+            pod_config(&name, &b.logs())
+        };
         // Drive the workload until berthd dies at the fault point.
         let r = async {
             let pod = c

@@ -9,28 +9,7 @@ use std::os::unix::fs::MetadataExt;
 const HOST_BASE: u32 = 200_000;
 
 fn userns_pod(name: &str, b: &Berthd, pid: cri::NamespaceMode) -> cri::PodSandboxConfig {
-    let map = vec![cri::IdMapping {
-        host_id: HOST_BASE,
-        container_id: 0,
-        length: 65536,
-    }];
-    let mut cfg = pod_config(name, &b.logs());
-    cfg.linux = Some(cri::LinuxPodSandboxConfig {
-        security_context: Some(cri::LinuxSandboxSecurityContext {
-            namespace_options: Some(cri::NamespaceOption {
-                pid: pid as i32,
-                userns_options: Some(cri::UserNamespace {
-                    mode: cri::NamespaceMode::Pod as i32,
-                    uids: map.clone(),
-                    gids: map,
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    cfg
+    userns_pod_config(name, &b.logs(), HOST_BASE, pid)
 }
 
 async fn sh(c: &mut RuntimeServiceClient, id: &str, script: &str) -> String {

@@ -284,6 +284,38 @@ pub fn pod_config(name: &str, logs: &Path) -> cri::PodSandboxConfig {
     }
 }
 
+/// A pod with hostUsers: false: its own user namespace mapping container
+/// ids 0..65536 to host ids from `host_base`.
+pub fn userns_pod_config(
+    name: &str,
+    logs: &Path,
+    host_base: u32,
+    pid: cri::NamespaceMode,
+) -> cri::PodSandboxConfig {
+    let map = vec![cri::IdMapping {
+        host_id: host_base,
+        container_id: 0,
+        length: 65536,
+    }];
+    let mut cfg = pod_config(name, logs);
+    cfg.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                pid: pid as i32,
+                userns_options: Some(cri::UserNamespace {
+                    mode: cri::NamespaceMode::Pod as i32,
+                    uids: map.clone(),
+                    gids: map,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    cfg
+}
+
 pub fn ctr_config(name: &str, cmd: &[&str]) -> cri::ContainerConfig {
     cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
