@@ -765,7 +765,12 @@ fn pull_from(
         attempts: c.opts.attempts.max(1),
     };
     match crate::layout::import_manifest(&desc, &fetch, Some(&stream), "", store, snaps) {
-        Ok(img) => Ok(img.named(&r.to_string(), &top)),
+        // `name:tag@digest` is the tag `name:tag` (pinned to the digest,
+        // which decided what was pulled) and the RepoDigest `name@digest`.
+        Ok(img) => Ok(match &r.tag {
+            Some(t) => img.named(&format!("{}:{t}", r.name()), &top),
+            None => img.named(&r.with_digest(&top), &top),
+        }),
         Err(e) if unavailable.load(std::sync::atomic::Ordering::SeqCst) => Err(Fail::Next(e)),
         Err(e) => Err(Fail::Stop(e)),
     }

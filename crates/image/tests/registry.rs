@@ -98,6 +98,24 @@ fn pull_by_tag_and_digest() {
     let by_digest = format!("{name}@{}", img.manifest);
     let again = root.pull(&by_digest, &opts(&[reg.host()])).unwrap();
     assert_eq!(again.id, img.id);
+    assert_eq!(again.repo_digests, vec![by_digest.clone()]);
+
+    // `name:tag@digest`: the digest decides what is pulled; the record
+    // gets the tag `name:tag` and the RepoDigest `name@digest`, never the
+    // whole string (as containerd records it for the kubelet).
+    let fresh = ImageRoot::open(f.t.path().join("pinned")).unwrap();
+    let pinned = format!("{name}:pinned@{}", img.manifest);
+    let p = fresh.pull(&pinned, &opts(&[reg.host()])).unwrap();
+    assert_eq!(p.id, img.id);
+    assert_eq!(p.repo_tags, vec![format!("{name}:pinned")]);
+    assert_eq!(p.repo_digests, vec![by_digest.clone()]);
+    let rec = fresh.images.get(&format!("{name}:pinned")).unwrap();
+    assert_eq!(rec.repo_digests, vec![by_digest.clone()]);
+    assert_eq!(fresh.images.get(&by_digest).unwrap().id, img.id);
+    assert!(
+        fresh.images.get(&pinned).is_err(),
+        "the whole string is no name"
+    );
 
     // Without the insecure opt-in the registry is spoken to over HTTPS,
     // which a plain-HTTP one cannot answer.
