@@ -463,29 +463,37 @@ pub(crate) fn import_manifest(
         ));
     }
     let mut chain: Option<Digest> = None;
+    // The layers not unpacked yet (the top of the chain: a present layer's
+    // parents are present), and the chain they go on.
     let mut missing = Vec::new();
+    let mut base = None;
     for (layer, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
         let next = Digest::chain(chain.as_ref(), diff_id);
         // A layer already unpacked needs neither its blob nor another unpack.
         if !snaps.has_layer(&next) {
-            if stream.is_some() {
-                missing.push((layer, diff_id, chain.clone()));
-            } else {
-                fetch(layer)?;
-                let blob = store.open_blob(&layer.digest)?;
-                snaps.apply(chain.as_ref(), diff_id, Some(&layer.media_type), blob)?;
+            if missing.is_empty() {
+                base = chain.clone();
             }
+            missing.push((layer, diff_id));
         }
         chain = Some(next);
     }
-    if let (Some(s), false) = (stream, missing.is_empty()) {
-        let jobs: Vec<_> = missing.iter().map(|(l, d, _)| (*l, *d)).collect();
-        let staged = stage_layers(&jobs, s, store, snaps)?;
-        // In chain order: each layer's implied directories look at the
-        // layers below, published just before.
-        for ((_, _, parent), st) in missing.iter().zip(staged) {
-            snaps.publish(parent.as_ref(), st)?;
-        }
+    if !missing.is_empty() {
+        let staged = match stream {
+            Some(s) => stage_layers(&missing, s, store, snaps)?,
+            None => {
+                let mut v = Vec::new();
+                for (layer, diff_id) in &missing {
+                    fetch(layer)?;
+                    let blob = store.open_blob(&layer.digest)?;
+                    v.push(snaps.stage(diff_id, Some(&layer.media_type), blob)?);
+                }
+                v
+            }
+        };
+        // In chain order, all checked first: each layer's implied
+        // directories look at the layers below (published just before).
+        snaps.publish_all(base.as_ref(), staged)?;
     }
     let chain_id = chain.ok_or_else(|| Error::invalid(&what, "no layers"))?;
     Ok(Image {

@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, Timespec, Timestamps};
 
-use crate::unpack::{inherit_implied, unpack_deferred};
+use crate::unpack::{check_through, inherit_implied, unpack_deferred, Implied};
 use crate::{Digest, Error, Result};
 
 #[derive(Debug, Clone)]
@@ -49,12 +49,16 @@ pub struct Staged {
     dir: tempfile::TempDir,
     diff_id: Digest,
     /// Directories the archive implied (see `unpack::unpack_deferred`).
-    implied: Vec<Vec<std::ffi::OsString>>,
+    implied: Implied,
 }
 
 impl Staged {
     pub fn diff_id(&self) -> &Digest {
         &self.diff_id
+    }
+
+    fn fs(&self) -> PathBuf {
+        self.dir.path().join("fs")
     }
 }
 
@@ -184,7 +188,9 @@ impl Snapshotter {
     /// present) under its chain ID and returns that. Directories the layer
     /// implied take mode and owner from the layers below only now, as
     /// those may have been staged alongside it: publishing in chain order
-    /// gives what a sequential unpack gives.
+    /// gives what a sequential unpack gives. A layer writing through a
+    /// symlink of the layers below (an implied directory that is a symlink
+    /// there) is refused, naming the entry and the symlink, and removed.
     pub fn publish(&self, parent: Option<&Digest>, staged: Staged) -> Result<Digest> {
         let chain = Digest::chain(parent, &staged.diff_id);
         if self.has_layer(&chain) {
@@ -193,18 +199,12 @@ impl Snapshotter {
         if let Some(p) = parent.filter(|p| !self.has_layer(p)) {
             return Err(Error::NotFound(format!("parent layer {p}")));
         }
-        let tmp = staged.dir;
-        if !staged.implied.is_empty() {
-            let lowers: Vec<PathBuf> = match parent {
-                Some(p) => self
-                    .ancestry(p)?
-                    .iter()
-                    .map(|c| self.layer_path(c))
-                    .collect(),
-                None => Vec::new(),
-            };
-            inherit_implied(&tmp.path().join("fs"), &staged.implied, &lowers)?;
+        if !staged.implied.first.is_empty() {
+            let lowers = self.lower_paths(parent)?;
+            check_through(&staged.fs(), &staged.implied.first, &lowers)?;
+            inherit_implied(&staged.fs(), &staged.implied.dirs, &lowers)?;
         }
+        let tmp = staged.dir;
         let write = |name: &str, s: String| {
             let p = tmp.path().join(name);
             fs::write(&p, s).map_err(ioe(&p))
@@ -226,6 +226,41 @@ impl Snapshotter {
         }
         let _ = tmp.keep();
         Ok(chain)
+    }
+
+    /// Publishes `staged` (bottom first) on top of `base`, each on the one
+    /// before, and returns the top chain ID (`base` if none). Every layer
+    /// is checked against the ones below it (see [`Snapshotter::publish`])
+    /// before any is published, so a hostile layer high in the chain
+    /// leaves none of the image's new layers behind.
+    pub fn publish_all(
+        &self,
+        base: Option<&Digest>,
+        staged: Vec<Staged>,
+    ) -> Result<Option<Digest>> {
+        let below = self.lower_paths(base)?;
+        for (k, st) in staged.iter().enumerate() {
+            let mut lowers: Vec<PathBuf> = staged[..k].iter().rev().map(Staged::fs).collect();
+            lowers.extend(below.iter().cloned());
+            check_through(&st.fs(), &st.implied.first, &lowers)?;
+        }
+        let mut top = base.cloned();
+        for st in staged {
+            top = Some(self.publish(top.as_ref(), st)?);
+        }
+        Ok(top)
+    }
+
+    /// The `fs` dirs of `top` and the layers below it, top first.
+    fn lower_paths(&self, top: Option<&Digest>) -> Result<Vec<PathBuf>> {
+        Ok(match top {
+            Some(p) => self
+                .ancestry(p)?
+                .iter()
+                .map(|c| self.layer_path(c))
+                .collect(),
+            None => Vec::new(),
+        })
     }
 
     /// Allocates `l/<n>` pointing at the layer's `fs`.

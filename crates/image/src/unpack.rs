@@ -116,16 +116,28 @@ pub fn unpack_onto(
     .map(|(u, _)| u)
 }
 
+/// Directories a layer's archive used without an entry of its own, for
+/// the checks and fixes that need the layers below ([`unpack_deferred`]).
+#[derive(Debug, Default)]
+pub(crate) struct Implied {
+    /// Still implied at the end (no later entry of their own): they take
+    /// mode and owner from the layers below ([`inherit_implied`]).
+    pub dirs: Vec<Vec<OsString>>,
+    /// Every directory implied, with the entry that first implied it: none
+    /// may be a symlink in the layers below ([`check_through`]).
+    pub first: Vec<(Vec<OsString>, String)>,
+}
+
 /// [`unpack`] for a layer whose lower layers may not be unpacked yet (a
 /// pull unpacks layers in parallel): directories the archive implies are
-/// made 0755 root and returned, for [`inherit_implied`] to fix once the
-/// lowers are in place.
+/// made 0755 root and returned, for [`check_through`] and
+/// [`inherit_implied`] once the lowers are in place.
 pub(crate) fn unpack_deferred(
     r: impl Read,
     media_type: Option<&str>,
     dest: &Path,
     expected_diff_id: &Digest,
-) -> Result<(Unpacked, Vec<Vec<OsString>>)> {
+) -> Result<(Unpacked, Implied)> {
     unpack_with(
         r,
         media_type,
@@ -141,7 +153,7 @@ fn unpack_with(
     dest: &Path,
     expected_diff_id: Option<&Digest>,
     lowers: Lowers<'_>,
-) -> Result<(Unpacked, Vec<Vec<OsString>>)> {
+) -> Result<(Unpacked, Implied)> {
     if let Some(mt) = media_type {
         Compression::from_media_type(mt)?;
     }
@@ -177,6 +189,8 @@ fn unpack_with(
         dirs: Vec::new(),
         cache: None,
         lowers,
+        current: String::new(),
+        first: Vec::new(),
     };
     let mut prev = String::from("(start of archive)");
     {
@@ -197,6 +211,7 @@ fn unpack_with(
                 Some(Err(e)) => return Err(Error::entry(format!("after {prev}"), e)),
             };
             let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            u.current.clone_from(&name);
             u.entry(&mut entry)
                 .map_err(|msg| Error::entry(&name, msg))?;
             io::copy(&mut entry, &mut io::sink()).map_err(|e| Error::entry(&name, e))?;
@@ -216,11 +231,99 @@ fn unpack_with(
             actual: diff_id.to_string(),
         });
     }
-    let implied = match u.lowers {
-        Lowers::Deferred(v) => v,
-        _ => Vec::new(),
+    let implied = Implied {
+        dirs: match u.lowers {
+            Lowers::Deferred(v) => v,
+            _ => Vec::new(),
+        },
+        first: u.first,
     };
     Ok((Unpacked { diff_id, size }, implied))
+}
+
+/// Refuses a layer (in `dest`) that writes through a symlink of the
+/// layers below (`lowers`, top first): a directory it implies, e.g. `lnk`
+/// for an entry `lnk/file` without an entry `lnk/` before it, must not be
+/// a symlink there. (Unpacked alone, such a layer would silently shadow
+/// the symlink with a directory; applied onto the merged tree, as other
+/// runtimes do, it would write where the symlink points.) A layer that
+/// replaces the symlink by an entry of its own is fine.
+pub(crate) fn check_through(
+    dest: &Path,
+    first: &[(Vec<OsString>, String)],
+    lowers: &[PathBuf],
+) -> Result<()> {
+    if first.is_empty() || lowers.is_empty() {
+        return Ok(());
+    }
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let root = rfs::open(dest, flags, Mode::empty()).map_err(|e| Error::io(dest, e))?;
+    for (comps, entry) in first {
+        if let Some(msg) = lower_symlink(root.as_fd(), lowers, comps) {
+            return Err(Error::entry(entry, msg));
+        }
+    }
+    Ok(())
+}
+
+/// If the directory `comps`, which the layer at `layer` implied, is a
+/// symlink in the merged view of `lowers` (top first): the refusal.
+/// Only the last component is looked at: an implied parent is checked on
+/// its own, and a parent the layer made itself replaced whatever was
+/// below. A parent the layer made opaque hides the layers below.
+fn lower_symlink(layer: BorrowedFd<'_>, lowers: &[PathBuf], comps: &[OsString]) -> Option<Msg> {
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let (_, parents) = comps.split_last()?;
+    let mut cur = layer.try_clone_to_owned().ok()?;
+    for c in parents {
+        cur = rfs::openat(&cur, c, flags, Mode::empty()).ok()?;
+        if is_opaque(cur.as_fd()) {
+            return None;
+        }
+    }
+    // The directories that merge at each level, top first: an entry's
+    // topmost occurrence decides its type; directories below it merge
+    // until an opaque one, a non-directory hides the rest.
+    let mut dirs: Vec<OwnedFd> = lowers
+        .iter()
+        .filter_map(|l| rfs::open(l, flags, Mode::empty()).ok())
+        .collect();
+    for (i, c) in comps.iter().enumerate() {
+        let mut next = Vec::new();
+        for d in &dirs {
+            let st = match rfs::statat(d, c, AtFlags::SYMLINK_NOFOLLOW) {
+                Err(_) => continue,
+                Ok(st) => st,
+            };
+            match FileType::from_raw_mode(st.st_mode) {
+                FileType::Directory => {
+                    let Ok(fd) = rfs::openat(d, c, flags, Mode::empty()) else {
+                        break;
+                    };
+                    let opaque = is_opaque(fd.as_fd());
+                    next.push(fd);
+                    if opaque {
+                        break;
+                    }
+                }
+                FileType::Symlink if next.is_empty() && i == comps.len() - 1 => {
+                    let target = rfs::readlinkat(d, c, Vec::new())
+                        .map(|t| t.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    return Some(format!(
+                        "{} is a symlink (-> {target}) in a layer below: refusing to write through it",
+                        show(comps)
+                    ));
+                }
+                _ => break,
+            }
+        }
+        if next.is_empty() {
+            return None;
+        }
+        dirs = next;
+    }
+    None
 }
 
 /// Gives the directories `implied` (from [`unpack_deferred`]) of the
@@ -320,6 +423,10 @@ struct Unpacker<'a> {
     cache: Option<(Vec<OsString>, OwnedFd)>,
     /// The layers below, top first (for directories the archive implies).
     lowers: Lowers<'a>,
+    /// The entry being unpacked (its name, for errors found later).
+    current: String,
+    /// See [`Implied::first`].
+    first: Vec<(Vec<OsString>, String)>,
 }
 
 enum Lowers<'a> {
@@ -521,7 +628,7 @@ impl Unpacker<'_> {
             let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
             let next = match rfs::openat(&cur, c, flags, Mode::empty()) {
                 Err(Errno::NOENT) if create => {
-                    let (mode, owner) = self.implicit_dir(&comps[..=i]);
+                    let (mode, owner) = self.implicit_dir(&comps[..=i])?;
                     match rfs::mkdirat(&cur, c, mode) {
                         Ok(()) => {
                             if let Some((uid, gid)) = owner {
@@ -591,13 +698,20 @@ impl Unpacker<'_> {
     /// those of the same directory in the layers below (as it would look
     /// through the overlay), else 0755 root. Looked up through fds, never
     /// following a symlink; a whiteout, non-directory or opaque directory
-    /// on the way hides the layers further down.
-    fn implicit_dir(&mut self, comps: &[OsString]) -> (Mode, Option<(rfs::Uid, rfs::Gid)>) {
+    /// on the way hides the layers further down. A symlink there is refused
+    /// (see [`check_through`]; checked later for a deferred unpack).
+    fn implicit_dir(
+        &mut self,
+        comps: &[OsString],
+    ) -> std::result::Result<(Mode, Option<(rfs::Uid, rfs::Gid)>), Msg> {
+        if !self.first.iter().any(|(p, _)| p.as_slice() == comps) {
+            self.first.push((comps.to_vec(), self.current.clone()));
+        }
         if let Lowers::Deferred(v) = &mut self.lowers {
             if !v.iter().any(|p| p.as_slice() == comps) {
                 v.push(comps.to_vec());
             }
-            return (Mode::from_bits_truncate(0o755), None);
+            return Ok((Mode::from_bits_truncate(0o755), None));
         }
         if let Lowers::Later(_) = self.lowers {
             let Lowers::Later(f) = std::mem::replace(&mut self.lowers, Lowers::Known(Vec::new()))
@@ -609,7 +723,10 @@ impl Unpacker<'_> {
         let Lowers::Known(lowers) = &self.lowers else {
             unreachable!()
         };
-        inherited(lowers, comps)
+        if let Some(msg) = lower_symlink(self.root.as_fd(), lowers, comps) {
+            return Err(msg);
+        }
+        Ok(inherited(lowers, comps))
     }
 
     fn finish_dirs(&mut self) -> std::result::Result<(), (String, Msg)> {

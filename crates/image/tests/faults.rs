@@ -354,13 +354,14 @@ fn a_blob_cut_every_time_fails_naming_it_and_publishes_nothing() {
     );
 }
 
-/// Pushes a one-layer image made of `tar` (built knowing the outside
+/// Pushes an image made of `layers` (built knowing the outside
 /// directory), pulls it, and expects an error naming `entry`, nothing
-/// written outside, and nothing published.
-fn assert_pull_rejected(reg: &Registry, t: &Path, name: &str, tar: Vec<u8>, entry: &str) {
+/// written outside, and nothing published (no layer, not even the
+/// harmless ones below the hostile one; no staging dir).
+fn assert_pull_rejected(reg: &Registry, t: &Path, name: &str, layers: Vec<Vec<u8>>, entry: &str) {
     let outside = t.join("outside");
     let layout = t.join(format!("layout-{name}"));
-    write_layout(&layout, &[tar]);
+    write_layout(&layout, &layers);
     reg.push(
         &format!("oci:{}:t", layout.display()),
         &format!("mal/{name}"),
@@ -386,11 +387,12 @@ fn assert_pull_rejected(reg: &Registry, t: &Path, name: &str, tar: Vec<u8>, entr
         "{name}: image recorded"
     );
     // Nothing half-unpacked is left in the snapshots' layer directory.
-    let layers_dir = root.snapshots.layer_path(&Digest::of(b"x"));
-    let layers_dir = layers_dir.parent().unwrap();
-    if layers_dir.exists() {
-        assert_eq!(tree(layers_dir), Vec::<String>::new(), "{name}");
-    }
+    // (`layers/<chain>/fs` -> `layers`, then the snapshots root.)
+    let fs_dir = root.snapshots.layer_path(&Digest::of(b"x"));
+    let layers_dir = fs_dir.parent().unwrap().parent().unwrap();
+    assert_eq!(tree(layers_dir), Vec::<String>::new(), "{name}");
+    let staging = layers_dir.parent().unwrap().join("tmp");
+    assert_eq!(tree(&staging), Vec::<String>::new(), "{name}: staging left");
 }
 
 #[test]
@@ -401,47 +403,89 @@ fn malicious_layers_from_a_registry_are_refused() {
     fs::write(outside.join("secret"), "s").unwrap();
     let out = outside.display().to_string();
     let reg = Registry::start();
-    let cases: Vec<(&str, Vec<u8>, String)> = vec![
+    let one = |l: &mut Layer| vec![l.finish()];
+    let planted = || Layer::new().dir("etc").symlink("evil", &out).finish();
+    let cases: Vec<(&str, Vec<Vec<u8>>, String)> = vec![
         (
             "absolute",
-            Layer::new().file(&format!("{out}/abs"), b"x").finish(),
+            one(Layer::new().file(&format!("{out}/abs"), b"x")),
             format!("{out}/abs"),
         ),
         (
             "dotdot",
-            Layer::new()
-                .dir("a")
-                .file("a/../../../../outside/dd", b"x")
-                .finish(),
+            one(Layer::new().dir("a").file("a/../../../../outside/dd", b"x")),
             "a/../../../../outside/dd".into(),
         ),
         (
             "symlink",
-            Layer::new()
-                .symlink("link", &out)
-                .file("link/pwned", b"x")
-                .finish(),
+            one(Layer::new().symlink("link", &out).file("link/pwned", b"x")),
             "link/pwned".into(),
         ),
         (
             "hardlink",
-            Layer::new()
-                .symlink("s", &out)
-                .hardlink("hl", "s/secret")
-                .finish(),
+            one(Layer::new().symlink("s", &out).hardlink("hl", "s/secret")),
             "hl".into(),
         ),
         (
             "pax",
-            Layer::new()
+            one(Layer::new()
                 .file("first", b"1")
                 .pax(&[("comment", &vec![b'a'; 2 << 20])])
-                .file("second", b"2")
-                .finish(),
+                .file("second", b"2")),
             "after first".into(),
         ),
+        (
+            "hardlink-dotdot",
+            one(Layer::new().hardlink("hl", "../outside/secret")),
+            "hl".into(),
+        ),
+        (
+            "hardlink-absolute",
+            one(Layer::new().hardlink("hl", &format!("{out}/secret"))),
+            "hl".into(),
+        ),
+        (
+            "whiteout-symlink",
+            one(Layer::new()
+                .symlink("link", &out)
+                .file("link/.wh.secret", b"")),
+            "link/.wh.secret".into(),
+        ),
+        // A symlink planted by an earlier layer, written through by a later one.
+        (
+            "planted",
+            vec![planted(), Layer::new().file("evil/pwned", b"x").finish()],
+            "evil/pwned".into(),
+        ),
+        (
+            "planted-whiteout",
+            vec![
+                planted(),
+                Layer::new().file("evil/.wh.secret", b"").finish(),
+            ],
+            "evil/.wh.secret".into(),
+        ),
+        (
+            "planted-deep",
+            vec![
+                planted(),
+                Layer::new().file("etc/x", b"x").finish(),
+                Layer::new().dir("etc").file("evil/a/b", b"x").finish(),
+            ],
+            "evil/a/b".into(),
+        ),
     ];
-    for (name, tar, entry) in cases {
-        assert_pull_rejected(&reg, t.path(), name, tar, &entry);
+    for (name, layers, entry) in cases {
+        assert_pull_rejected(&reg, t.path(), name, layers, &entry);
     }
+    // The planted symlink is named too.
+    let root = ImageRoot::open(t.path().join("root-planted")).unwrap();
+    let e = root
+        .pull(
+            &format!("{}/mal/planted", reg.host()),
+            &opts(&reg.host(), 1),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&format!("evil is a symlink (-> {out})")), "{e}");
 }

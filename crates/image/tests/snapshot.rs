@@ -238,3 +238,121 @@ fn a_download_is_unpacked_and_stored_in_one_pass() {
         b"keep"
     );
 }
+
+/// The files left in the snapshotter's staging dir.
+fn staging(root: &Path) -> Vec<String> {
+    tree(&root.join("tmp"))
+}
+
+#[test]
+fn a_layer_writing_through_a_lower_layers_symlink_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let outside = t.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("secret"), "s").unwrap();
+    let out = outside.display().to_string();
+    let root = t.path().join("snaps");
+    let s = Snapshotter::open(&root).unwrap();
+    let base = Layer::new()
+        .symlink("evil", &out)
+        .dir("d")
+        .symlink("d/rel", "../evil")
+        .finish();
+    let base_chain = apply_all(&s, std::slice::from_ref(&base))[0].clone();
+    // (top layer, entry the error names, symlink it names)
+    let cases: Vec<(Vec<u8>, &str, &str)> = vec![
+        (
+            Layer::new().file("evil/pwned", b"x").finish(),
+            "evil/pwned",
+            "evil",
+        ),
+        (
+            Layer::new().file("evil/.wh.secret", b"").finish(),
+            "evil/.wh.secret",
+            "evil",
+        ),
+        (
+            Layer::new().file("evil/.wh..wh..opq", b"").finish(),
+            "evil/.wh..wh..opq",
+            "evil",
+        ),
+        (
+            Layer::new().file("evil/a/b", b"x").finish(),
+            "evil/a/b",
+            "evil",
+        ),
+        // A parent the layer lists itself does not hide a symlink in it.
+        (
+            Layer::new().dir("d").file("d/rel/x", b"x").finish(),
+            "d/rel/x",
+            "d/rel",
+        ),
+        // The directory entry comes too late: the file went through first.
+        (
+            Layer::new().file("evil/late", b"x").dir("evil").finish(),
+            "evil/late",
+            "evil",
+        ),
+        (
+            Layer::new()
+                .file("x", b"x")
+                .hardlink("evil/hl", "x")
+                .finish(),
+            "evil/hl",
+            "evil",
+        ),
+    ];
+    for (top, entry, link) in cases {
+        let e = s
+            .apply(Some(&base_chain), &Digest::of(&top), None, &top[..])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("{entry:?}")), "{entry}: {e}");
+        assert!(
+            e.contains(&format!("{link} is a symlink (-> ")),
+            "{entry}: does not name the symlink {link}: {e}"
+        );
+        assert_eq!(s.layers().unwrap(), vec![base_chain.clone()], "{entry}");
+        assert!(staging(&root).is_empty(), "{entry}: {:?}", staging(&root));
+        assert_eq!(tree(&outside), ["secret"], "{entry}: wrote outside");
+    }
+
+    // Replacing the symlink with a directory (its own entry first) or a
+    // file is fine, and the view shows the replacement.
+    let replaced = Layer::new()
+        .dir("evil")
+        .file("evil/ok", b"ok")
+        .file("d/rel", b"file")
+        .finish();
+    let top = s
+        .apply(
+            Some(&base_chain),
+            &Digest::of(&replaced),
+            None,
+            &replaced[..],
+        )
+        .unwrap();
+    let _c = Cleanup(&s);
+    let v = s.create_view("v", &top).unwrap();
+    assert_eq!(fs::read(v.rootfs.join("evil/ok")).unwrap(), b"ok");
+    assert_eq!(fs::read(v.rootfs.join("d/rel")).unwrap(), b"file");
+    assert_eq!(tree(&outside), ["secret"]);
+    s.remove_view("v").unwrap();
+
+    // Staged together (as a pull stages an image's layers), a hostile top
+    // layer publishes none of them.
+    let fresh = Snapshotter::open(t.path().join("fresh")).unwrap();
+    let bad = Layer::new().file("evil/pwned", b"x").finish();
+    let staged = vec![
+        fresh.stage(&Digest::of(&base), None, &base[..]).unwrap(),
+        fresh.stage(&Digest::of(&bad), None, &bad[..]).unwrap(),
+    ];
+    let e = fresh.publish_all(None, staged).unwrap_err().to_string();
+    assert!(
+        e.contains("\"evil/pwned\"") && e.contains("evil is a symlink"),
+        "{e}"
+    );
+    assert!(fresh.layers().unwrap().is_empty());
+    assert!(staging(&t.path().join("fresh")).is_empty());
+    assert_eq!(tree(&outside), ["secret"]);
+}

@@ -330,3 +330,37 @@ fn wrong_diff_id_and_media_type_are_errors() {
     .to_string();
     assert!(e.contains("+bzip2"), "{e}");
 }
+
+#[test]
+fn writing_through_a_symlink_of_the_layers_below_is_rejected() {
+    let t = tempfile::tempdir().unwrap();
+    let (lower, layer, outside) = (
+        t.path().join("lower"),
+        t.path().join("layer"),
+        t.path().join("outside"),
+    );
+    for d in [&lower, &layer, &outside] {
+        fs::create_dir(d).unwrap();
+    }
+    fs::write(outside.join("secret"), "s").unwrap();
+    let base = Layer::new()
+        .symlink("evil", &outside.display().to_string())
+        .finish();
+    unpack(&base[..], None, &lower, None).unwrap();
+    let top = Layer::new().file("evil/pwned", b"x").finish();
+    let e = berth_image::unpack_onto(&top[..], None, &layer, None, || vec![lower.clone()])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("\"evil/pwned\""), "{e}");
+    assert!(
+        e.contains(&format!("evil is a symlink (-> {})", outside.display())),
+        "{e}"
+    );
+    assert_eq!(tree(&outside), ["secret"]);
+    // An explicit directory replaces the symlink instead.
+    let fixed = t.path().join("fixed");
+    fs::create_dir(&fixed).unwrap();
+    let top = Layer::new().dir("evil").file("evil/ok", b"x").finish();
+    berth_image::unpack_onto(&top[..], None, &fixed, None, || vec![lower.clone()]).unwrap();
+    assert_eq!(tree(&fixed), ["evil", "evil/ok"]);
+}
