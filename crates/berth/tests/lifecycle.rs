@@ -715,9 +715,41 @@ fn features_json() {
         has(&f["mountOptions"], "rbind") && has(&f["mountOptions"], "ro"),
         "{f}"
     );
-    for ns in ["pid", "mount", "network", "ipc", "uts", "user", "cgroup"] {
+    for ns in [
+        "pid", "mount", "network", "ipc", "uts", "user", "cgroup", "time",
+    ] {
         assert!(has(&f["linux"]["namespaces"], ns), "{ns}: {f}");
     }
+    // Each advertised mount option is tried on a real mount in
+    // spec_mounts.rs::every_advertised_mount_option_works; here: idmapped
+    // mounts work (userns.rs) and are listed, options are listed once, and
+    // tmpcopyup (accepted but not implemented) is not claimed.
+    let opts: Vec<&str> = f["mountOptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_str().unwrap())
+        .collect();
+    let mut uniq = opts.clone();
+    uniq.sort();
+    uniq.dedup();
+    assert_eq!(uniq.len(), opts.len(), "duplicates: {opts:?}");
+    for o in ["idmap", "ridmap", "rnoatime", "rstrictatime", "ratime"] {
+        assert!(opts.contains(&o), "{o}: {opts:?}");
+    }
+    assert!(!opts.contains(&"tmpcopyup"), "{opts:?}");
+    assert_eq!(
+        f["linux"]["mountExtensions"]["idmap"]["enabled"],
+        json!(true)
+    );
+    // rdma limits are written on cgroup v2 only: true exactly when this
+    // host's /sys/fs/cgroup is cgroup2.
+    let v2 = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some("/sys/fs/cgroup") && l.contains(" - cgroup2 "));
+    assert_eq!(f["linux"]["cgroup"]["rdma"], json!(v2), "{f}");
+    assert_eq!(f["linux"]["cgroup"]["systemd"], json!(false), "{f}");
 }
 
 #[test]

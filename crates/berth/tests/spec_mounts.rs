@@ -533,3 +533,241 @@ fn mount_behind_a_dangling_symlink_is_created_inside_the_rootfs() {
         !Path::new("/run/secrets/token").exists() || fs::read_dir("/run/secrets/token").is_ok()
     );
 }
+
+/// How an option of `berth features` is tried: on an rbind of a tmpfs
+/// with two submounts, on a fresh tmpfs (superblock options, which a bind
+/// cannot change), or on an idmapped rbind.
+#[derive(Clone, Copy, PartialEq)]
+enum On {
+    Bind,
+    Tmpfs,
+    Idmap,
+}
+
+/// What each mount option must show in /proc/self/mountinfo: tokens of the
+/// per-mount options and propagation fields ("!x": absent; "super:x": in
+/// the superblock options), on the mount itself and, for recursive
+/// options, on both submounts (`None`: not checked; `Some(&["absent"])`:
+/// the submounts are not there). Submount `a` starts ro, nosuid, nodev,
+/// noexec, noatime, nodiratime, nosymfollow; `b` and the top with tmpfs
+/// defaults (rw, relatime).
+#[allow(clippy::type_complexity)]
+const EXPECT: &[(&str, On, &[&str], Option<&[&str]>)] = &[
+    ("defaults", On::Bind, &["rw"], None),
+    ("ro", On::Bind, &["ro"], None),
+    ("rw", On::Bind, &["rw"], None),
+    ("suid", On::Bind, &["!nosuid"], None),
+    ("nosuid", On::Bind, &["nosuid"], None),
+    ("dev", On::Bind, &["!nodev"], None),
+    ("nodev", On::Bind, &["nodev"], None),
+    ("exec", On::Bind, &["!noexec"], None),
+    ("noexec", On::Bind, &["noexec"], None),
+    ("sync", On::Tmpfs, &["super:sync"], None),
+    ("async", On::Tmpfs, &["!super:sync"], None),
+    ("dirsync", On::Tmpfs, &["super:dirsync"], None),
+    ("remount", On::Bind, &["rw"], None),
+    // Mandatory locking is gone from Linux (5.15): accepted, no effect.
+    ("mand", On::Tmpfs, &[], None),
+    ("nomand", On::Tmpfs, &["!super:mand"], None),
+    ("atime", On::Bind, &["!noatime"], None),
+    ("noatime", On::Bind, &["noatime"], None),
+    ("diratime", On::Bind, &["!nodiratime"], None),
+    ("nodiratime", On::Bind, &["nodiratime"], None),
+    ("bind", On::Bind, &[], Some(&["absent"])),
+    ("rbind", On::Bind, &[], Some(&[])),
+    ("relatime", On::Bind, &["relatime"], None),
+    ("norelatime", On::Bind, &["!noatime"], None),
+    ("strictatime", On::Bind, &["!relatime", "!noatime"], None),
+    ("nostrictatime", On::Bind, &["relatime"], None),
+    ("nosymfollow", On::Bind, &["nosymfollow"], None),
+    ("symfollow", On::Bind, &["!nosymfollow"], None),
+    ("silent", On::Tmpfs, &[], None),
+    ("loud", On::Tmpfs, &[], None),
+    ("private", On::Bind, &["!shared", "!master"], None),
+    (
+        "rprivate",
+        On::Bind,
+        &["!shared", "!master"],
+        Some(&["!shared", "!master"]),
+    ),
+    ("shared", On::Bind, &["shared"], None),
+    ("rshared", On::Bind, &["shared"], Some(&["shared"])),
+    ("slave", On::Bind, &["!shared"], None),
+    ("rslave", On::Bind, &["!shared"], Some(&["!shared"])),
+    ("unbindable", On::Bind, &["unbindable"], None),
+    (
+        "runbindable",
+        On::Bind,
+        &["unbindable"],
+        Some(&["unbindable"]),
+    ),
+    ("rro", On::Bind, &["ro"], Some(&["ro"])),
+    ("rrw", On::Bind, &["rw"], Some(&["rw"])),
+    ("rnosuid", On::Bind, &["nosuid"], Some(&["nosuid"])),
+    ("rsuid", On::Bind, &["!nosuid"], Some(&["!nosuid"])),
+    ("rnodev", On::Bind, &["nodev"], Some(&["nodev"])),
+    ("rdev", On::Bind, &["!nodev"], Some(&["!nodev"])),
+    ("rnoexec", On::Bind, &["noexec"], Some(&["noexec"])),
+    ("rexec", On::Bind, &["!noexec"], Some(&["!noexec"])),
+    ("rnoatime", On::Bind, &["noatime"], Some(&["noatime"])),
+    ("ratime", On::Bind, &["relatime"], Some(&["relatime"])),
+    ("rrelatime", On::Bind, &["relatime"], Some(&["relatime"])),
+    (
+        "rnostrictatime",
+        On::Bind,
+        &["relatime"],
+        Some(&["relatime"]),
+    ),
+    (
+        "rstrictatime",
+        On::Bind,
+        &["!relatime", "!noatime"],
+        Some(&["!relatime", "!noatime"]),
+    ),
+    (
+        "rnorelatime",
+        On::Bind,
+        &["!relatime", "!noatime"],
+        Some(&["!relatime", "!noatime"]),
+    ),
+    (
+        "rnodiratime",
+        On::Bind,
+        &["nodiratime"],
+        Some(&["nodiratime"]),
+    ),
+    (
+        "rdiratime",
+        On::Bind,
+        &["!nodiratime"],
+        Some(&["!nodiratime"]),
+    ),
+    (
+        "rnosymfollow",
+        On::Bind,
+        &["nosymfollow"],
+        Some(&["nosymfollow"]),
+    ),
+    (
+        "rsymfollow",
+        On::Bind,
+        &["!nosymfollow"],
+        Some(&["!nosymfollow"]),
+    ),
+    // The idmapped tree is cloned by the parent from its own mount
+    // namespace, where the submounts exist too.
+    ("idmap", On::Idmap, &["idmapped"], Some(&["!idmapped"])),
+    ("ridmap", On::Idmap, &["idmapped"], Some(&["idmapped"])),
+];
+
+/// True if the mountinfo `line` has `token` (see [`EXPECT`]).
+fn has_token(line: &str, token: &str) -> bool {
+    let f: Vec<&str> = line.split(' ').collect();
+    let dash = f.iter().position(|x| *x == "-").unwrap();
+    if let Some(t) = token.strip_prefix("super:") {
+        return f[dash + 3].split(',').any(|o| o == t);
+    }
+    // Optional fields are "shared:N", "master:N", "unbindable".
+    f[5].split(',').any(|o| o == token)
+        || f[6..dash]
+            .iter()
+            .any(|o| o.split(':').next() == Some(token))
+}
+
+/// Every mount option `berth features` advertises works on a real mount,
+/// as the container sees it in /proc/self/mountinfo; and every option the
+/// table knows is advertised.
+#[test]
+fn every_advertised_mount_option_works() {
+    let f: Value = serde_json::from_str(&Berth::new(BIN).unwrap().ok(&["features"])).unwrap();
+    let advertised: Vec<&str> = f["mountOptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_str().unwrap())
+        .collect();
+    for o in &advertised {
+        assert!(
+            EXPECT.iter().any(|e| e.0 == *o),
+            "{o} is advertised but not tested here"
+        );
+    }
+    for e in EXPECT {
+        assert!(
+            advertised.contains(&e.0),
+            "{} works but is not advertised",
+            e.0
+        );
+    }
+    let host = tempfile::tempdir().unwrap();
+    let src = host.path().to_path_buf();
+    let map = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    let r = in_private_mount_ns(|| {
+        mount_cmd(&["-t", "tmpfs", "berth-spec-top"], &src);
+        for s in ["a", "b"] {
+            fs::create_dir(src.join(s)).unwrap();
+        }
+        mount_cmd(
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                "nosuid,nodev,noexec,noatime,nodiratime,nosymfollow",
+                "berth-spec-a",
+            ],
+            &src.join("a"),
+        );
+        mount_cmd(&["-o", "remount,bind,ro"], &src.join("a"));
+        mount_cmd(&["-t", "tmpfs", "berth-spec-b"], &src.join("b"));
+        try_sh("cat /proc/self/mountinfo", &[], |c, _| {
+            for (opt, on, _, _) in EXPECT {
+                let dest = format!("/m/{opt}");
+                let m = match on {
+                    On::Tmpfs => json!({"destination": dest, "type": "tmpfs",
+                                        "source": "tmpfs", "options": [opt]}),
+                    On::Bind => {
+                        let opts = if *opt == "bind" {
+                            json!([opt])
+                        } else {
+                            json!(["rbind", opt])
+                        };
+                        json!({"destination": dest, "type": "bind", "source": src,
+                               "options": opts})
+                    }
+                    On::Idmap => json!({"destination": dest, "type": "bind", "source": src,
+                                        "options": ["rbind", opt],
+                                        "uidMappings": map, "gidMappings": map}),
+                };
+                add_mount(c, m);
+            }
+        })
+    });
+    assert!(r.ok, "{}{}", r.out, r.err);
+    let info = &r.out;
+    let mut bad = Vec::new();
+    for (opt, _, top, subs) in EXPECT {
+        let mut check = |dest: String, tokens: &[&str]| {
+            let line = info.lines().rfind(|l| l.split(' ').nth(4) == Some(&dest));
+            for t in tokens {
+                let ok = match (line, t.strip_prefix('!')) {
+                    (None, _) => *t == "absent",
+                    (Some(_), _) if *t == "absent" => false,
+                    (Some(l), Some(t)) => !has_token(l, t),
+                    (Some(l), None) => has_token(l, t),
+                };
+                if !ok {
+                    bad.push(format!("{opt}: {dest} wants {t}: {line:?}"));
+                }
+            }
+            if line.is_none() && !tokens.contains(&"absent") {
+                bad.push(format!("{opt}: {dest} is not mounted"));
+            }
+        };
+        check(format!("/m/{opt}"), top);
+        if let Some(s) = subs {
+            check(format!("/m/{opt}/a"), s);
+            check(format!("/m/{opt}/b"), s);
+        }
+    }
+    assert!(bad.is_empty(), "{}\n\nmountinfo:\n{info}", bad.join("\n"));
+}

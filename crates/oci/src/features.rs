@@ -30,6 +30,8 @@ pub fn features() -> Value {
         "norelatime",
         "strictatime",
         "nostrictatime",
+        "nosymfollow",
+        "symfollow",
         "silent",
         "loud",
         "private",
@@ -53,10 +55,22 @@ pub fn features() -> Value {
         "rnodiratime",
         "rdiratime",
         "rstrictatime",
+        "rnostrictatime",
+        "rrelatime",
+        "rnorelatime",
+        "rnosymfollow",
+        "rsymfollow",
+        // Idmapped bind mounts (idmap.rs).
+        "idmap",
+        "ridmap",
     ]
     .to_vec();
     let last = crate::caps::last_cap() as usize;
     let caps: Vec<&str> = crate::caps::NAMES.iter().take(last + 1).copied().collect();
+    // linux.resources.rdma is written on cgroup v2 only; v1 has no rdma
+    // hierarchy berth places containers in, so there it would be ignored.
+    let rdma = berth_cgroups::detect_mode(std::path::Path::new(crate::CGROUP_ROOT))
+        == berth_cgroups::Mode::Unified;
     json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": crate::OCI_VERSION,
@@ -65,7 +79,7 @@ pub fn features() -> Value {
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts", "time"],
             "capabilities": caps,
-            "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false, "rdma": false},
+            "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false, "rdma": rdma},
             "seccomp": crate::seccomp_features(),
             "apparmor": {"enabled": false},
             "selinux": {"enabled": false},

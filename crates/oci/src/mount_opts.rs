@@ -12,6 +12,8 @@ pub enum Opt {
     /// Recursive mount attribute (mount_setattr), e.g. `rro`.
     RecAttrSet(u64),
     RecAttrClear(u64),
+    /// Recursive access-time mode (one of the `MOUNT_ATTR_*ATIME` values).
+    RecAtime(u64),
     /// Options that mean nothing to the kernel (idmap markers handled elsewhere).
     Ignore,
 }
@@ -20,9 +22,16 @@ pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
 pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
 pub const MOUNT_ATTR_NODEV: u64 = 0x4;
 pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+pub const MOUNT_ATTR_RELATIME: u64 = 0x0;
 pub const MOUNT_ATTR_NOATIME: u64 = 0x10;
 pub const MOUNT_ATTR_STRICTATIME: u64 = 0x20;
+/// The access-time field: its values are an enumeration, not bits, so
+/// mount_setattr wants all of it in attr_clr whenever one is set.
+pub const MOUNT_ATTR__ATIME: u64 = 0x70;
 pub const MOUNT_ATTR_NODIRATIME: u64 = 0x80;
+pub const MOUNT_ATTR_NOSYMFOLLOW: u64 = 0x0020_0000;
+/// Not in every libc crate release (Linux 5.10).
+pub const MS_NOSYMFOLLOW: libc::c_ulong = 256;
 
 /// Parses a single option; `None` means "pass it as filesystem data".
 pub fn parse_one(o: &str) -> Option<Opt> {
@@ -53,6 +62,8 @@ pub fn parse_one(o: &str) -> Option<Opt> {
         "norelatime" => Opt::Clear(MS_RELATIME),
         "strictatime" => Opt::Set(MS_STRICTATIME),
         "nostrictatime" => Opt::Clear(MS_STRICTATIME),
+        "nosymfollow" => Opt::Set(MS_NOSYMFOLLOW),
+        "symfollow" => Opt::Clear(MS_NOSYMFOLLOW),
         "silent" => Opt::Set(MS_SILENT),
         "loud" => Opt::Clear(MS_SILENT),
         "private" => Opt::Propagation(MS_PRIVATE),
@@ -71,11 +82,15 @@ pub fn parse_one(o: &str) -> Option<Opt> {
         "rdev" => Opt::RecAttrClear(MOUNT_ATTR_NODEV),
         "rnoexec" => Opt::RecAttrSet(MOUNT_ATTR_NOEXEC),
         "rexec" => Opt::RecAttrClear(MOUNT_ATTR_NOEXEC),
-        "rnoatime" => Opt::RecAttrSet(MOUNT_ATTR_NOATIME),
-        "ratime" => Opt::RecAttrClear(MOUNT_ATTR_NOATIME),
+        // Without noatime (or relatime) the kernel's default is relatime,
+        // as for a fresh mount.
+        "rnoatime" => Opt::RecAtime(MOUNT_ATTR_NOATIME),
+        "ratime" | "rrelatime" | "rnostrictatime" => Opt::RecAtime(MOUNT_ATTR_RELATIME),
+        "rstrictatime" | "rnorelatime" => Opt::RecAtime(MOUNT_ATTR_STRICTATIME),
         "rnodiratime" => Opt::RecAttrSet(MOUNT_ATTR_NODIRATIME),
         "rdiratime" => Opt::RecAttrClear(MOUNT_ATTR_NODIRATIME),
-        "rstrictatime" => Opt::RecAttrSet(MOUNT_ATTR_STRICTATIME),
+        "rnosymfollow" => Opt::RecAttrSet(MOUNT_ATTR_NOSYMFOLLOW),
+        "rsymfollow" => Opt::RecAttrClear(MOUNT_ATTR_NOSYMFOLLOW),
         "idmap" | "ridmap" | "tmpcopyup" => Opt::Ignore,
         _ => return None,
     };
@@ -94,6 +109,7 @@ pub struct Parsed {
 
 pub fn parse(opts: &[String]) -> Parsed {
     let mut p = Parsed::default();
+    let mut atime = None;
     for o in opts {
         match parse_one(o) {
             Some(Opt::Set(f)) => p.flags |= f,
@@ -107,9 +123,15 @@ pub fn parse(opts: &[String]) -> Parsed {
                 p.attr_clr |= a;
                 p.attr_set &= !a;
             }
+            Some(Opt::RecAtime(a)) => atime = Some(a),
             Some(Opt::Ignore) => {}
             None => p.data.push(o.clone()),
         }
+    }
+    if let Some(a) = atime {
+        // The whole field is cleared and one value set (relatime is 0).
+        p.attr_clr |= MOUNT_ATTR__ATIME;
+        p.attr_set = (p.attr_set & !MOUNT_ATTR__ATIME) | a;
     }
     p
 }
@@ -129,5 +151,24 @@ mod tests {
         assert_eq!(p.data, vec!["mode=755".to_string()]);
         assert_eq!(p.propagation, vec![libc::MS_SLAVE | libc::MS_REC]);
         assert_eq!(p.attr_set, MOUNT_ATTR_RDONLY);
+    }
+
+    #[test]
+    fn atime_modes_clear_the_whole_field() {
+        let p = |o: &[&str]| parse(&o.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let q = p(&["rro", "rnoatime"]);
+        assert_eq!(q.attr_set, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOATIME);
+        assert_eq!(q.attr_clr, MOUNT_ATTR__ATIME);
+        // The last one wins; relatime is the value 0 but still clears.
+        let q = p(&["rstrictatime", "ratime"]);
+        assert_eq!((q.attr_set, q.attr_clr), (0, MOUNT_ATTR__ATIME));
+        let q = p(&["rnoatime", "rnorelatime"]);
+        assert_eq!(
+            (q.attr_set, q.attr_clr),
+            (MOUNT_ATTR_STRICTATIME, MOUNT_ATTR__ATIME)
+        );
+        // Other attributes never touch the atime field.
+        let q = p(&["rnodiratime", "rnosuid"]);
+        assert_eq!(q.attr_clr & MOUNT_ATTR__ATIME, 0);
     }
 }

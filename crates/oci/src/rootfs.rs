@@ -74,7 +74,9 @@ fn setattr_recursive(fd: &OwnedFd, set: u64, clr: u64) -> Result<()> {
         )
     };
     if r != 0 {
-        return Err(last_os("mount_setattr"));
+        return Err(last_os(format!(
+            "mount_setattr of the recursive options (attr_set {set:#x}, attr_clr {clr:#x})"
+        )));
     }
     Ok(())
 }
