@@ -20,7 +20,8 @@ struct Cli {
     /// for root; $XDG_RUNTIME_DIR/berth, else /tmp/berth-<uid>, for others.
     #[arg(long, global = true, default_value_os_t = default_root(), env = "BERTH_ROOT")]
     root: PathBuf,
-    /// Write errors and debug output to this file instead of only stderr.
+    /// Also write errors to this file (one line each, in --log-format);
+    /// --debug output goes to stderr only.
     #[arg(long, global = true)]
     log: Option<PathBuf>,
     /// Format of the --log file: text or json.
@@ -29,7 +30,7 @@ struct Cli {
     /// Verbose logging.
     #[arg(long, global = true)]
     debug: bool,
-    /// Manage cgroups through systemd (needs a reachable systemd).
+    /// Manage cgroups through systemd: not supported (refused with an error).
     #[arg(long = "systemd-cgroup", global = true)]
     systemd_cgroup: bool,
     /// Accepted for runc compatibility (auto, true, false).
@@ -300,7 +301,13 @@ fn check_root_owner(root: &Path) -> Result<()> {
 
 fn dispatch(cli: &Cli) -> Result<i32> {
     if cli.systemd_cgroup {
-        bail!("--systemd-cgroup: no systemd is reachable on this host (/run/systemd/system is missing); use the cgroupfs driver");
+        // Say what holds on this host, checked, not assumed.
+        let here = if Path::new("/run/systemd/system").is_dir() {
+            "systemd is running on this host, but berth cannot delegate cgroups to it"
+        } else {
+            "and none runs on this host: /run/systemd/system is missing"
+        };
+        bail!("--systemd-cgroup: berth has no systemd cgroup driver ({here}); leave the flag out to use the cgroupfs driver");
     }
     if cli.debug {
         berth_oci::debug::enable();
@@ -475,17 +482,29 @@ fn exec(root: &Root, a: &ExecArgs) -> Result<i32> {
                 p.set_cwd(c.clone());
             }
             if let Some(u) = &a.user {
+                // runc: without ":gid" the process keeps the config's gid.
                 let (uid, gid) = match u.split_once(':') {
-                    Some((u, g)) => (u.parse()?, g.parse()?),
-                    None => (u.parse()?, 0),
+                    Some((u, g)) => (u, Some(g)),
+                    None => (u.as_str(), None),
                 };
                 let user = p.user_mut();
-                user.set_uid(uid);
-                user.set_gid(gid);
+                user.set_uid(
+                    uid.parse()
+                        .map_err(|_| anyhow!("--user {u}: uid {uid:?} is not a number"))?,
+                );
+                if let Some(g) = gid {
+                    user.set_gid(
+                        g.parse()
+                            .map_err(|_| anyhow!("--user {u}: gid {g:?} is not a number"))?,
+                    );
+                }
             }
             if !a.additional_gids.is_empty() {
-                p.user_mut()
-                    .set_additional_gids(Some(a.additional_gids.clone()));
+                // runc appends them to the config's.
+                let user = p.user_mut();
+                let mut gids = user.additional_gids().clone().unwrap_or_default();
+                gids.extend(&a.additional_gids);
+                user.set_additional_gids(Some(gids));
             }
             if !a.cap.is_empty() {
                 let mut caps = p.capabilities().clone().unwrap_or_default();

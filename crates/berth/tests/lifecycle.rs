@@ -616,6 +616,83 @@ fn exec_into_running_container() {
     assert_gone(&b, &bundle, &id);
 }
 
+/// Debian's runc (the runc package), for behaviour berth must match.
+fn runc_bin() -> PathBuf {
+    let p = PathBuf::from(std::env::var("RUNC_BIN").unwrap_or_else(|_| "/usr/sbin/runc".into()));
+    assert!(
+        p.exists(),
+        "{} is missing: install Debian's runc (scripts/setup.sh)",
+        p.display()
+    );
+    p
+}
+
+/// `exec --user` and `--additional-gids` as runc does them: without ":gid"
+/// the process keeps the config's gid (not 0), and extra gids are added to
+/// the config's. Both runtimes run the same config and exec the same `id`.
+#[test]
+fn exec_user_and_gids_match_runc() {
+    let cases: &[&[&str]] = &[
+        &[],
+        &["--user", "1000"],
+        &["--user", "1000:5"],
+        &["--user", "1000", "--additional-gids", "9"],
+        &["--user", "0:0", "-g", "9", "-g", "10"],
+    ];
+    let run = |bin: &Path, oci_version: &str| -> Vec<String> {
+        let mut bundle = Bundle::new(&["sleep", "100006"]).unwrap();
+        bundle.config["ociVersion"] = json!(oci_version);
+        bundle.config["process"]["user"] = json!({"uid": 0, "gid": 1234, "additionalGids": [77]});
+        bundle.write().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let rt = |args: &[&str]| {
+            Command::new(bin)
+                .arg("--root")
+                .arg(root.path())
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap()
+        };
+        let id = uid("exec-user");
+        let err = fs::File::create(bundle.path().join("run.err")).unwrap();
+        let st = Command::new(bin)
+            .arg("--root")
+            .arg(root.path())
+            .args(["run", "-d", "--bundle", bpath(&bundle), &id])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "{}: {}",
+            bin.display(),
+            fs::read_to_string(bundle.path().join("run.err")).unwrap()
+        );
+        let mut outs = Vec::new();
+        for c in cases {
+            let mut args = vec!["exec"];
+            args.extend_from_slice(c);
+            args.extend_from_slice(&[&id, "id"]);
+            let o = rt(&args);
+            assert!(o.status.success(), "{} {args:?}: {o:?}", bin.display());
+            outs.push(stdout_of(&o).trim().to_string());
+        }
+        let o = rt(&["delete", "--force", &id]);
+        assert!(o.status.success(), "{o:?}");
+        outs
+    };
+    let runc = run(&runc_bin(), "1.0.2");
+    let ours = run(Path::new(env!("CARGO_BIN_EXE_berth")), "1.2.1");
+    for ((c, r), o) in cases.iter().zip(&runc).zip(&ours) {
+        assert_eq!(o, r, "exec {c:?}: berth vs runc");
+    }
+    // What runc does, spelled out: the config's gid stays.
+    assert!(ours[1].starts_with("uid=1000(user) gid=1234 "), "{ours:?}");
+}
+
 #[test]
 fn exec_into_stopped_container_fails() {
     let bundle = mkbundle("exit 0");
@@ -953,9 +1030,59 @@ fn systemd_cgroup_is_refused_clearly() {
         &log,
     );
     assert!(!st.success());
-    assert!(text.contains("systemd"), "{text}");
+    assert!(
+        text.contains("--systemd-cgroup") && text.contains("no systemd cgroup driver"),
+        "{text}"
+    );
+    // What it says about this host is what holds here.
+    let running = Path::new("/run/systemd/system").is_dir();
+    assert_eq!(
+        text.contains("systemd is running on this host"),
+        running,
+        "{text}"
+    );
+    assert_eq!(
+        text.contains("/run/systemd/system is missing"),
+        !running,
+        "{text}"
+    );
     assert!(!b.root.path().join(&id).exists());
     assert!(bundle.cgroup_dirs().is_empty());
+}
+
+/// `--log-format text` writes logrus-style lines (runc's default), one per
+/// error, appended; the error also goes to stderr.
+#[test]
+fn log_file_text_on_failure() {
+    let b = berth();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("berth.log");
+    for _ in 0..2 {
+        let ghost = uid("ghost");
+        let o = b.run(&[
+            "--log",
+            log.to_str().unwrap(),
+            "--log-format",
+            "text",
+            "kill",
+            &ghost,
+        ]);
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&ghost) && err.contains("does not exist"),
+            "{err}"
+        );
+        let text = fs::read_to_string(&log).unwrap();
+        let line = text.lines().last().unwrap();
+        assert!(line.starts_with("time=\""), "{text}");
+        assert!(line.contains(" level=error msg=\""), "{text}");
+        assert!(
+            line.contains(&ghost) && line.contains("does not exist"),
+            "{text}"
+        );
+    }
+    assert_eq!(fs::read_to_string(&log).unwrap().lines().count(), 2);
 }
 
 #[test]
