@@ -52,6 +52,8 @@ const PROBE_C: &str = r#"
 #include <sys/personality.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IONBF, 0);
     for (int i = 1; i < argc; i++) {
@@ -66,6 +68,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "personality-linux")) r = personality(PER_LINUX);
         else if (!strcmp(a, "personality-norandom")) r = personality(ADDR_NO_RANDOMIZE);
         else if (!strcmp(a, "mkdir")) r = mkdir("/tmp/probe-dir", 0755);
+        /* Invalid arguments the kernel checks first: EINVAL when the
+           filter lets the call through, EPERM when it does not. */
+        else if (!strcmp(a, "kcmp")) r = syscall(SYS_kcmp, getpid(), getpid(), 100, 0, 0);
+        else if (!strcmp(a, "pidfd_getfd")) r = syscall(SYS_pidfd_getfd, -1, 0, 1);
+        else if (!strcmp(a, "process_madvise")) r = syscall(SYS_process_madvise, -1, 0, 0, 0, 1);
         else { printf("%s: unknown probe\n", a); continue; }
         printf("%s: %s\n", a, r < 0 ? strerror(errno) : "ok");
     }
@@ -369,6 +376,44 @@ fn default_profile_with_sys_admin_allows_namespaces() {
     let text = all(&o);
     let res = probe_results(&String::from_utf8_lossy(&o.stdout));
     assert_eq!(result_of(&res, "unshare-net"), "ok", "{text}");
+}
+
+/// moby's default allows kcmp, pidfd_getfd and process_madvise (reaching
+/// into other processes' fds and memory) only with CAP_SYS_PTRACE.
+#[test]
+fn default_profile_gates_process_inspection_on_cap_sys_ptrace() {
+    let b = berth();
+    let probes = ["/probe", "kcmp", "pidfd_getfd", "process_madvise"];
+    let results = |caps: &[&str], seccomp: Option<Value>| {
+        let mut bundle = bundle_with(&probes, seccomp);
+        for set in ["bounding", "effective", "permitted"] {
+            for c in caps {
+                bundle.config["process"]["capabilities"][set]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!(c));
+            }
+        }
+        bundle.write().unwrap();
+        let o = run_fg(&b, &bundle);
+        let text = all(&o);
+        assert!(o.status.success(), "{text}");
+        (probe_results(&String::from_utf8_lossy(&o.stdout)), text)
+    };
+    let einval = "Invalid argument";
+    let (res, text) = results(&[], None);
+    for p in &probes[1..] {
+        assert_eq!(result_of(&res, p), einval, "without seccomp: {text}");
+    }
+    let (res, text) = results(&[], Some(default_profile(&[])));
+    for p in &probes[1..] {
+        assert_eq!(result_of(&res, p), "Operation not permitted", "{text}");
+    }
+    let caps = ["CAP_SYS_PTRACE"];
+    let (res, text) = results(&caps, Some(default_profile(&caps)));
+    for p in &probes[1..] {
+        assert_eq!(result_of(&res, p), einval, "with CAP_SYS_PTRACE: {text}");
+    }
 }
 
 #[test]

@@ -85,9 +85,9 @@ const ALWAYS: &[&str] = &[
     "getrandom", "sysinfo", "uname",
     // reading the clock state; setting it needs CAP_SYS_TIME in the kernel
     "adjtimex", "clock_adjtime", "clock_adjtime64",
-    // ptrace and friends are safe since Linux 4.8 (seccomp is re-checked
-    // after a tracer changes a syscall); berth needs a newer kernel anyway.
-    "ptrace", "kcmp", "pidfd_getfd", "process_madvise", "process_vm_readv", "process_vm_writev",
+    // ptrace and process_vm_* are safe since Linux 4.8 (seccomp is
+    // re-checked after a tracer changes a syscall), as moby allows them.
+    "ptrace", "process_vm_readv", "process_vm_writev",
 ];
 
 /// Architecture-specific syscalls of x86.
@@ -114,6 +114,8 @@ const BY_CAP: &[(&str, &[&str])] = &[
     ("CAP_DAC_READ_SEARCH", &["open_by_handle_at"]),
     ("CAP_SYS_BOOT", &["reboot"]),
     ("CAP_SYS_CHROOT", &["chroot"]),
+    // Reaching into another process's fds and memory, as moby gates them.
+    ("CAP_SYS_PTRACE", &["kcmp", "pidfd_getfd", "process_madvise"]),
     ("CAP_SYS_MODULE", &["delete_module", "init_module", "finit_module"]),
     ("CAP_SYS_PACCT", &["acct"]),
     ("CAP_SYS_RAWIO", &["iopl", "ioperm"]),
@@ -256,5 +258,14 @@ mod tests {
         assert!(names(&none).contains(&"read".to_string()));
         let admin = profile(&["CAP_SYS_ADMIN"]);
         assert!(names(&admin).contains(&"mount".to_string()));
+        let ptrace = profile(&["CAP_SYS_PTRACE"]);
+        for n in ["kcmp", "pidfd_getfd", "process_madvise"] {
+            assert!(!names(&none).contains(&n.to_string()), "{n}");
+            assert!(!names(&admin).contains(&n.to_string()), "{n}");
+            assert!(names(&ptrace).contains(&n.to_string()), "{n}");
+        }
+        for n in ["ptrace", "process_vm_readv", "process_vm_writev"] {
+            assert!(names(&none).contains(&n.to_string()), "{n}");
+        }
     }
 }
