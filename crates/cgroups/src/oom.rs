@@ -2,11 +2,13 @@
 //! on a timer.
 //!
 //! - v1: an eventfd registered through `cgroup.event_control` against
-//!   `memory.oom_control`. The kernel signals it when the cgroup (or an
-//!   ancestor) hits OOM, and also when the cgroup is removed, so every wake is
-//!   checked: the `oom_kill` counter of `memory.oom_control` (kernels >= 4.13)
-//!   says how many processes were killed; a cgroup that no longer exists ends
-//!   the watch.
+//!   `memory.oom_control`. The kernel signals it when the cgroup or any of
+//!   its ancestors hits OOM (it notifies the whole subtree of the cgroup at
+//!   its limit), and also when the cgroup is removed. So a wake alone proves
+//!   nothing: an OOM is the container's when its own `oom_kill` counter
+//!   (kernels >= 4.13; it counts kills of the cgroup's own processes) rose,
+//!   or, with the OOM killer disabled there (nothing is ever killed), when it
+//!   is `under_oom`. A cgroup that no longer exists ends the watch.
 //! - v2: inotify on `memory.events`, which the kernel marks modified whenever
 //!   one of its counters moves; the `oom_kill` counter is compared with the
 //!   last value seen. The v2 path is kept minimal: callers should also wake on
@@ -22,7 +24,13 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long after a v1 wake the counter is re-read for a kill that the
+/// killer had not yet made when the wake came (the kernel notifies first).
+const KILL_GRACE: Duration = Duration::from_secs(1);
+/// How often, in that window, [`OomWatcher::wait`] re-reads it.
+const KILL_POLL: Duration = Duration::from_millis(10);
 
 /// What a wake found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -44,8 +52,8 @@ pub struct OomWatcher {
     last: u64,
     /// Whether `file` has an oom_kill counter (v1 kernels before 4.13 do not).
     has_counter: bool,
-    /// OOMs reported before their kill showed in the counter.
-    credit: u64,
+    /// v1: a wake came that no counter explained yet; re-read until then.
+    recheck_until: Option<Instant>,
 }
 
 fn os_err(op: &'static str, path: &Path) -> Error {
@@ -56,12 +64,16 @@ fn os_err(op: &'static str, path: &Path) -> Error {
     }
 }
 
-fn counter(file: &Path) -> Option<u64> {
-    let s = fs::read_to_string(file).ok()?;
-    s.lines().find_map(|l| {
+/// The value of `key` in a "key value" file's text.
+fn field(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
         let (k, v) = l.split_once(' ')?;
-        (k == "oom_kill").then(|| v.trim().parse().ok()).flatten()
+        (k == key).then(|| v.trim().parse().ok()).flatten()
     })
+}
+
+fn counter(file: &Path) -> Option<u64> {
+    field(&fs::read_to_string(file).ok()?, "oom_kill")
 }
 
 impl OomWatcher {
@@ -106,7 +118,7 @@ impl OomWatcher {
             mode: Mode::Legacy,
             has_counter: cur.is_some(),
             last: cur.unwrap_or(0),
-            credit: 0,
+            recheck_until: None,
             file,
         })
     }
@@ -133,7 +145,7 @@ impl OomWatcher {
             mode: Mode::Unified,
             has_counter: true,
             last: cur.unwrap_or(0),
-            credit: 0,
+            recheck_until: None,
             file,
         })
     }
@@ -159,10 +171,15 @@ impl OomWatcher {
                 u64::from_ne_bytes(buf[..8].try_into().unwrap_or([0; 8]))
             };
         }
-        let Some(cur) = counter(&self.file).or_else(|| {
-            // Kernels without the counter still have the file.
-            (!self.has_counter && self.file.exists()).then_some(self.last)
-        }) else {
+        let text = fs::read_to_string(&self.file).ok();
+        let Some(cur) = text
+            .as_deref()
+            .and_then(|t| field(t, "oom_kill"))
+            .or_else(|| {
+                // Kernels without the counter still have the file.
+                (!self.has_counter && text.is_some()).then_some(self.last)
+            })
+        else {
             return Ok(Wake {
                 ooms: 0,
                 gone: true,
@@ -170,28 +187,41 @@ impl OomWatcher {
         };
         let kills = cur.saturating_sub(self.last);
         self.last = cur;
-        // v1 notifies before the OOM killer picks a victim, so a wake may
-        // come before the counter moves: report it now and let the kill
-        // that follows settle the credit instead of counting twice.
+        let v1 = self.mode != Mode::Unified;
         let ooms = if kills > 0 {
-            let settled = kills.min(self.credit);
-            self.credit -= settled;
-            kills - settled
-        } else if notified > 0 && self.mode != Mode::Unified {
-            if self.has_counter {
-                self.credit += 1;
+            self.recheck_until = None;
+            kills
+        } else if notified > 0 && v1 && !self.has_counter {
+            // Nothing to tell the container's OOMs from its ancestors'.
+            notified
+        } else if notified > 0 && v1 {
+            let t = text.as_deref().unwrap_or_default();
+            if field(t, "oom_kill_disable") == Some(1) && field(t, "under_oom") == Some(1) {
+                // No kill will come: a task waits at the container's limit.
                 1
             } else {
-                notified
+                // The kill of an OOM here may be counted just after the
+                // wake; an ancestor's OOM elsewhere never is.
+                self.recheck_until = Some(Instant::now() + KILL_GRACE);
+                0
             }
         } else {
             0
         };
+        if self.recheck_until.is_some_and(|t| Instant::now() > t) {
+            self.recheck_until = None;
+        }
         Ok(Wake { ooms, gone: false })
     }
 
-    /// Waits up to `timeout` (forever with None) for news.
+    /// Waits up to `timeout` (forever with None) for news; returns early,
+    /// possibly with nothing, while a v1 wake awaits its kill.
     pub fn wait(&mut self, timeout: Option<Duration>) -> Result<Wake> {
+        let timeout = match (timeout, self.recheck_until) {
+            (Some(t), Some(_)) => Some(t.min(KILL_POLL)),
+            (None, Some(_)) => Some(KILL_POLL),
+            (t, None) => t,
+        };
         let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
         let mut p = libc::pollfd {
             fd: self.fd.as_raw_fd(),
