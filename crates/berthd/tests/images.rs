@@ -237,3 +237,91 @@ async fn status_reports_the_network_and_runtime_features() {
     .await
     .unwrap();
 }
+
+/// ImageFsInfo counts blobs, layers and the containers' own writes once
+/// each: a running container's mounted rootfs (its layers again, and its
+/// upper dir again) is not walked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_fs_info_counts_layers_and_writes_once() {
+    const BIG: u64 = 32 << 20;
+    let b = Berthd::start();
+    let mut im = b.img().await;
+    let info = |r: cri::ImageFsInfoResponse| {
+        let fs = &r.image_filesystems[0];
+        (
+            fs.used_bytes.unwrap().value,
+            fs.inodes_used.expect("inodes_used").value,
+        )
+    };
+    let (before, inodes) = info(
+        im.image_fs_info(cri::ImageFsInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    let images = b.root().join("images");
+    let layers = berth_image::snapshot::disk_usage(&images.join("snapshots/layers")).unwrap();
+    let blobs = berth_image::snapshot::disk_usage(&images.join("content")).unwrap();
+    assert!(before >= layers + blobs, "{before} < {layers} + {blobs}");
+    assert!(inodes > 0);
+
+    let mut c = b.rt().await;
+    let (pod, ids) = run_pod(
+        &mut c,
+        pod_config("du", &b.logs()),
+        vec![ctr_config(
+            "w",
+            &[
+                "sh",
+                "-c",
+                &format!(
+                    "dd if=/dev/zero of=/big bs=1048576 count={} && touch /done && sleep 1000",
+                    BIG >> 20
+                ),
+            ],
+        )],
+    )
+    .await;
+    let mut done = false;
+    for _ in 0..500 {
+        if exec(&mut c, &ids[0], &["test", "-f", "/done"])
+            .await
+            .exit_code
+            == 0
+        {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(done, "the container did not write its file");
+    let (after, _) = info(
+        im.image_fs_info(cri::ImageFsInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    let grown = after - before;
+    // The file once (in the upper dir), plus small bookkeeping; walking the
+    // mounted rootfs would add the file again and every layer below it.
+    assert!(grown >= BIG, "grew {grown} for a {BIG}-byte file");
+    assert!(
+        grown < BIG + BIG / 4,
+        "grew {grown} for a {BIG}-byte file: counted twice (layers {layers})"
+    );
+    c.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    let (gone, _) = info(
+        im.image_fs_info(cri::ImageFsInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert!(
+        gone < before + BIG / 4,
+        "{gone} after the pod went, {before} before"
+    );
+}

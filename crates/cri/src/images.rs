@@ -142,14 +142,17 @@ impl Daemon {
     pub fn image_fs_info(&self) -> Result<cri::ImageFsInfoResponse> {
         let ts = now_ns();
         let dir = self.cfg.root.join("images");
-        let used = berth_image::snapshot::disk_usage(&dir).unwrap_or(0);
+        // Blobs, layers and the containers' own writes (upper dirs), as
+        // containerd reports its snapshotter's usage; never through a
+        // mounted rootfs, which would count its layers again.
+        let used = self.images.usage().unwrap_or_default();
         let fs = cri::FilesystemUsage {
             timestamp: ts,
             fs_id: Some(cri::FilesystemIdentifier {
                 mountpoint: dir.display().to_string(),
             }),
-            used_bytes: Some(cri::UInt64Value { value: used }),
-            inodes_used: None,
+            used_bytes: Some(cri::UInt64Value { value: used.bytes }),
+            inodes_used: Some(cri::UInt64Value { value: used.inodes }),
         };
         Ok(cri::ImageFsInfoResponse {
             image_filesystems: vec![fs.clone()],

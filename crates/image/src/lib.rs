@@ -121,6 +121,14 @@ impl ImageRoot {
         self.images.put(&img)
     }
 
+    /// Space the image filesystem uses: blobs (and ingests), layers, and
+    /// views' own files (overlay upper dirs, copies), as containerd's CRI
+    /// reports its snapshotter's usage. Mounted views are not entered, so
+    /// their layers count once.
+    pub fn usage(&self) -> Result<snapshot::Usage> {
+        snapshot::usage(&self.dir)
+    }
+
     /// Removes blobs and layers no image (and no view) uses; returns them.
     pub fn gc(&self) -> Result<(Vec<Digest>, Vec<Digest>)> {
         let _l = self.lock(rustix::fs::FlockOperation::LockExclusive)?;

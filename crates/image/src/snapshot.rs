@@ -622,22 +622,53 @@ impl Snapshotter {
     }
 }
 
-/// Allocated bytes under `p`, each inode counted once.
+/// Space used under a directory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Allocated bytes.
+    pub bytes: u64,
+    pub inodes: u64,
+}
+
+/// Allocated bytes under `p`, each inode counted once (see [`usage`]).
 pub fn disk_usage(p: &Path) -> Result<u64> {
-    fn walk(p: &Path, seen: &mut HashSet<(u64, u64)>) -> Result<u64> {
-        let m = fs::symlink_metadata(p).map_err(ioe(p))?;
-        if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
-            return Ok(0);
+    usage(p).map(|u| u.bytes)
+}
+
+/// Allocated bytes and inodes under `p`, each inode counted once. The walk
+/// stays on `p`'s filesystem: a mount below it (a view's overlay rootfs
+/// shows its layers, counted where they are stored) is not entered, and
+/// files that vanish meanwhile (a gc, a view removed) are skipped.
+pub fn usage(p: &Path) -> Result<Usage> {
+    fn walk(p: &Path, dev: u64, seen: &mut HashSet<u64>, u: &mut Usage) -> Result<()> {
+        let m = match fs::symlink_metadata(p) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            r => r.map_err(ioe(p))?,
+        };
+        if m.dev() != dev || (m.nlink() > 1 && !m.is_dir() && !seen.insert(m.ino())) {
+            return Ok(());
         }
-        let mut total = m.blocks() * 512;
+        u.bytes += m.blocks() * 512;
+        u.inodes += 1;
         if m.is_dir() {
-            for e in fs::read_dir(p).map_err(ioe(p))? {
-                total += walk(&e.map_err(ioe(p))?.path(), seen)?;
+            let entries = match fs::read_dir(p) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                r => r.map_err(ioe(p))?,
+            };
+            for e in entries {
+                match e {
+                    Ok(e) => walk(&e.path(), dev, seen, u)?,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io(p, e)),
+                }
             }
         }
-        Ok(total)
+        Ok(())
     }
-    walk(p, &mut HashSet::new())
+    let dev = fs::symlink_metadata(p).map_err(ioe(p))?.dev();
+    let mut u = Usage::default();
+    walk(p, dev, &mut HashSet::new(), &mut u)?;
+    Ok(u)
 }
 
 /// Copies one unpacked layer onto `dest` as overlayfs would show it:
