@@ -487,27 +487,214 @@ fn invalid_resources_name_the_field_and_leave_nothing() {
     rejected(json!({"cpu": {"cpus": "4000"}}), "linux.resources.cpu.cpus");
 }
 
+/// The v1 hierarchies berth manages on this host (real directories; a name
+/// that is a co-mount's symlink is skipped).
+fn hierarchies() -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "unified")
+        .collect();
+    v.sort();
+    v
+}
+
+/// A command that runs `berth <args>` from its own cgroup: `/<parent>` in
+/// every v1 hierarchy (`/<parent>/<memory_sub>` in memory when given),
+/// made here (and removed with `bundle`), so relative cgroupsPaths resolve
+/// under the test's cgroups, never the test runner's.
+fn berth_from_own_cgroup(
+    b: &Berth,
+    parent: &str,
+    memory_sub: Option<&str>,
+) -> std::process::Command {
+    let mut moves = String::new();
+    for h in hierarchies() {
+        let mut d = Path::new("/sys/fs/cgroup").join(&h).join(parent);
+        if h == "memory" {
+            if let Some(sub) = memory_sub {
+                d = d.join(sub);
+            }
+        }
+        if !d.exists() {
+            fs::create_dir_all(&d).unwrap();
+            if h == "cpuset" {
+                // A new cpuset has no cpus: a process cannot enter it.
+                for f in ["cpuset.cpus", "cpuset.mems"] {
+                    let v = fs::read_to_string(Path::new("/sys/fs/cgroup/cpuset").join(f)).unwrap();
+                    fs::write(d.join(f), v.trim()).unwrap();
+                }
+            }
+        }
+        moves += &format!("echo $$ > {}/cgroup.procs && ", d.display());
+    }
+    let mut c = std::process::Command::new("sh");
+    c.arg("-c")
+        .arg(format!("{moves}exec \"$@\""))
+        .arg("sh")
+        .arg(BERTH)
+        .arg("--root")
+        .arg(b.root.path());
+    c
+}
+
+/// The host pid of `cid`'s init is in `/<rel>` of every hierarchy.
+fn assert_in_cgroup(b: &Berth, cid: &str, rel: &str) {
+    let pid = b.state(cid)["pid"].to_string();
+    for h in hierarchies() {
+        let procs = Path::new("/sys/fs/cgroup")
+            .join(&h)
+            .join(rel)
+            .join("cgroup.procs");
+        let got = fs::read_to_string(&procs).unwrap_or_else(|e| panic!("{}: {e}", procs.display()));
+        assert!(
+            got.lines().any(|l| l == pid),
+            "{cid}: pid {pid} not in {}: {got:?}",
+            procs.display()
+        );
+    }
+}
+
+/// What runc 1.1 (cgroupfs driver) was seen to do on this host, run from a
+/// shell in its own cgroups: a relative cgroupsPath is joined to the
+/// caller's own cgroup in each hierarchy, an empty or missing one is
+/// `<own cgroup>/<id>`, an absolute one is taken from the roots.
 #[test]
-fn limits_hold_in_a_nested_relative_cgroup_path() {
+fn relative_and_default_cgroup_paths_are_under_the_callers_cgroup() {
     if !v1_host() {
         return;
     }
     let mut bundle = bundle_with(
-        &["cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes"],
+        &[
+            "sh",
+            "-c",
+            "cat /sys/fs/cgroup/memory/memory.limit_in_bytes; sleep 300",
+        ],
         json!({"memory": {"limit": 48 * MIB}}),
     );
-    // A relative path is taken from the hierarchy roots, as runc does.
-    let rel = format!("{}/a/b", bundle.cgroup_parent);
-    bundle.config["linux"]["cgroupsPath"] = json!(rel);
-    bundle.write().unwrap();
+    let parent = bundle.cgroup_parent.clone();
     let b = Berth::new(BERTH).unwrap();
-    let o = b.run_fg(&bundle, &id("nest"));
-    assert!(o.status.success(), "{}", all(&o));
+    let run = |bundle: &mut Bundle, path: Option<&str>, cid: &str, memory_sub: Option<&str>| {
+        match path {
+            Some(p) => bundle.config["linux"]["cgroupsPath"] = json!(p),
+            None => {
+                bundle.config["linux"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("cgroupsPath");
+            }
+        }
+        bundle.write().unwrap();
+        let st = berth_from_own_cgroup(&b, &parent, memory_sub)
+            .args([
+                "run",
+                "-d",
+                "--bundle",
+                bundle.path().to_str().unwrap(),
+                cid,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "run {cid} with cgroupsPath {path:?}");
+    };
+    // Relative: under the caller's cgroup, parents made and removed.
+    let cid = id("rel");
+    run(&mut bundle, Some("a/b"), &cid, None);
+    let rel = format!("{parent}/a/b");
+    assert_in_cgroup(&b, &cid, &rel);
     assert_eq!(
-        String::from_utf8_lossy(&o.stdout).trim(),
+        read(
+            Path::new("/sys/fs/cgroup/memory")
+                .join(&rel)
+                .join("memory.limit_in_bytes")
+        ),
         (48 * MIB).to_string()
     );
+    // delete from another cgroup (the test's) finds it: the path is recorded.
+    b.ok(&["delete", "--force", &cid]);
+    for h in hierarchies() {
+        assert!(
+            !Path::new("/sys/fs/cgroup")
+                .join(&h)
+                .join(&parent)
+                .join("a")
+                .exists(),
+            "{h}"
+        );
+    }
+    // Empty and missing: <caller's cgroup>/<id>.
+    for (path, tag) in [(Some(""), "empty"), (None, "none")] {
+        let cid = id(tag);
+        run(&mut bundle, path, &cid, None);
+        assert_in_cgroup(&b, &cid, &format!("{parent}/{cid}"));
+        b.ok(&["delete", "--force", &cid]);
+        assert!(!Path::new("/sys/fs/cgroup/pids")
+            .join(&parent)
+            .join(&cid)
+            .exists());
+    }
+    // Absolute: from the hierarchy roots, wherever the caller is.
+    let cid = id("abs");
+    run(&mut bundle, Some(&format!("/{parent}/abs")), &cid, None);
+    assert_in_cgroup(&b, &cid, &format!("{parent}/abs"));
+    b.ok(&["delete", "--force", &cid]);
+    // berth records one path for all hierarchies: a caller whose memory
+    // cgroup differs from the others' gets their common ancestor (runc
+    // would use /<parent>/m/a/b in memory).
+    let cid = id("uneven");
+    run(&mut bundle, Some("a/b"), &cid, Some("m"));
+    assert_in_cgroup(&b, &cid, &rel);
+    b.ok(&["delete", "--force", &cid]);
     assert!(!Path::new("/sys/fs/cgroup/memory").join(&rel).exists());
+}
+
+/// This host mounts v1 controllers and a bare cgroup2 at unified: berth
+/// must call it hybrid. /proc/self/mountinfo is the ground truth.
+#[test]
+fn this_host_is_detected_as_hybrid() {
+    if !v1_host() {
+        return;
+    }
+    let mi = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mounts: Vec<(String, String)> = mi
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            Some((
+                pre.split(' ').nth(4)?.to_string(),
+                post.split(' ').next()?.to_string(),
+            ))
+        })
+        .collect();
+    let at = |p: &str| {
+        mounts
+            .iter()
+            .rev()
+            .find(|(m, _)| m == p)
+            .map(|(_, t)| t.as_str())
+    };
+    assert_ne!(at("/sys/fs/cgroup"), Some("cgroup2"), "{mi}");
+    assert_eq!(at("/sys/fs/cgroup/unified"), Some("cgroup2"), "{mi}");
+    assert!(
+        mounts
+            .iter()
+            .any(|(m, t)| t == "cgroup" && m.starts_with("/sys/fs/cgroup/")),
+        "no v1 hierarchy: {mi}"
+    );
+    let root = Path::new("/sys/fs/cgroup");
+    assert_eq!(
+        berth_cgroups::detect_mode(root),
+        berth_cgroups::Mode::Hybrid
+    );
+    assert_eq!(
+        berth_cgroups::mode_from_mountinfo(&mi, root),
+        berth_cgroups::Mode::Hybrid
+    );
 }
 
 #[test]
@@ -543,6 +730,174 @@ fn delete_removes_the_cgroup_even_when_processes_linger() {
             || fs::read_to_string(format!("/proc/{}/stat", lingering[0]))
                 .is_ok_and(|s| s.contains(") Z "))
     });
+}
+
+/// A container that made cgroups of its own (a nested runtime, systemd):
+/// delete --force kills what runs in them and removes them, deepest first.
+#[test]
+fn delete_removes_sub_cgroups_the_container_made() {
+    if !v1_host() {
+        return;
+    }
+    let bundle = bundle_with(&["sleep", "300"], json!({}));
+    let b = Berth::new(BERTH).unwrap();
+    let cid = id("subcg");
+    b.run_detached(&bundle, &cid);
+    // A process of the container, moved into a child cgroup of its cgroup.
+    let pidf = bundle.path().join("exec.pid");
+    let st = b
+        .cmd()
+        .args([
+            "exec",
+            "-d",
+            "--pid-file",
+            pidf.to_str().unwrap(),
+            &cid,
+            "sleep",
+            "300",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let pid = read(pidf);
+    let mut made = Vec::new();
+    for h in hierarchies() {
+        let sub = cg(&bundle, &h).join("sub");
+        fs::create_dir_all(sub.join("deeper")).unwrap();
+        made.push(sub.clone());
+        // A new cpuset child has no cpus, so nothing can enter it.
+        if h != "cpuset" {
+            fs::write(sub.join("cgroup.procs"), &pid).unwrap();
+        }
+    }
+    assert!(read(cg(&bundle, "pids").join("sub/cgroup.procs"))
+        .lines()
+        .any(|l| l == pid));
+    b.ok(&["delete", "--force", &cid]);
+    for d in &made {
+        assert!(!d.exists(), "{} left behind", d.display());
+    }
+    for h in hierarchies() {
+        assert!(!cg(&bundle, &h).exists(), "{h} cgroup left behind");
+    }
+    eventually("the process in the sub-cgroup to die", || {
+        fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "))
+    });
+}
+
+/// update writes the merged resources: a value given alone keeps its
+/// recorded partner (swap and memory, period and quota).
+#[test]
+fn update_of_one_value_keeps_the_recorded_others() {
+    if !v1_host() {
+        return;
+    }
+    let bundle = bundle_with(
+        &["sleep", "300"],
+        json!({"memory": {"limit": 64 * MIB, "swap": 128 * MIB},
+               "cpu": {"quota": 20000, "period": 100000}}),
+    );
+    let b = Berth::new(BERTH).unwrap();
+    let cid = id("merge");
+    b.run_detached(&bundle, &cid);
+    let mem = cg(&bundle, "memory");
+    let cpu = cg(&bundle, "cpu");
+    let memsw = mem.join("memory.memsw.limit_in_bytes").exists();
+    if memsw {
+        b.ok(&["update", "--memory-swap", "192m", &cid]);
+        assert_eq!(
+            read(mem.join("memory.memsw.limit_in_bytes")),
+            (192 * MIB).to_string()
+        );
+        assert_eq!(
+            read(mem.join("memory.limit_in_bytes")),
+            (64 * MIB).to_string()
+        );
+        // The recorded swap total is checked against a new memory limit.
+        let o = b.run(&["update", "--memory", "256m", &cid]);
+        assert!(!o.status.success(), "{}", all(&o));
+        assert!(
+            all(&o).contains("linux.resources.memory.swap"),
+            "{}",
+            all(&o)
+        );
+    }
+    b.ok(&["update", "--memory", "32m", &cid]);
+    assert_eq!(
+        read(mem.join("memory.limit_in_bytes")),
+        (32 * MIB).to_string()
+    );
+    if memsw {
+        assert_eq!(
+            read(mem.join("memory.memsw.limit_in_bytes")),
+            (192 * MIB).to_string()
+        );
+    }
+    b.ok(&["update", "--cpu-period", "50000", &cid]);
+    assert_eq!(read(cpu.join("cpu.cfs_period_us")), "50000");
+    assert_eq!(read(cpu.join("cpu.cfs_quota_us")), "20000");
+    b.ok(&["update", "--cpu-quota", "30000", &cid]);
+    assert_eq!(read(cpu.join("cpu.cfs_period_us")), "50000");
+    assert_eq!(read(cpu.join("cpu.cfs_quota_us")), "30000");
+    // A quota the kernel's minimum refuses names the field; nothing changes.
+    let o = b.run(&["update", "--cpu-quota", "999", &cid]);
+    assert!(all(&o).contains("linux.resources.cpu.quota"), "{}", all(&o));
+    let o = b.run(&["update", "--cpu-period", "999", &cid]);
+    assert!(
+        all(&o).contains("linux.resources.cpu.period"),
+        "{}",
+        all(&o)
+    );
+    assert_eq!(read(cpu.join("cpu.cfs_quota_us")), "30000");
+
+    // cpuset: one cpu where the host has more, then all again.
+    let cpus = read(PathBuf::from("/sys/fs/cgroup/cpuset/cpuset.cpus"));
+    let cpuset = cg(&bundle, "cpuset");
+    if cpus != "0" {
+        b.ok(&["update", "--cpuset-cpus", "0", &cid]);
+        assert_eq!(read(cpuset.join("cpuset.cpus")), "0");
+        let o = b.run(&["exec", &cid, "cat", "/proc/self/status"]);
+        let status = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            status.lines().any(|l| l == "Cpus_allowed_list:\t0"),
+            "{status}"
+        );
+        b.ok(&["update", "--cpuset-cpus", &cpus, &cid]);
+        assert_eq!(read(cpuset.join("cpuset.cpus")), cpus);
+    }
+    // blkio weight: written where the I/O scheduler has a weight file (CFQ
+    // or BFQ), else refused naming the field.
+    let blk = cg(&bundle, "blkio");
+    let weight = ["blkio.weight", "blkio.bfq.weight"]
+        .into_iter()
+        .map(|f| blk.join(f))
+        .find(|f| f.exists());
+    let o = b.run(&["update", "--blkio-weight", "300", &cid]);
+    match weight {
+        Some(f) => {
+            assert!(o.status.success(), "{}", all(&o));
+            assert!(
+                read(f.clone()).split_whitespace().any(|w| w == "300"),
+                "{}: {}",
+                f.display(),
+                read(f.clone())
+            );
+        }
+        None => {
+            assert!(!o.status.success());
+            assert!(
+                all(&o).contains("linux.resources.blockIO.weight"),
+                "{}",
+                all(&o)
+            );
+        }
+    }
+    let s = stats(&b, &cid);
+    assert_eq!(s["memory"]["usage"]["limit"], 32 * MIB, "{s}");
+    b.ok(&["delete", "--force", &cid]);
 }
 
 #[test]

@@ -26,12 +26,17 @@ pub struct CreateOptions {
     pub stdio: Option<[std::os::fd::RawFd; 3]>,
 }
 
-/// The cgroup a container gets when its spec names none (runc's default).
+/// The container's cgroup, as runc's cgroupfs driver picks it: an absolute
+/// cgroupsPath as is, a relative, empty or missing one under the caller's
+/// cgroup (see `berth_cgroups::resolve_path`).
 fn cgroup_path_for(spec: &Spec, id: &str) -> Result<PathBuf> {
-    match spec.linux().as_ref().and_then(|l| l.cgroups_path().clone()) {
-        Some(p) => Ok(berth_cgroups::normalize_path(&p.to_string_lossy())?),
-        None => Ok(PathBuf::from("/").join(id)),
-    }
+    let given = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+    let given = given.as_ref().map(|p| p.to_string_lossy());
+    Ok(berth_cgroups::resolve_path(
+        Path::new(crate::CGROUP_ROOT),
+        given.as_deref(),
+        id,
+    )?)
 }
 
 pub fn cgroup_manager(path: &Path) -> berth_cgroups::Manager {
@@ -844,6 +849,23 @@ pub fn update(root: &Root, id: &str, file: &str, r: &LinuxResources) -> Result<(
     // memory limit. The merge holds every value `delta` sets.
     let merged = merge_resources(linux.resources().as_ref(), &delta)?;
     config::validate_resources(file, &merged)?;
+    // Values written together go out whole: v2's memory.swap.max is
+    // swap - limit and cpu.max is "quota period", so a swap or a period
+    // alone would otherwise be computed against nothing (runc merges too).
+    if let (Some(mut d), Some(m)) = (*delta.memory(), merged.memory()) {
+        if d.limit().is_some() || d.swap().is_some() {
+            d.set_limit(d.limit().or(m.limit()));
+            d.set_swap(d.swap().or(m.swap()));
+        }
+        delta.set_memory(Some(d));
+    }
+    if let (Some(mut d), Some(m)) = (delta.cpu().clone(), merged.cpu()) {
+        if d.quota().is_some() || d.period().is_some() {
+            d.set_quota(d.quota().or(m.quota()));
+            d.set_period(d.period().or(m.period()));
+        }
+        delta.set_cpu(Some(d));
+    }
     let mgr = cgroup_of(root, id)?;
     mgr.apply(&delta)?;
     linux.set_resources(Some(merged));
