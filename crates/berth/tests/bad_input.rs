@@ -250,6 +250,42 @@ fn cgroups_path_escaping_the_root() {
     );
 }
 
+/// CFS bandwidth outside what the kernel accepts (quota >= 1000 µs, period
+/// 1000..=1000000 µs) is refused before anything exists, naming the field.
+#[test]
+fn cpu_quota_and_period_out_of_the_kernels_range() {
+    for (cpu, field) in [
+        (
+            json!({"quota": 999, "period": 100000}),
+            "linux.resources.cpu.quota",
+        ),
+        (
+            json!({"quota": 50000, "period": 999}),
+            "linux.resources.cpu.period",
+        ),
+        (
+            json!({"quota": 50000, "period": 1000001}),
+            "linux.resources.cpu.period",
+        ),
+    ] {
+        rejects(
+            &[field],
+            edit(move |c| c["linux"]["resources"]["cpu"] = cpu),
+        );
+    }
+}
+
+#[test]
+fn realtime_runtime_above_its_period() {
+    rejects(
+        &["linux.resources.cpu.realtimeRuntime"],
+        edit(|c| {
+            c["linux"]["resources"]["cpu"] =
+                json!({"realtimeRuntime": 20000, "realtimePeriod": 10000})
+        }),
+    );
+}
+
 #[test]
 fn missing_rootfs() {
     rejects(&["root.path"], |b| fs::remove_dir_all(b.rootfs()).unwrap());
