@@ -972,6 +972,197 @@ fn console_socket_receives_pty_master() {
     assert!(!b.root.path().join(&id).exists());
 }
 
+/// `stty` is not among the fixture's applets.
+fn add_stty(bundle: &Bundle) {
+    std::os::unix::fs::symlink("busybox", bundle.rootfs().join("bin/stty")).unwrap();
+}
+
+/// process.consoleSize sets the pty's size before the program starts.
+#[test]
+fn console_size_is_applied() {
+    let mut bundle = mkbundle("stty size");
+    add_stty(&bundle);
+    bundle.config["process"]["terminal"] = json!(true);
+    bundle.config["process"]["consoleSize"] = json!({"height": 33, "width": 111});
+    bundle.write().unwrap();
+    let b = berth();
+    let id = uid("console-size");
+    let sock_path = bundle.path().join("console.sock");
+    let listener = UnixListener::bind(&sock_path).unwrap();
+    let log = bundle.path().join("create.log");
+    let (st, text) = berth_logged(
+        &b,
+        &[
+            "create",
+            "--console-socket",
+            sock_path.to_str().unwrap(),
+            "--bundle",
+            bpath(&bundle),
+            &id,
+        ],
+        &log,
+    );
+    assert!(st.success(), "{text}");
+    let (conn, _) = listener.accept().unwrap();
+    let master = recv_fd(&conn);
+    b.ok(&["start", &id]);
+    let text = read_pty(master);
+    assert_eq!(text.trim(), "33 111", "{text:?}");
+    wait_status(&b, &id, "stopped");
+    b.ok(&["delete", &id]);
+}
+
+/// `exec -t --console-socket S`: berth hands the exec'd process's pty
+/// master to S (as conmon and the containerd shim want), waits for the
+/// process and exits with its code; a --process consoleSize is applied.
+#[test]
+fn exec_console_socket_receives_pty_master() {
+    let bundle = mkbundle(": > /out/ready; exec sleep 100007");
+    add_stty(&bundle);
+    let b = berth();
+    let id = uid("exec-console");
+    start_running(&b, &bundle, &id);
+    let sock_path = bundle.path().join("exec-console.sock");
+    let listener = UnixListener::bind(&sock_path).unwrap();
+    let exec = |args: &[&str]| {
+        let log = bundle.path().join("exec-console.log");
+        let f = fs::File::create(&log).unwrap();
+        let mut child = b
+            .cmd()
+            .args(["exec", "--console-socket", sock_path.to_str().unwrap()])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap();
+        let (conn, _) = listener.accept().unwrap();
+        let text = read_pty(recv_fd(&conn));
+        let st = child.wait().unwrap();
+        (st, text, fs::read_to_string(&log).unwrap())
+    };
+    let (st, text, log) = exec(&[
+        "-t",
+        &id,
+        "sh",
+        "-c",
+        "[ -t 0 ] && [ -t 1 ] && [ -t 2 ] && echo exec-tty; exit 5",
+    ]);
+    assert_eq!(st.code(), Some(5), "{log}");
+    assert!(text.contains("exec-tty"), "{text:?} {log}");
+    // Nothing of the program's output goes to berth's own stdio.
+    assert!(!log.contains("exec-tty"), "{log}");
+
+    let pj = bundle.path().join("process.json");
+    fs::write(
+        &pj,
+        json!({
+            "terminal": true,
+            "consoleSize": {"height": 20, "width": 70},
+            "args": ["stty", "size"],
+            "env": ["PATH=/bin"],
+            "cwd": "/",
+            "user": {"uid": 0, "gid": 0}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let (st, text, log) = exec(&["--process", pj.to_str().unwrap(), &id]);
+    assert!(st.success(), "{log}");
+    assert_eq!(text.trim(), "20 70", "{text:?} {log}");
+    b.ok(&["delete", "--force", &id]);
+    assert_gone(&b, &bundle, &id);
+}
+
+/// `exec --no-new-privs` sets no_new_privs for that process only, in a
+/// container whose config does not ask for it.
+#[test]
+fn exec_no_new_privs() {
+    let mut bundle = mkbundle(": > /out/ready; exec sleep 100008");
+    bundle.config["process"]["noNewPrivileges"] = json!(false);
+    bundle.write().unwrap();
+    let b = berth();
+    let id = uid("exec-nnp");
+    start_running(&b, &bundle, &id);
+    let nnp = |args: &[&str]| {
+        let mut v = vec!["exec"];
+        v.extend_from_slice(args);
+        v.extend_from_slice(&[&id, "grep", "NoNewPrivs", "/proc/self/status"]);
+        let o = b.run(&v);
+        assert!(o.status.success(), "{o:?}");
+        stdout_of(&o).split_whitespace().nth(1).unwrap().to_string()
+    };
+    assert_eq!(nnp(&[]), "0");
+    assert_eq!(nnp(&["--no-new-privs"]), "1");
+    let init = b.state(&id)["pid"].as_i64().unwrap();
+    let status = fs::read_to_string(format!("/proc/{init}/status")).unwrap();
+    assert!(status.contains("NoNewPrivs:\t0"), "{status}");
+    b.ok(&["delete", "--force", &id]);
+}
+
+/// What a shim or conmon does: become a child subreaper, `berth create`
+/// and `berth start` (detached), then find the container's init among its
+/// own children and reap it. Prints "self=<pid> ppid=<init's parent>",
+/// the names of the init's ancestors up to this process, then "exit=<code>".
+const REAPER_PY: &str = r#"
+import ctypes, os, subprocess, sys
+berth, root, bundle, cid, pidfile = sys.argv[1:6]
+assert ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+quiet = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+subprocess.run([berth, "--root", root, "create", "--bundle", bundle, "--pid-file", pidfile, cid], check=True, **quiet)
+subprocess.run([berth, "--root", root, "start", cid], check=True, **quiet)
+pid = int(open(pidfile).read())
+def ppid(p):
+    for l in open("/proc/%d/status" % p):
+        if l.startswith("PPid:"):
+            return int(l.split()[1])
+print("self=%d ppid=%d" % (os.getpid(), ppid(pid)), flush=True)
+p = ppid(pid)
+while p > 1 and p != os.getpid():
+    print("ancestor " + open("/proc/%d/comm" % p).read().strip(), flush=True)
+    p = ppid(p)
+# The container loops until /out/go exists: let it exit.
+open(os.path.join(bundle, "out", "go"), "w").close()
+_, st = os.waitpid(pid, 0)
+print("exit=%d" % os.waitstatus_to_exitcode(st), flush=True)
+"#;
+
+/// After a detached `create` + `start`, the container's init is a child
+/// of the caller (here a subreaper, as containerd's shim and conmon are),
+/// never of a berth process: berth's stages exit, and the caller reaps the
+/// init and gets its exit code.
+#[test]
+fn detached_init_is_the_callers_child_never_berths() {
+    let bundle = mkbundle("while [ ! -e /out/go ]; do sleep 0.05; done; exit 3");
+    let b = berth();
+    let id = uid("reaper");
+    let pidfile = bundle.path().join("init.pid");
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(REAPER_PY)
+        .arg(env!("CARGO_BIN_EXE_berth"))
+        .arg(b.root.path())
+        .arg(bundle.path())
+        .arg(&id)
+        .arg(&pidfile)
+        .stdin(Stdio::null())
+        .output()
+        .expect("python3 is needed by this test");
+    let text = format!("{}{}", stdout_of(&o), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{text}");
+    let first = text.lines().next().unwrap();
+    let (me, parent) = first
+        .strip_prefix("self=")
+        .and_then(|r| r.split_once(" ppid="))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(me, parent, "the init's parent is not the caller: {text}");
+    assert!(!text.contains("ancestor"), "{text}");
+    assert!(text.lines().any(|l| l == "exit=3"), "{text}");
+    assert_eq!(status(&b, &id), "stopped");
+    b.ok(&["delete", &id]);
+    assert_gone(&b, &bundle, &id);
+}
+
 #[test]
 fn run_foreground_terminal_without_tty_stdin() {
     let mut bundle = mkbundle(TTY_SCRIPT);

@@ -543,6 +543,67 @@ fn only_stdio_and_preserved_fds_reach_the_container() {
     assert_eq!(lines.next(), Some("preserved fd content"), "{}", all(&o));
 }
 
+/// The same for `berth exec`: a process exec'd into a running container
+/// gets stdio, and with `--preserve-fds N` fds 3..3+N, never the other fds
+/// its caller leaked to berth.
+#[test]
+fn only_stdio_and_preserved_fds_reach_an_exec_process() {
+    let host = host_dir("execfds");
+    let dirfd = fs::File::open(host.path()).unwrap();
+    let data = host.path().join("passed");
+    fs::write(&data, "preserved fd content\n").unwrap();
+    let file = fs::File::open(&data).unwrap();
+    let (d, f) = (dirfd.as_raw_fd(), file.as_raw_fd());
+    let b = Berth::new(BERTH).unwrap();
+    let bundle = Bundle::new(&["sleep", "600"]).unwrap();
+    let cid = id("sec-execfds");
+    b.run_detached(&bundle, &cid);
+    let exec = |preserve: Option<&str>, script: &str| {
+        let mut cmd = b.cmd();
+        cmd.arg("exec");
+        if let Some(p) = preserve {
+            cmd.args(["--preserve-fds", p]);
+        }
+        cmd.args([&cid, "sh", "-c", script]).stdin(Stdio::null());
+        leak_fds(&mut cmd, &[(f, 3), (d, 4), (d, 7)]);
+        cmd.output().unwrap()
+    };
+
+    let o = exec(None, "ls /proc/self/fd");
+    assert!(o.status.success(), "{}", all(&o));
+    let out = stdout(&o);
+    let fds: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(
+        fds,
+        ["0", "1", "2", "3"],
+        "only stdio (+ ls's dir fd 3): {}",
+        all(&o)
+    );
+
+    let o = exec(Some("1"), "ls /proc/self/fd; cat <&3");
+    assert!(o.status.success(), "{}", all(&o));
+    let out = stdout(&o);
+    let mut lines = out.lines();
+    let fds: Vec<&str> = lines.by_ref().take(5).collect();
+    assert_eq!(
+        fds,
+        ["0", "1", "2", "3", "4"],
+        "stdio, fd 3 (+ ls's dir fd 4): {}",
+        all(&o)
+    );
+    assert_eq!(lines.next(), Some("preserved fd content"), "{}", all(&o));
+
+    // --preserve-fds 5 passes whatever of 3..7 is open: 3, 4 and 7.
+    let o = exec(Some("5"), "ls /proc/self/fd");
+    assert!(o.status.success(), "{}", all(&o));
+    let out = stdout(&o);
+    let fds: Vec<&str> = out.split_whitespace().collect();
+    for want in ["3", "4", "7"] {
+        assert!(fds.contains(&want), "fd {want} not passed: {}", all(&o));
+    }
+    b.ok(&["delete", "--force", &cid]);
+}
+
 // ---------------------------------------------------------------------------
 // 3. Symlinks in mount targets
 // ---------------------------------------------------------------------------
@@ -1018,5 +1079,86 @@ fn device_cgroup_blocks_host_disks_even_with_cap_mknod() {
         out.contains("mknod-refused") || out.contains("open-refused"),
         "{}",
         all(&o)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 8. Session keyrings
+// ---------------------------------------------------------------------------
+
+/// Prints the id and description (type;uid;gid;perm;name) of the calling
+/// process's session keyring.
+const KEYRING_C: &str = r##"
+#include <stdio.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+int main(void) {
+    char buf[512];
+    long id = syscall(SYS_keyctl, 0 /* GET_KEYRING_ID */, -3 /* SESSION */, 0);
+    if (id < 0) { perror("keyctl get session keyring"); return 1; }
+    long n = syscall(SYS_keyctl, 6 /* DESCRIBE */, id, buf, sizeof buf - 1);
+    if (n < 0) { perror("keyctl describe"); return 1; }
+    buf[n] = 0;
+    printf("%ld %s\n", id, buf);
+    return 0;
+}
+"##;
+
+/// By default a container gets a session keyring of its own, named after
+/// it, so it cannot reach the caller's keys; with `--no-new-keyring` it
+/// keeps the caller's (here one the test makes and names).
+#[test]
+fn containers_get_a_new_session_keyring_unless_no_new_keyring() {
+    let b = Berth::new(BERTH).unwrap();
+    let ours = format!("berth-test-keyring-{}", random_suffix());
+    let name = std::ffi::CString::new(ours.clone()).unwrap();
+    let run = |flags: &[&str]| {
+        let bundle = Bundle::new(&["/keyring"]).unwrap();
+        gcc(
+            KEYRING_C,
+            &bundle.rootfs().join("keyring"),
+            &["-static", "-O1", "-w"],
+        );
+        let cid = id("sec-keyring");
+        let mut cmd = b.cmd();
+        cmd.arg("run")
+            .args(flags)
+            .arg("--bundle")
+            .arg(bundle.path())
+            .arg(&cid)
+            .stdin(Stdio::null());
+        let ptr = name.as_ptr() as usize;
+        // SAFETY: keyctl is a plain syscall; the name outlives the spawn.
+        unsafe {
+            cmd.pre_exec(move || {
+                const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+                if libc::syscall(libc::SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, ptr) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{flags:?}: {}", all(&o));
+        let out = stdout(&o);
+        let desc = out.trim().split_once(' ').unwrap().1.to_string();
+        let name = desc.rsplit(';').next().unwrap().to_string();
+        (cid, desc, name)
+    };
+    let (_, desc, name) = run(&["--no-new-keyring"]);
+    assert!(desc.starts_with("keyring;"), "{desc}");
+    assert_eq!(
+        name, ours,
+        "--no-new-keyring: not the caller's keyring: {desc}"
+    );
+    let (cid, desc, name) = run(&[]);
+    assert!(desc.starts_with("keyring;"), "{desc}");
+    assert_ne!(
+        name, ours,
+        "the container shares the caller's keyring: {desc}"
+    );
+    assert!(
+        name.contains(&cid),
+        "the new keyring is not named after {cid}: {desc}"
     );
 }
