@@ -260,11 +260,12 @@ fn import(
     import_manifest(&desc, fetch, None, name, store, snaps)
 }
 
-/// How a pull gets the layers not unpacked yet: `open` returns a layer
-/// blob's bytes from its start as they download (an HTTP body); a body
-/// cut short is asked for again, up to `attempts` times in all.
+/// How a pull gets the layers not unpacked yet: `open(d, from)` returns a
+/// layer blob's bytes as they download (an HTTP body) from byte `from` if
+/// it can (a Range request), else from its start, and the byte it starts
+/// at; a body cut short is asked for again, up to `attempts` times in all.
 pub(crate) struct Stream<'a> {
-    pub open: &'a (dyn Fn(&Descriptor) -> Result<Box<dyn Read>> + Sync),
+    pub open: &'a (dyn Fn(&Descriptor, u64) -> Result<(Box<dyn Read>, u64)> + Sync),
     pub attempts: u32,
 }
 
@@ -358,18 +359,18 @@ fn stage_layer(
             // Stored already (an earlier pull, or another one meanwhile).
             return snaps.stage(diff_id, mt, store.open_blob(&d.digest)?);
         };
-        // A resumed download: the ingest file holds the first bytes, which
-        // the body repeats; those are skipped, as `Store::ingest` does.
+        // A resumed download: the ingest file holds the first bytes; the
+        // body continues after them (a range) or repeats them, and those
+        // are skipped, as `Writer::fill` does. The unpack reads them back.
         let have = w.offset();
         let written = w.written()?;
         let cut = std::cell::RefCell::new(None);
-        let mut body = Watch {
-            inner: (s.open)(d)?,
-            cut: &cut,
-        };
-        let skipped = std::io::copy(&mut (&mut body).take(have), &mut std::io::sink());
+        let (inner, start) = (s.open)(d, have)?;
+        let mut body = Watch { inner, cut: &cut };
+        let skip = have.saturating_sub(start);
+        let skipped = std::io::copy(&mut (&mut body).take(skip), &mut std::io::sink());
         let r = match skipped {
-            Ok(n) if n == have => {
+            Ok(n) if n == skip && start <= have => {
                 let mut tee = w.tee(body);
                 match snaps.stage(diff_id, mt, written.chain(&mut tee)) {
                     // Both checks passed: the diff_id (stage) and the
@@ -386,7 +387,7 @@ fn stage_layer(
             }
             Ok(n) => Err(Error::Digest {
                 digest: d.digest.to_string(),
-                msg: format!("source ended after {n} bytes"),
+                msg: format!("source ended after {} bytes", start + n),
             }),
             Err(e) => Err(Error::io(store.root(), e)),
         };

@@ -410,6 +410,17 @@ impl Client<'_> {
 
     /// GET with auth challenges answered and transient errors retried.
     fn get(&self, path: &str, accept: Option<&str>) -> std::result::Result<ureq::Response, Fail> {
+        self.get_from(path, accept, 0)
+    }
+
+    /// [`Client::get`] asking for the bytes from `from` on (a Range
+    /// request, when not 0); the answer may be 206 or the whole body.
+    fn get_from(
+        &self,
+        path: &str,
+        accept: Option<&str>,
+        from: u64,
+    ) -> std::result::Result<ureq::Response, Fail> {
         let url = self.what(path);
         let mut challenged = false;
         let mut attempt = 0;
@@ -418,6 +429,9 @@ impl Client<'_> {
             let mut req = self.agent.get(&url);
             if let Some(a) = accept {
                 req = req.set("Accept", a);
+            }
+            if from > 0 {
+                req = req.set("Range", &format!("bytes={from}-"));
             }
             let auth = self.authorization.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(a) = auth.as_deref() {
@@ -586,22 +600,47 @@ impl Client<'_> {
     }
 
     fn blob(&self, d: &Descriptor, store: &Store) -> std::result::Result<(), Fail> {
-        if store.contains(&d.digest) {
-            return Ok(());
-        }
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let r = self.get(&format!("blobs/{}", d.digest), None)?;
+            let Some(w) = store.writer(&d.digest, Some(d.size))? else {
+                return Ok(());
+            };
             // The store hashes while writing and commits only a blob of the
             // right digest and size; a bad one is deleted, not kept. A
             // connection lost mid-body leaves the ingest file, which the
             // next attempt continues after the bytes it already has.
-            match store.ingest(&d.digest, Some(d.size), r.into_reader()) {
+            let (body, start) = self.blob_body(d, w.offset())?;
+            match w.fill(start, body) {
                 Err(Error::Io { .. }) if attempt < self.opts.attempts.max(1) => backoff(attempt),
                 other => return Ok(other?),
             }
         }
+    }
+
+    /// The body of blob `d` and the byte it starts at: `from` if the
+    /// registry honoured the Range request (206), else 0 (it sent the whole
+    /// blob, and the caller skips what it has).
+    fn blob_body(
+        &self,
+        d: &Descriptor,
+        from: u64,
+    ) -> std::result::Result<(Box<dyn std::io::Read + Send>, u64), Fail> {
+        // All of it held (not yet committed): nothing to ask a range for.
+        let from = if from < d.size { from } else { 0 };
+        let path = format!("blobs/{}", d.digest);
+        let r = self.get_from(&path, None, from)?;
+        if from == 0 || r.status() != 206 {
+            return Ok((Box::new(r.into_reader()), 0));
+        }
+        let range = r.header("content-range").unwrap_or("").to_string();
+        if !range.starts_with(&format!("bytes {from}-")) {
+            return Err(Fail::Next(Error::invalid(
+                self.what(&path),
+                format!("asked for bytes {from}-, got Content-Range {range:?}"),
+            )));
+        }
+        Ok((Box::new(r.into_reader()), from))
     }
 }
 
@@ -756,9 +795,9 @@ fn pull_from(
     let fetch = |d: &Descriptor| -> Result<()> { c.blob(d, store).map_err(fail) };
     // Layers not unpacked yet are unpacked as they download, several at
     // once (see `layout::Stream`).
-    let open = |d: &Descriptor| -> Result<Box<dyn std::io::Read>> {
-        let r = c.get(&format!("blobs/{}", d.digest), None).map_err(fail)?;
-        Ok(Box::new(r.into_reader()))
+    let open = |d: &Descriptor, from: u64| -> Result<(Box<dyn std::io::Read>, u64)> {
+        let (body, start) = c.blob_body(d, from).map_err(fail)?;
+        Ok((body, start))
     };
     let stream = crate::layout::Stream {
         open: &open,

@@ -125,26 +125,11 @@ impl Store {
 
     /// Stores the blob read from `r`, which yields the blob from its start;
     /// bytes a previous interrupted write already holds are skipped.
-    pub fn ingest(&self, d: &Digest, size: Option<u64>, mut r: impl Read) -> Result<()> {
-        let Some(mut w) = self.writer(d, size)? else {
-            return Ok(());
-        };
-        let skip = w.offset();
-        let ingest = w.ingest.clone();
-        let err = |e: io::Error| Error::io(&ingest, e);
-        let skipped = io::copy(&mut (&mut r).take(skip), &mut io::sink()).map_err(err)?;
-        if skipped < skip {
-            return Err(w.fail(format!("source ended after {skipped} bytes")));
+    pub fn ingest(&self, d: &Digest, size: Option<u64>, r: impl Read) -> Result<()> {
+        match self.writer(d, size)? {
+            Some(w) => w.fill(0, r),
+            None => Ok(()),
         }
-        if let Err(e) = io::copy(&mut r, &mut w) {
-            // Too much data is wrong content; a failed read can be resumed.
-            return Err(if w.too_big {
-                w.fail(e.to_string())
-            } else {
-                err(e)
-            });
-        }
-        w.commit()
     }
 
     /// Stores `bytes` and returns their digest.
@@ -206,6 +191,37 @@ impl Writer {
     /// Bytes already written (where a resumed download continues).
     pub fn offset(&self) -> u64 {
         self.w.count()
+    }
+
+    /// Writes the rest of the blob from `r`, which yields it from byte
+    /// `start` (at most [`Writer::offset`]: an HTTP range, or 0) on,
+    /// skipping the bytes already held, then commits it.
+    pub fn fill(self, start: u64, mut r: impl Read) -> Result<()> {
+        let Some(skip) = self.offset().checked_sub(start) else {
+            return Err(Error::invalid(
+                format!("blob {}", self.digest),
+                format!(
+                    "source starts at byte {start}, after the {} held",
+                    self.offset()
+                ),
+            ));
+        };
+        let ingest = self.ingest.clone();
+        let err = |e: io::Error| Error::io(&ingest, e);
+        let skipped = io::copy(&mut (&mut r).take(skip), &mut io::sink()).map_err(err)?;
+        if skipped < skip {
+            return Err(self.fail(format!("source ended after {} bytes", start + skipped)));
+        }
+        let mut w = self;
+        if let Err(e) = io::copy(&mut r, &mut w) {
+            // Too much data is wrong content; a failed read can be resumed.
+            return Err(if w.too_big {
+                w.fail(e.to_string())
+            } else {
+                err(e)
+            });
+        }
+        w.commit()
     }
 
     /// The bytes already written, [`Writer::offset`] of them: with a

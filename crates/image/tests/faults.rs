@@ -31,12 +31,19 @@ enum Fault {
 /// reuse the connection), faults injected by path.
 struct Proxy {
     port: u16,
-    /// "METHOD path" of every request, in order.
+    /// "METHOD path" of every request, in order, with " range=<value>"
+    /// when it has a Range header, then " -> <status>" once answered.
     log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Proxy {
     fn start(upstream: u16, faults: Vec<(String, Fault)>) -> Proxy {
+        Proxy::start_with(upstream, faults, false)
+    }
+
+    /// With `strip_range`, Range headers are not passed on: a registry
+    /// that ignores them.
+    fn start_with(upstream: u16, faults: Vec<(String, Fault)>, strip_range: bool) -> Proxy {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -48,7 +55,7 @@ impl Proxy {
                 let Ok(conn) = conn else { continue };
                 let (log, faults) = (log2.clone(), faults.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(conn, upstream, &log, &faults);
+                    let _ = serve(conn, upstream, &log, &faults, strip_range);
                 });
             }
         });
@@ -70,23 +77,36 @@ fn serve(
     upstream: u16,
     log: &Mutex<Vec<String>>,
     faults: &Mutex<Vec<(String, Fault)>>,
+    strip_range: bool,
 ) -> std::io::Result<()> {
     let mut r = BufReader::new(client.try_clone()?);
     let mut head = String::new();
     r.read_line(&mut head)?;
     let mut headers = Vec::new();
+    let mut range = String::new();
     loop {
         let mut h = String::new();
         if r.read_line(&mut h)? == 0 || h.trim().is_empty() {
             break;
         }
-        if !h.to_ascii_lowercase().starts_with("connection:") {
+        let lower = h.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("range:") {
+            range = format!(" range={}", v.trim());
+            if strip_range {
+                continue;
+            }
+        }
+        if !lower.starts_with("connection:") {
             headers.push(h);
         }
     }
     let mut parts = head.split(' ');
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    log.lock().unwrap().push(format!("{method} {path}"));
+    let entry = {
+        let mut l = log.lock().unwrap();
+        l.push(format!("{method} {path}{range}"));
+        l.len() - 1
+    };
     let mut client = client;
 
     // Pick the fault, if any, and count it down.
@@ -134,6 +154,8 @@ fn serve(
             break;
         }
     }
+    let code = resp.split(' ').nth(1).unwrap_or("?").to_string();
+    log.lock().unwrap()[entry] += &format!(" -> {code}");
     client.write_all(resp.as_bytes())?;
     match (fault, length) {
         (Some(Fault::Cut(_)), Some(len)) if method == "GET" && len > 1 => {
@@ -284,38 +306,83 @@ fn errors_500_are_retried_until_the_registry_recovers() {
     );
 }
 
+/// The byte a `range=bytes=N-` log entry asks from.
+fn range_start(req: &str) -> Option<u64> {
+    let (_, r) = req.split_once(" range=bytes=")?;
+    r.split('-').next()?.parse().ok()
+}
+
 #[test]
 fn a_blob_cut_once_is_resumed_or_restarted() {
+    // A registry that honours Range: the second request asks for the rest
+    // only (after the bytes the ingest file holds). One that ignores it:
+    // the whole blob comes again and the held bytes are skipped.
+    for strip_range in [false, true] {
+        let t = tempfile::tempdir().unwrap();
+        let (reg, layers) = two_layer_image(t.path());
+        let big = layers[0].to_string();
+        let proxy = Proxy::start_with(reg.port(), vec![(big.clone(), Fault::Cut(1))], strip_range);
+        let root = ImageRoot::open(t.path().join("root")).unwrap();
+        let img = root
+            .pull(
+                &format!("{}/fault/img", proxy.host()),
+                &opts(&proxy.host(), 3),
+            )
+            .unwrap();
+        assert_eq!(
+            fs::read(bottom(&root, &img).join("data/big")).unwrap(),
+            noise(4 << 20, 1)
+        );
+        assert!(root.store.contains(&layers[0]));
+        let gets = proxy.requests(&format!("GET /v2/fault/img/blobs/{big}"));
+        assert_eq!(gets.len(), 2, "{:?}", proxy.log);
+        assert_eq!(range_start(&gets[0]), None, "{gets:?}");
+        let from = range_start(&gets[1]).expect("the retry asks for a range");
+        assert!(from > 0, "{gets:?}");
+        let status = if strip_range { "-> 200" } else { "-> 206" };
+        assert!(gets[1].ends_with(status), "{gets:?}");
+        assert_eq!(
+            fs::read_dir(root.store.root().join("ingest"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+}
+
+#[test]
+fn a_config_blob_cut_once_is_resumed() {
+    // Blobs that are stored before use (`Client::blob`: the config) resume
+    // by range too.
     let t = tempfile::tempdir().unwrap();
-    let (reg, layers) = two_layer_image(t.path());
-    let big = layers[0].to_string();
-    let proxy = Proxy::start(reg.port(), vec![(big.clone(), Fault::Cut(1))]);
+    let reg = Registry::start();
+    let layout = t.path().join("layout");
+    write_layout(&layout, &[Layer::new().file("f", b"f").finish()]);
+    let json = |p: PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&fs::read(p).unwrap()).unwrap()
+    };
+    let blob = |d: &serde_json::Value| {
+        layout
+            .join("blobs/sha256")
+            .join(d.as_str().unwrap().trim_start_matches("sha256:"))
+    };
+    let index = json(layout.join("index.json"));
+    let manifest = json(blob(&index["manifests"][0]["digest"]));
+    let config = manifest["config"]["digest"].as_str().unwrap().to_string();
+    reg.push(&format!("oci:{}:t", layout.display()), "fault/cfg", &[]);
+    let proxy = Proxy::start(reg.port(), vec![(config.clone(), Fault::Cut(1))]);
     let root = ImageRoot::open(t.path().join("root")).unwrap();
     let img = root
         .pull(
-            &format!("{}/fault/img", proxy.host()),
+            &format!("{}/fault/cfg", proxy.host()),
             &opts(&proxy.host(), 3),
         )
         .unwrap();
-    assert_eq!(
-        fs::read(bottom(&root, &img).join("data/big")).unwrap(),
-        noise(4 << 20, 1)
-    );
-    assert!(root.store.contains(&layers[0]));
-    assert!(
-        proxy
-            .requests(&format!("GET /v2/fault/img/blobs/{big}"))
-            .len()
-            >= 2,
-        "{:?}",
-        proxy.log
-    );
-    assert_eq!(
-        fs::read_dir(root.store.root().join("ingest"))
-            .unwrap()
-            .count(),
-        0
-    );
+    assert_eq!(img.id.to_string(), config);
+    let gets = proxy.requests(&format!("GET /v2/fault/cfg/blobs/{config}"));
+    assert_eq!(gets.len(), 2, "{:?}", proxy.log);
+    assert!(range_start(&gets[1]).is_some_and(|n| n > 0), "{gets:?}");
+    assert!(gets[1].ends_with("-> 206"), "{gets:?}");
 }
 
 #[test]
