@@ -260,12 +260,15 @@ fn import(
     import_manifest(&desc, fetch, None, name, store, snaps)
 }
 
+/// A blob's body from a byte on (see [`Stream`]).
+pub(crate) type OpenFrom<'a> = dyn Fn(&Descriptor, u64) -> Result<(Box<dyn Read>, u64)> + Sync + 'a;
+
 /// How a pull gets the layers not unpacked yet: `open(d, from)` returns a
 /// layer blob's bytes as they download (an HTTP body) from byte `from` if
 /// it can (a Range request), else from its start, and the byte it starts
 /// at; a body cut short is asked for again, up to `attempts` times in all.
 pub(crate) struct Stream<'a> {
-    pub open: &'a (dyn Fn(&Descriptor, u64) -> Result<(Box<dyn Read>, u64)> + Sync),
+    pub open: &'a OpenFrom<'a>,
     pub attempts: u32,
 }
 
