@@ -360,6 +360,19 @@ struct TokenRegistry {
     log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
+/// A manifest's own `mediaType` (what a registry sends as Content-Type).
+fn media_type(manifest: &[u8]) -> &'static str {
+    let v: serde_json::Value = serde_json::from_slice(manifest).unwrap_or_default();
+    [
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    ]
+    .into_iter()
+    .find(|m| v["mediaType"] == *m)
+    .unwrap_or("application/vnd.oci.image.manifest.v1+json")
+}
+
 impl TokenRegistry {
     fn start(layout: PathBuf, index: Vec<u8>) -> TokenRegistry {
         use std::io::{BufRead, BufReader, Write};
@@ -465,20 +478,10 @@ impl TokenRegistry {
                         String::new(),
                     )
                 } else if path == "/v2/test/busybox/manifests/latest" {
-                    (
-                        "200 OK",
-                        "application/vnd.oci.image.index.v1+json",
-                        index.clone(),
-                        String::new(),
-                    )
+                    ("200 OK", media_type(&index), index.clone(), String::new())
                 } else if let Some(d) = path.strip_prefix("/v2/test/busybox/manifests/") {
                     match blob(d) {
-                        Ok(b) => (
-                            "200 OK",
-                            "application/vnd.oci.image.manifest.v1+json",
-                            b,
-                            String::new(),
-                        ),
+                        Ok(b) => ("200 OK", media_type(&b), b, String::new()),
                         Err(_) => ("404 Not Found", "text/plain", b"no".to_vec(), String::new()),
                     }
                 } else if let Some(d) = path.strip_prefix("/v2/test/busybox/blobs/") {
@@ -877,4 +880,109 @@ fn a_tampered_layer_blob_publishes_nothing() {
 
 fn good_of(layout: &Path, d: &Digest) -> Vec<u8> {
     fs::read(layout.join("blobs/sha256").join(d.hex())).unwrap()
+}
+
+/// A Docker schema2 manifest list (multi-platform) resolves to this
+/// platform's schema2 manifest; its digest is the RepoDigest. The pull
+/// uses a registry token, sent as is: the token endpoint is never asked.
+#[test]
+fn pull_docker_manifest_list_with_a_registry_token() {
+    use berth_image::registry::AuthConfig;
+    let t = tempfile::tempdir().unwrap();
+    let oci = t.path().join("oci");
+    berth_testutil::write_image_layout(&oci, "latest", &["sh"]).unwrap();
+    // skopeo converts the image to schema2 (`dir:` keeps the blobs by hex
+    // and the manifest as manifest.json); serve it as a layout would.
+    let dir = t.path().join("v2s2");
+    let out = std::process::Command::new("skopeo")
+        .args(["copy", "--format", "v2s2"])
+        .arg(format!("oci:{}:latest", oci.display()))
+        .arg(format!("dir:{}", dir.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let served = t.path().join("served");
+    let blobs = served.join("blobs/sha256");
+    fs::create_dir_all(&blobs).unwrap();
+    for e in fs::read_dir(&dir).unwrap() {
+        let e = e.unwrap();
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.len() == 64 {
+            fs::copy(e.path(), blobs.join(&n)).unwrap();
+        }
+    }
+    let manifest = fs::read(dir.join("manifest.json")).unwrap();
+    assert_eq!(
+        media_type(&manifest),
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    let digest = Digest::of(&manifest);
+    fs::write(blobs.join(digest.hex()), &manifest).unwrap();
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        a => a,
+    };
+    let v2 = "application/vnd.docker.distribution.manifest.v2+json";
+    let list = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json",
+        "manifests": [
+            {"mediaType": v2, "digest": Digest::of(b"arm").to_string(), "size": 10,
+             "platform": {"os": "linux", "architecture": "arm", "variant": "v7"}},
+            {"mediaType": v2, "digest": digest.to_string(), "size": manifest.len(),
+             "platform": {"os": "linux", "architecture": arch}},
+        ]
+    }))
+    .unwrap();
+    let list_digest = Digest::of(&list);
+    let reg = TokenRegistry::start(served, list);
+    let host = format!("127.0.0.1:{}", reg.port);
+    let name = format!("{host}/test/busybox");
+    let root = ImageRoot::open(t.path().join("root")).unwrap();
+    let o = Options {
+        auth: Some(AuthConfig {
+            registry_token: "tok123".into(),
+            ..Default::default()
+        }),
+        attempts: 3,
+        ..opts(std::slice::from_ref(&host))
+    };
+    let img = root.pull(&name, &o).unwrap();
+    assert_eq!(img.manifest, digest, "the platform's schema2 manifest");
+    assert_eq!(media_type(&root.store.read(&img.manifest).unwrap()), v2);
+    assert_eq!(img.repo_tags, vec![format!("{name}:latest")]);
+    assert_eq!(img.repo_digests, vec![format!("{name}@{list_digest}")]);
+    assert!(root
+        .snapshots
+        .layer_path(&img.chain_id)
+        .join("bin/busybox")
+        .is_file());
+    let log = reg.log.lock().unwrap();
+    assert!(
+        log.iter().all(|l| !l.starts_with("/token")),
+        "the token endpoint was asked: {log:?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.ends_with("/manifests/latest Bearer tok123")),
+        "{log:?}"
+    );
+    drop(log);
+
+    // A wrong registry token is refused, not exchanged for another.
+    let o = Options {
+        auth: Some(AuthConfig {
+            registry_token: "wrong".into(),
+            ..Default::default()
+        }),
+        ..o
+    };
+    let other = ImageRoot::open(t.path().join("other")).unwrap();
+    let e = other.pull(&name, &o).unwrap_err().to_string();
+    assert!(e.contains("401") || e.contains("unauthorized"), "{e}");
 }
