@@ -18,12 +18,15 @@ struct Config {
     basic_auth: bool,
     /// HTTPS with a self-signed certificate for 127.0.0.1 (`reg.cert()`).
     tls: bool,
+    /// HTTPS with a certificate signed by a test CA (`reg.ca()`).
+    tls_ca: bool,
 }
 
 fn start_with(cfg: Config) -> Registry {
     Registry::with(registry::Config {
         htpasswd: cfg.basic_auth.then(|| HTPASSWD.to_string()),
         tls: cfg.tls,
+        tls_ca: cfg.tls_ca,
         ..Default::default()
     })
 }
@@ -327,6 +330,40 @@ fn https_with_an_extra_ca_or_explicitly_unverified() {
     fs::write(&toml, "skip_verify = true\n").unwrap();
     let root2 = ImageRoot::open(f.t.path().join("root2")).unwrap();
     assert_eq!(root2.pull(&name, &o).unwrap().id, f.expected.id);
+}
+
+#[test]
+fn https_with_a_test_ca_signing_the_server_certificate() {
+    let f = fixture();
+    let reg = start_with(Config {
+        tls_ca: true,
+        ..Default::default()
+    });
+    push(&reg, &f.archive, "test/busybox", &[]);
+    let name = format!("{}/test/busybox", reg.host());
+    let hosts = f.t.path().join("certs.d");
+    let toml = hosts.join(reg.host()).join("hosts.toml");
+    fs::create_dir_all(toml.parent().unwrap()).unwrap();
+    let o = Options {
+        hosts_dir: Some(hosts),
+        ..opts(&[])
+    };
+    let root = ImageRoot::open(f.t.path().join("root")).unwrap();
+    let e = root.pull(&name, &o).unwrap_err().to_string();
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+    // The CA alone is trusted: the client builds the chain to the leaf.
+    fs::copy(reg.ca(), toml.with_file_name("ca.pem")).unwrap();
+    fs::write(&toml, "ca = \"ca.pem\"\n").unwrap();
+    assert_eq!(root.pull(&name, &o).unwrap().id, f.expected.id);
+    // Another CA does not do.
+    let reg2 = start_with(Config {
+        tls_ca: true,
+        ..Default::default()
+    });
+    fs::copy(reg2.ca(), toml.with_file_name("ca.pem")).unwrap();
+    let root2 = ImageRoot::open(f.t.path().join("root2")).unwrap();
+    let e = root2.pull(&name, &o).unwrap_err().to_string();
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
 }
 
 #[test]

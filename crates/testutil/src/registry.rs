@@ -30,6 +30,10 @@ pub struct Config {
     /// HTTPS with a self-signed certificate for 127.0.0.1, made with
     /// `openssl` into `<dir>/cert.pem` and `<dir>/key.pem`.
     pub tls: bool,
+    /// HTTPS with a certificate for 127.0.0.1 signed by a CA made for the
+    /// test (`<dir>/ca.pem`, see [`Registry::ca`]), not a self-signed leaf:
+    /// clients must build the chain. Implies `tls`.
+    pub tls_ca: bool,
     /// A YAML `auth:` block (the whole block, `auth:` line included).
     pub auth: Option<String>,
     /// A file for the registry's stderr (its log); discarded if `None`.
@@ -73,8 +77,12 @@ impl Registry {
             cfg.log_level.unwrap_or("error"),
             dir.join("data").display()
         );
-        if cfg.tls {
-            self_signed_cert(&dir);
+        if cfg.tls || cfg.tls_ca {
+            if cfg.tls_ca {
+                ca_signed_cert(&dir);
+            } else {
+                self_signed_cert(&dir);
+            }
             yaml += &format!(
                 "  tls:\n    certificate: {}\n    key: {}\n",
                 dir.join("cert.pem").display(),
@@ -141,6 +149,11 @@ impl Registry {
     /// The self-signed certificate when started with `tls`.
     pub fn cert(&self) -> PathBuf {
         self.dir.join("cert.pem")
+    }
+
+    /// The CA that signed [`Registry::cert`] when started with `tls_ca`.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
     }
 
     /// Whether it was started with basic auth.
@@ -234,5 +247,73 @@ fn self_signed_cert(dir: &Path) {
         out.status.success(),
         "openssl: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn openssl(args: &[&str], dir: &Path) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is missing: install Debian's openssl package (scripts/setup.sh)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A test CA (`dir/ca.pem`, key `dir/ca-key.pem`) and a P-256 leaf for
+/// 127.0.0.1 it signs (`dir/cert.pem`, key `dir/key.pem`).
+fn ca_signed_cert(dir: &Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=berth test CA"];
+    ca.extend(ec);
+    ca.extend([
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&ca, dir);
+    let mut csr = vec!["req", "-new", "-subj", "/CN=127.0.0.1"];
+    csr.extend(ec);
+    csr.extend(["-keyout", "key.pem", "-out", "leaf.csr"]);
+    openssl(&csr, dir);
+    fs::write(
+        dir.join("leaf.ext"),
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+         extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n",
+    )
+    .unwrap();
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "leaf.ext",
+            "-out",
+            "cert.pem",
+        ],
+        dir,
     );
 }
