@@ -290,3 +290,60 @@ fn hook_paths_must_be_absolute() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("hooks.prestart[0].path"), "{err}");
 }
+
+/// A failing startContainer hook runs after `start` released the init, so
+/// it cannot fail `start`; as with Debian's runc (1.1.5): `start` exits 0,
+/// the program never runs, the init exits with the error on the
+/// container's stderr and the container is stopped (kept until `delete`);
+/// `run` in the foreground exits 1 and removes it.
+#[test]
+fn failing_start_container_hook_stops_the_container() {
+    let mut b = Bundle::new(&["sh", "-c", "echo program-ran"]).unwrap();
+    b.config["hooks"] = json!({"startContainer": [{"path": "/bin/false", "args": ["false"]}]});
+    b.write().unwrap();
+    let berth = Berth::new(BIN).unwrap();
+    let id = format!("hookstart-{}", random_suffix());
+    // The container's stdio is create's.
+    let out = b.path().join("ctr.out");
+    let st = berth
+        .cmd()
+        .args(["create", "--bundle", b.path().to_str().unwrap(), &id])
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&out).unwrap())
+        .stderr(fs::File::options().append(true).open(&out).unwrap())
+        .status()
+        .unwrap();
+    assert!(st.success(), "{}", fs::read_to_string(&out).unwrap());
+    let pid = berth.state(&id)["pid"].as_i64().unwrap() as i32;
+    // SAFETY: pidfd_open on a pid we were given; checked below.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    assert!(pidfd >= 0);
+    let (ok, err) = quiet(&berth, &["start", &id]);
+    assert!(ok, "start: {err}");
+    wait_exit(pidfd);
+    let state = berth.state(&id);
+    assert_eq!(state["status"], json!("stopped"), "{state}");
+    let text = fs::read_to_string(&out).unwrap();
+    assert!(!text.contains("program-ran"), "{text}");
+    assert!(
+        text.contains("startContainer hook #0 (/bin/false)") && text.contains("exit"),
+        "the error is not on the container's stderr: {text:?}"
+    );
+    let (ok, err) = quiet(&berth, &["delete", &id]);
+    assert!(ok, "{err}");
+    assert!(!berth.root.path().join(&id).exists());
+
+    // Foreground run: exit status 1, nothing left behind.
+    let id = format!("hookstart-run-{}", random_suffix());
+    let o = berth.run_fg(&b, &id);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(!text.contains("program-ran"), "{text}");
+    assert!(text.contains("startContainer hook #0"), "{text}");
+    assert!(!berth.root.path().join(&id).exists());
+    assert!(b.cgroup_dirs().iter().all(|d| !d.join("ctr").exists()));
+}

@@ -287,3 +287,130 @@ fn namespace_paths_must_exist() {
         b.cgroup_dirs()
     );
 }
+
+/// user, cgroup and time namespaces joined by path: B enters A's user
+/// namespace first (so it may join the namespaces A's user namespace owns),
+/// becomes its root, and sees A's id maps, cgroup root and clock offsets.
+#[test]
+fn joining_user_cgroup_and_time_namespaces_by_path() {
+    let mut a = Bundle::new(&["sleep", "1000"]).unwrap();
+    let mut cfg = a.config.clone();
+    user_ns(&mut cfg, &a);
+    add_ns(&mut cfg, json!({"type": "time"}));
+    cfg["linux"]["timeOffsets"] = json!({"monotonic": {"secs": 7777, "nanosecs": 0}});
+    a.config = cfg;
+    a.write().unwrap();
+    let berth = Berth::new(BIN).unwrap();
+    let ida = format!("join-ua-{}", random_suffix());
+    let pid = berth.run_detached(&a, &ida).to_string();
+
+    let mut b = Bundle::new(&[
+        "sh",
+        "-c",
+        "for n in user cgroup time mnt; do readlink /proc/self/ns/$n; done; \
+         id -u; cat /proc/self/uid_map; grep monotonic /proc/self/timens_offsets",
+    ])
+    .unwrap();
+    let mut cfg = b.config.clone();
+    // A's root (host 100000) must own B's rootfs; no mappings of its own.
+    user_ns(&mut cfg, &b);
+    for k in ["uidMappings", "gidMappings"] {
+        cfg["linux"].as_object_mut().unwrap().remove(k);
+    }
+    cfg["linux"]["namespaces"] = json!([
+        {"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
+        {"type": "user", "path": format!("/proc/{pid}/ns/user")},
+        {"type": "cgroup", "path": format!("/proc/{pid}/ns/cgroup")},
+        {"type": "time", "path": format!("/proc/{pid}/ns/time")},
+    ]);
+    b.config = cfg;
+    b.write().unwrap();
+    let idb = format!("join-ub-{}", random_suffix());
+    let out = berth.ok(&["run", "--bundle", b.path().to_str().unwrap(), &idb]);
+    let lines: Vec<String> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        lines[..3],
+        [
+            ns_link(&pid, "user"),
+            ns_link(&pid, "cgroup"),
+            ns_link(&pid, "time")
+        ],
+        "{out}"
+    );
+    // A mount namespace of its own (made inside A's user namespace).
+    assert_ne!(lines[3], ns_link(&pid, "mnt"), "{out}");
+    assert_ne!(lines[3], ns_link("self", "mnt"), "{out}");
+    assert_eq!(
+        lines[4..],
+        ["0", "0 100000 65536", "monotonic 7777 0"],
+        "{out}"
+    );
+    berth.ok(&["delete", "--force", &ida]);
+}
+
+/// A mount namespace joined by path (one the test holds with a sleeping
+/// process, as a pod would): the container's mounts are made in it, and
+/// never in the host's.
+#[test]
+fn joining_a_mount_namespace_by_path() {
+    struct Holder(std::process::Child);
+    impl Drop for Holder {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let holder = Holder(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sleep", "1000"])
+            .spawn()
+            .expect("unshare (util-linux)"),
+    );
+    let hpid = holder.0.id().to_string();
+    // Wait until the holder sits in its own namespace.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_link(format!("/proc/{hpid}/exe"))
+        .map(|e| !e.ends_with("sleep"))
+        .unwrap_or(true)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "unshare did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_ne!(ns_link(&hpid, "mnt"), ns_link("self", "mnt"));
+    let marker = format!("berth-joined-{}", random_suffix());
+    let mut b = Bundle::new(&["readlink", "/proc/self/ns/mnt"]).unwrap();
+    for ns in b.config["linux"]["namespaces"].as_array_mut().unwrap() {
+        if ns["type"] == "mount" {
+            *ns = json!({"type": "mount", "path": format!("/proc/{hpid}/ns/mnt")});
+        }
+    }
+    add_ns_mount(&mut b.config, &marker);
+    b.write().unwrap();
+    let berth = Berth::new(BIN).unwrap();
+    let id = format!("join-mnt-{}", random_suffix());
+    let out = berth.ok(&["run", "--bundle", b.path().to_str().unwrap(), &id]);
+    assert_eq!(out.trim(), ns_link(&hpid, "mnt"), "{out}");
+    // Checked while the bundle exists: removing its rootfs detaches the
+    // mounts on it in every namespace.
+    let held = std::fs::read_to_string(format!("/proc/{hpid}/mountinfo")).unwrap();
+    assert!(
+        held.contains(&marker),
+        "not in the joined namespace:\n{held}"
+    );
+    let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!host.contains(&marker), "on the host:\n{host}");
+    drop(holder);
+}
+
+fn add_ns_mount(cfg: &mut Value, name: &str) {
+    cfg["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"destination": format!("/{name}"), "type": "tmpfs", "source": "tmpfs"}));
+}

@@ -220,7 +220,16 @@ fn stage1_inner(l: &Launch, ch: &Channel, in_cgroup: bool) -> Result<()> {
         }
     }
     if flags & 0x80 != 0 {
-        write_time_offsets(l.spec)?;
+        // Becoming root of a new user namespace made this process
+        // non-dumpable, which leaves its /proc files owned by host root:
+        // be dumpable just for the write (runc's nsexec does the same).
+        // SAFETY: prctl with constant arguments.
+        let was = unsafe { libc::prctl(libc::PR_GET_DUMPABLE) };
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1) };
+        let r = write_time_offsets(l.spec);
+        // SAFETY: as above.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, was.max(0) as libc::c_ulong) };
+        r?;
     }
     // SAFETY: fork in a single-threaded process.
     let pid = unsafe { libc::fork() };
@@ -291,7 +300,11 @@ fn stage2_inner(l: &Launch, ch: &Channel) -> Result<Never> {
             .as_ref()
             .and_then(|h| h.start_container().clone())
         {
-            crate::hooks::run_all("startContainer", &h, &hook_state)?;
+            // Nobody reads the channel after the fifo: the error goes to the
+            // container's stderr, as runc's does.
+            crate::hooks::run_all("startContainer", &h, &hook_state).inspect_err(|e| {
+                eprintln!("berth: {e}");
+            })?;
         }
         load_seccomp_late(l)?;
         exec(l.process, &argv0)
