@@ -114,6 +114,20 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         let d = d.clone();
         tokio::task::spawn_blocking(move || d.recover()).await?;
     }
+    {
+        // Exits the monitors record are folded in as they happen, so their
+        // events reach GetContainerEvents without anyone polling a status.
+        let d = d.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let d = d.clone();
+                let _ = tokio::task::spawn_blocking(move || d.fold_recorded_exits()).await;
+            }
+        });
+    }
     let listener = berth_cri::server::bind(&cfg.socket)
         .with_context(|| format!("binding {}", cfg.socket.display()))?;
     if !cfg.metrics.address.is_empty() {

@@ -4,6 +4,7 @@
 mod common;
 use common::*;
 use k8s_cri::v1 as cri;
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_of_two_containers_shares_localhost_and_logs() {
@@ -682,5 +683,65 @@ async fn a_pod_sharing_its_pid_namespace_keeps_one_tiny_init() {
     })
     .await
     .unwrap();
+    assert_eq!(b.leaks(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_that_ends_on_its_own_is_reported_by_an_event() {
+    let b = Berthd::start();
+    let mut c = b.rt().await;
+    let mut events = c
+        .get_container_events(cri::GetEventsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let (pod, ids) = run_pod(
+        &mut c,
+        pod_config("ends", &b.logs()),
+        vec![ctr_config("e", &["sh", "-c", "exit 3"])],
+    )
+    .await;
+    // Nobody asks for a status: the stopped event must come anyway, with
+    // the statuses the kubelet's evented PLEG reads.
+    let stopped = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let e = events.message().await.unwrap().unwrap();
+            if e.container_event_type == cri::ContainerEventType::ContainerStoppedEvent as i32 {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("no stopped event");
+    assert_eq!(stopped.container_id, ids[0]);
+    assert_eq!(stopped.pod_sandbox_status.unwrap().id, pod);
+    let st = &stopped.containers_statuses[0];
+    assert_eq!(st.id, ids[0]);
+    assert_eq!(st.state, cri::ContainerState::ContainerExited as i32);
+    assert_eq!(st.exit_code, 3);
+    // One stopped event only, even once statuses are asked for.
+    let _ = status(&mut c, &ids[0]).await;
+    c.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    let rest = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut v = Vec::new();
+        while let Ok(Some(e)) = events.message().await {
+            v.push(e.container_event_type);
+            if e.container_event_type == cri::ContainerEventType::ContainerDeletedEvent as i32 {
+                break;
+            }
+        }
+        v
+    })
+    .await
+    .unwrap_or_default();
+    assert_eq!(
+        rest,
+        vec![cri::ContainerEventType::ContainerDeletedEvent as i32],
+        "{rest:?}"
+    );
     assert_eq!(b.leaks(), Vec::<String>::new());
 }

@@ -159,6 +159,21 @@ async fn a_crash_at_any_step_is_recovered_without_leaks() {
         // nothing is left.
         b.spawn();
         let mut c = b.rt().await;
+        if point == "start:started" {
+            // Started by the monitor, not yet recorded: reported running.
+            let ctrs = c
+                .list_containers(cri::ListContainersRequest { filter: None })
+                .await
+                .unwrap()
+                .into_inner()
+                .containers;
+            let states: Vec<i32> = ctrs.iter().map(|c| c.state).collect();
+            assert_eq!(
+                states,
+                vec![cri::ContainerState::ContainerRunning as i32],
+                "{point} (userns {userns})"
+            );
+        }
         let pods = c
             .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
             .await

@@ -196,7 +196,7 @@ impl Daemon {
     }
 
     pub fn start_container(&self, id: &str) -> Result<()> {
-        let mut rec = self.find_container(id)?;
+        let rec = self.find_container(id)?;
         let rec_now = self.refresh(&rec)?;
         if rec_now.state != CtrState::Created {
             return Err(CriError::Precondition(format!(
@@ -212,10 +212,19 @@ impl Daemon {
             .call(&Request::Start { id: rec.id.clone() })
             .map_err(|e| internal(format!("starting container: {e}")))?;
         crate::fault_point("start:started");
-        rec.state = CtrState::Running;
-        rec.started_at = started_at;
-        self.save_container(&rec)?;
-        self.event(&rec, ContainerEventType::ContainerStartedEvent);
+        // A quick process's exit may already have been folded in: keep it.
+        let updated = self
+            .store
+            .update(Kind::Container, &rec.id, |mut r: ContainerRecord| {
+                r.started_at = started_at;
+                if r.state == CtrState::Created {
+                    r.state = CtrState::Running;
+                }
+                Some(r)
+            })?;
+        if let Some(r) = updated {
+            self.event(&r, ContainerEventType::ContainerStartedEvent);
+        }
         Ok(())
     }
 
@@ -224,30 +233,71 @@ impl Daemon {
     }
 
     /// The record with a recorded exit folded in (the monitor writes exits
-    /// while berthd may be down).
+    /// while berthd may be down). The change is made in one store
+    /// transaction on the stored record: a container removed meanwhile is
+    /// not brought back, and only the caller that made the change emits
+    /// the stopped event.
     pub fn refresh(&self, rec: &ContainerRecord) -> Result<ContainerRecord> {
-        let mut r = rec.clone();
-        if matches!(r.state, CtrState::Running | CtrState::Created) {
-            let dir = self.cfg.state.join("pods").join(&r.pod_id);
-            if let Some(x) = proto::read_exit(&dir, &r.id) {
-                apply_exit(&mut r, &x);
-                self.save_container(&r)?;
+        if !matches!(rec.state, CtrState::Running | CtrState::Created) {
+            return Ok(rec.clone());
+        }
+        let dir = self.cfg.state.join("pods").join(&rec.pod_id);
+        let mut exit = proto::read_exit(&dir, &rec.id);
+        let mut lost = false;
+        if exit.is_none()
+            && rec.state == CtrState::Running
+            && !self.alive(rec)
+            && !monitor_tracks(&dir, &rec.id)
+        {
+            // The exit may have been recorded while we looked.
+            exit = proto::read_exit(&dir, &rec.id);
+            lost = exit.is_none();
+        }
+        if exit.is_none() && !lost {
+            return Ok(rec.clone());
+        }
+        let updated = self
+            .store
+            .update(Kind::Container, &rec.id, |mut cur: ContainerRecord| {
+                if !matches!(cur.state, CtrState::Running | CtrState::Created) {
+                    return None;
+                }
+                match &exit {
+                    Some(x) => apply_exit(&mut cur, x),
+                    None => {
+                        // No record and no process: the monitor died with it.
+                        cur.state = CtrState::Exited;
+                        cur.exit_code = 255;
+                        cur.finished_at = now_ns();
+                        cur.reason = "Error".into();
+                        cur.message =
+                            "the container's monitor went away; exit status unknown".into();
+                    }
+                }
+                Some(cur)
+            })?;
+        match updated {
+            Some(r) => {
                 self.event(&r, ContainerEventType::ContainerStoppedEvent);
-            } else if r.state == CtrState::Running
-                && !self.alive(&r)
-                && !monitor_tracks(&dir, &r.id)
-                && proto::read_exit(&dir, &r.id).is_none()
-            {
-                // No record and no process: the monitor died with it.
-                r.state = CtrState::Exited;
-                r.exit_code = 255;
-                r.finished_at = now_ns();
-                r.reason = "Error".into();
-                r.message = "the container's monitor went away; exit status unknown".into();
-                self.save_container(&r)?;
+                Ok(r)
+            }
+            // Changed or removed by someone else meanwhile.
+            None => Ok(self.container(&rec.id)?.unwrap_or_else(|| rec.clone())),
+        }
+    }
+
+    /// Folds the exits the monitors recorded into the store, so a container
+    /// that ends on its own is reported (and its stopped event sent) even
+    /// when nobody asks about it. Cheap: one file lookup per live container.
+    pub fn fold_recorded_exits(&self) {
+        for c in self.containers().unwrap_or_default() {
+            if matches!(c.state, CtrState::Running | CtrState::Created) {
+                let dir = self.cfg.state.join("pods").join(&c.pod_id);
+                if proto::exit_path(&dir, &c.id).exists() {
+                    let _ = self.refresh(&c);
+                }
             }
         }
-        Ok(r)
     }
 
     fn alive(&self, r: &ContainerRecord) -> bool {
@@ -295,22 +345,32 @@ impl Daemon {
                 .kill(self, &rec.id, libc::SIGKILL, true);
             exit = wait(Duration::from_secs(10));
         }
-        let mut r = rec.clone();
-        match exit {
-            Some(x) => apply_exit(&mut r, &x),
-            None if rec.state == CtrState::Created => {
-                // Never started: there is nothing to wait for.
-                r.state = CtrState::Exited;
-                r.finished_at = now_ns();
-                r.exit_code = 137;
-                r.reason = "Error".into();
-            }
-            None => {
-                return Err(internal(format!("container {} did not stop", rec.id)));
-            }
+        if exit.is_none() && rec.state != CtrState::Created {
+            return Err(internal(format!("container {} did not stop", rec.id)));
         }
-        self.save_container(&r)?;
-        self.event(&r, ContainerEventType::ContainerStoppedEvent);
+        // Only the one who records the exit reports it (the exit watcher
+        // may have folded the monitor's record meanwhile).
+        let updated = self
+            .store
+            .update(Kind::Container, &rec.id, |mut r: ContainerRecord| {
+                if !matches!(r.state, CtrState::Running | CtrState::Created) {
+                    return None;
+                }
+                match &exit {
+                    Some(x) => apply_exit(&mut r, x),
+                    None => {
+                        // Never started: there is nothing to wait for.
+                        r.state = CtrState::Exited;
+                        r.finished_at = now_ns();
+                        r.exit_code = 137;
+                        r.reason = "Error".into();
+                    }
+                }
+                Some(r)
+            })?;
+        if let Some(r) = updated {
+            self.event(&r, ContainerEventType::ContainerStoppedEvent);
+        }
         Ok(())
     }
 
@@ -370,13 +430,30 @@ impl Daemon {
         Ok(())
     }
 
+    /// Emits a lifecycle event with the pod's and its containers' statuses,
+    /// as the kubelet's evented PLEG wants them.
     pub fn event(&self, rec: &ContainerRecord, t: ContainerEventType) {
+        let pod_sandbox_status = self
+            .pod(&rec.pod_id)
+            .ok()
+            .flatten()
+            .map(|p| crate::views::pod_status(&p));
+        let mut containers_statuses: Vec<_> = self
+            .containers()
+            .unwrap_or_default()
+            .iter()
+            .filter(|c| c.pod_id == rec.pod_id && c.id != rec.id)
+            .map(crate::views::container_status)
+            .collect();
+        if t != ContainerEventType::ContainerDeletedEvent {
+            containers_statuses.push(crate::views::container_status(rec));
+        }
         self.emit(k8s_cri::v1::ContainerEventResponse {
             container_id: rec.id.clone(),
             container_event_type: t as i32,
             created_at: now_ns(),
-            pod_sandbox_status: None,
-            containers_statuses: vec![],
+            pod_sandbox_status,
+            containers_statuses,
         });
     }
 }
@@ -419,9 +496,14 @@ fn has_cap_sys_resource() -> bool {
 /// monitor does not, so the exit of a container it never parented cannot
 /// be waited for.
 fn monitor_tracks(dir: &std::path::Path, id: &str) -> bool {
+    monitor_info(dir, id).is_some()
+}
+
+/// What the pod's monitor knows of container `id`.
+pub fn monitor_info(dir: &std::path::Path, id: &str) -> Option<proto::ContainerInfo> {
     match Client::new(dir).call_timeout(&Request::Status, Some(Duration::from_secs(5))) {
-        Ok((Response::Containers { containers }, _)) => containers.iter().any(|c| c.id == id),
-        _ => false,
+        Ok((Response::Containers { containers }, _)) => containers.into_iter().find(|c| c.id == id),
+        _ => None,
     }
 }
 

@@ -2,7 +2,7 @@
 //! undone, and whatever exists without a record is removed.
 
 use crate::daemon::Daemon;
-use crate::model::{CtrState, PodState};
+use crate::model::{ContainerRecord, CtrState, PodState};
 use crate::store::Kind;
 use berth_monitor::proto::Client;
 use std::collections::HashSet;
@@ -40,7 +40,29 @@ impl Daemon {
                 self.cleanup_container(c);
                 let _ = self.store.delete(Kind::Container, &c.id);
             } else {
-                let _ = self.refresh(c);
+                let mut c = c.clone();
+                if c.state == CtrState::Created {
+                    // Killed after the monitor started it, before recording
+                    // that: the monitor knows.
+                    let dir = self.cfg.state.join("pods").join(&c.pod_id);
+                    let started = crate::container::monitor_info(&dir, &c.id)
+                        .is_some_and(|i| i.started || i.exit.is_some());
+                    if started {
+                        tracing::info!(container = %c.id, "recovery: the container was started");
+                        let now = crate::model::now_ns();
+                        if let Ok(Some(r)) =
+                            self.store
+                                .update(Kind::Container, &c.id, |mut r: ContainerRecord| {
+                                    r.state = CtrState::Running;
+                                    r.started_at = now;
+                                    Some(r)
+                                })
+                        {
+                            c = r;
+                        }
+                    }
+                }
+                let _ = self.refresh(&c);
             }
         }
         let ctr_ids: HashSet<String> = self

@@ -68,6 +68,36 @@ impl Store {
         }
     }
 
+    /// Reads, changes and writes one record in one transaction, so a record
+    /// deleted or changed meanwhile is never written back stale: `f` gets
+    /// the stored record and returns what to store, or None to leave it.
+    /// Returns what was stored.
+    pub fn update<T: Serialize + DeserializeOwned>(
+        &self,
+        kind: Kind,
+        id: &str,
+        f: impl FnOnce(T) -> Option<T>,
+    ) -> Result<Option<T>> {
+        let tx = self.db.begin_write().map_err(err)?;
+        let out = {
+            let mut t = tx.open_table(kind.table()).map_err(err)?;
+            let cur: Option<T> = match t.get(id).map_err(err)? {
+                Some(v) => Some(serde_json::from_slice(v.value()).map_err(err)?),
+                None => None,
+            };
+            match cur.and_then(f) {
+                Some(new) => {
+                    let bytes = serde_json::to_vec(&new).map_err(err)?;
+                    t.insert(id, bytes.as_slice()).map_err(err)?;
+                    Some(new)
+                }
+                None => None,
+            }
+        };
+        tx.commit().map_err(err)?;
+        Ok(out)
+    }
+
     pub fn delete(&self, kind: Kind, id: &str) -> Result<()> {
         let tx = self.db.begin_write().map_err(err)?;
         {
