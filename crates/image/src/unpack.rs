@@ -341,7 +341,7 @@ pub(crate) fn inherit_implied(
         let Some((name, parents)) = comps.split_last() else {
             continue;
         };
-        let (mode, owner) = inherited(lowers, comps);
+        let (mode, owner, xattrs) = inherited(lowers, comps);
         let Some((uid, gid)) = owner else { continue };
         let mut dir = root.try_clone().map_err(|e| Error::io(dest, e))?;
         for c in parents {
@@ -360,6 +360,7 @@ pub(crate) fn inherit_implied(
         let e = |e: Errno| Error::entry(show(comps), err(e));
         rfs::chownat(&dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW).map_err(e)?;
         rfs::chmodat(&dir, name, mode, AtFlags::empty()).map_err(e)?;
+        set_xattrs(dir.as_fd(), name, &xattrs).map_err(|m| Error::entry(show(comps), m))?;
     }
     Ok(())
 }
@@ -628,7 +629,7 @@ impl Unpacker<'_> {
             let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
             let next = match rfs::openat(&cur, c, flags, Mode::empty()) {
                 Err(Errno::NOENT) if create => {
-                    let (mode, owner) = self.implicit_dir(&comps[..=i])?;
+                    let (mode, owner, xattrs) = self.implicit_dir(&comps[..=i])?;
                     match rfs::mkdirat(&cur, c, mode) {
                         Ok(()) => {
                             if let Some((uid, gid)) = owner {
@@ -641,6 +642,7 @@ impl Unpacker<'_> {
                                 )
                                 .map_err(err)?;
                                 rfs::chmodat(&cur, c, mode, AtFlags::empty()).map_err(err)?;
+                                set_xattrs(cur.as_fd(), c, &xattrs)?;
                             }
                         }
                         Err(Errno::EXIST) => {}
@@ -700,10 +702,7 @@ impl Unpacker<'_> {
     /// following a symlink; a whiteout, non-directory or opaque directory
     /// on the way hides the layers further down. A symlink there is refused
     /// (see [`check_through`]; checked later for a deferred unpack).
-    fn implicit_dir(
-        &mut self,
-        comps: &[OsString],
-    ) -> std::result::Result<(Mode, Option<(rfs::Uid, rfs::Gid)>), Msg> {
+    fn implicit_dir(&mut self, comps: &[OsString]) -> std::result::Result<Inherited, Msg> {
         if !self.first.iter().any(|(p, _)| p.as_slice() == comps) {
             self.first.push((comps.to_vec(), self.current.clone()));
         }
@@ -711,7 +710,7 @@ impl Unpacker<'_> {
             if !v.iter().any(|p| p.as_slice() == comps) {
                 v.push(comps.to_vec());
             }
-            return Ok((Mode::from_bits_truncate(0o755), None));
+            return Ok((Mode::from_bits_truncate(0o755), None, Vec::new()));
         }
         if let Lowers::Later(_) = self.lowers {
             let Lowers::Later(f) = std::mem::replace(&mut self.lowers, Lowers::Known(Vec::new()))
@@ -752,9 +751,15 @@ impl Unpacker<'_> {
     }
 }
 
-/// Mode and owner of directory `comps` in `lowers` (top first).
-fn inherited(lowers: &[PathBuf], comps: &[OsString]) -> (Mode, Option<(rfs::Uid, rfs::Gid)>) {
-    let default = (Mode::from_bits_truncate(0o755), None);
+/// What a directory a layer implies takes from the same directory below.
+type Inherited = (Mode, Option<(rfs::Uid, rfs::Gid)>, Vec<(OsString, Vec<u8>)>);
+
+/// Mode, owner and xattrs (those of overlay aside: an opaque marker
+/// below says nothing about this layer) of directory `comps` in `lowers`
+/// (top first): the topmost directory shows through an overlay, so an
+/// implied one must carry what it carries.
+fn inherited(lowers: &[PathBuf], comps: &[OsString]) -> Inherited {
+    let default = (Mode::from_bits_truncate(0o755), None, Vec::new());
     let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     'lowers: for lower in lowers {
         let Ok(mut cur) = rfs::open(lower, flags, Mode::empty()) else {
@@ -776,11 +781,34 @@ fn inherited(lowers: &[PathBuf], comps: &[OsString]) -> (Mode, Option<(rfs::Uid,
             Ok(st) => (
                 Mode::from_bits_truncate(st.st_mode & 0o7777),
                 Some((rfs::Uid::from_raw(st.st_uid), rfs::Gid::from_raw(st.st_gid))),
+                dir_xattrs(cur.as_fd()),
             ),
             Err(_) => default,
         };
     }
     default
+}
+
+/// The xattrs of the directory `dir` (an O_PATH fd), overlay's aside.
+fn dir_xattrs(dir: BorrowedFd<'_>) -> Vec<(OsString, Vec<u8>)> {
+    let p = proc_path(dir, None);
+    let mut names = vec![0u8; 64 * 1024];
+    let Ok(n) = rfs::listxattr(&p, &mut names) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for name in names[..n].split(|b| *b == 0) {
+        if name.is_empty() || name.starts_with(b"trusted.overlay.") {
+            continue;
+        }
+        let name = OsStr::from_bytes(name);
+        let mut v = vec![0u8; 64 * 1024];
+        if let Ok(len) = rfs::getxattr(&p, name, &mut v) {
+            v.truncate(len);
+            out.push((name.to_owned(), v));
+        }
+    }
+    out
 }
 
 fn is_opaque(dir: BorrowedFd<'_>) -> bool {
