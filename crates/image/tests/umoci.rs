@@ -13,7 +13,27 @@ use tar::EntryType;
 mod common;
 use common::Layer;
 
-/// path -> (type, mode, uid, gid, size, content or link target)
+/// Extended attributes of `p` (not following a symlink), `name=hex`,
+/// sorted; overlayfs' own `trusted.overlay.*` are not content.
+fn xattrs(p: &Path) -> String {
+    let mut names = vec![0u8; 64 * 1024];
+    let n = rustix::fs::llistxattr(p, &mut names).unwrap_or(0);
+    let mut out: Vec<String> = names[..n]
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty() && !n.starts_with(b"trusted.overlay."))
+        .map(|name| {
+            let name = String::from_utf8_lossy(name).into_owned();
+            let mut v = vec![0u8; 64 * 1024];
+            let len = rustix::fs::lgetxattr(p, name.as_str(), &mut v).unwrap();
+            let hex: String = v[..len].iter().map(|b| format!("{b:02x}")).collect();
+            format!("{name}={hex}")
+        })
+        .collect();
+    out.sort();
+    out.join(",")
+}
+
+/// path -> (type, mode, uid, gid, size, content or link target, xattrs)
 fn describe(root: &Path) -> BTreeMap<String, String> {
     fn walk(root: &Path, p: &Path, out: &mut BTreeMap<String, String>) {
         for e in fs::read_dir(p).unwrap() {
@@ -42,10 +62,11 @@ fn describe(root: &Path) -> BTreeMap<String, String> {
             out.insert(
                 rel,
                 format!(
-                    "{kind} {:o} {}:{} {size} {extra}",
+                    "{kind} {:o} {}:{} {size} {extra} [{}]",
                     m.mode() & 0o7777,
                     m.uid(),
-                    m.gid()
+                    m.gid(),
+                    xattrs(&path)
                 ),
             );
             if ft.is_dir() {
@@ -148,8 +169,25 @@ fn layered_rootfs_matches_umoci_unpack() {
             h.set_gid(uid + 1);
         }
     };
+    // A file capability (vfs_cap_data v2, effective, cap_net_raw permitted).
+    let mut cap = vec![0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00];
+    cap.resize(20, 0);
     let base = Layer::new()
+        .pax(&[("SCHILY.xattr.user.berth.dir", b"d")])
         .raw_with(EntryType::Directory, "etc", None, b"", owned(0o750, 10))
+        .pax(&[
+            ("SCHILY.xattr.user.berth.note", b"hello"),
+            ("SCHILY.xattr.user.berth.bin", &[0, 1, 2, 255]),
+        ])
+        .file("etc/noted", b"n")
+        .pax(&[("SCHILY.xattr.security.capability", &cap)])
+        .raw_with(
+            EntryType::Regular,
+            "bin/ping",
+            None,
+            b"ping",
+            owned(0o755, 0),
+        )
         .raw_with(
             EntryType::Regular,
             "etc/shadow",
@@ -218,6 +256,22 @@ fn layered_rootfs_matches_umoci_unpack() {
     write_layout(&layout, &[base, middle, top]);
     let theirs = umoci_unpack(&layout, "t", &t.path().join("bundle"));
     assert!(theirs.contains_key("var/cache/new") && !theirs.contains_key("run"));
+    // The xattrs are there to compare (umoci set them too).
+    assert!(
+        theirs["etc/noted"].contains("user.berth.bin=000102ff,user.berth.note=68656c6c6f"),
+        "{}",
+        theirs["etc/noted"]
+    );
+    assert!(
+        theirs["etc"].contains("user.berth.dir=64"),
+        "{}",
+        theirs["etc"]
+    );
+    assert!(
+        theirs["bin/ping"].contains("security.capability=01000002"),
+        "{}",
+        theirs["bin/ping"]
+    );
 
     let root = ImageRoot::open(t.path().join("root")).unwrap();
     let img = root.import_layout(&layout, Some("t"), "layered").unwrap();
