@@ -225,6 +225,7 @@ fn stage1_inner(l: &Launch, ch: &Channel, in_cgroup: bool) -> Result<()> {
         // be dumpable just for the write (runc's nsexec does the same).
         // SAFETY: prctl with constant arguments.
         let was = unsafe { libc::prctl(libc::PR_GET_DUMPABLE) };
+        // SAFETY: as above.
         unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1) };
         let r = write_time_offsets(l.spec);
         // SAFETY: as above.
