@@ -427,3 +427,172 @@ fn update_rewrites_limits_and_events_report_stats_and_the_oom() {
     );
     b.ok(&["delete", "v2-update"]);
 }
+
+/// A stopped container whose cgroup still holds processes, some of them in
+/// sub-cgroups it made: delete kills them all and removes every directory,
+/// deepest first.
+#[test]
+fn delete_removes_sub_cgroups_and_lingering_processes() {
+    if !v2_host("delete_removes_sub_cgroups_and_lingering_processes") {
+        return;
+    }
+    let b = Berth::new(BERTH).unwrap();
+    // Without a pid namespace the init's exit leaves its child running.
+    let mut bundle = Bundle::new(&["sh", "-c", "sleep 600 & exit 0"]).unwrap();
+    bundle.config["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|n| n["type"] != "pid");
+    bundle.write().unwrap();
+    // create + start: the init exits at once, so run -d would find no pid.
+    b.create(&bundle, "v2-linger");
+    b.ok(&["start", "v2-linger"]);
+    wait_status(&b, "v2-linger", "stopped");
+    let dir = cgroup_dir(&bundle);
+    let m = manager(&bundle);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while m.pids().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the sleep never showed up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A sub-cgroup with a process in it (the test's, moved there) and an
+    // empty one below it.
+    let sub = dir.join("sub");
+    std::fs::create_dir_all(sub.join("deeper")).unwrap();
+    let mut child = std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .unwrap();
+    std::fs::write(sub.join("cgroup.procs"), child.id().to_string()).unwrap();
+    let lingering = m.pids().unwrap();
+    b.ok(&["delete", "v2-linger"]);
+    assert!(!dir.exists(), "the cgroup was left behind");
+    assert!(child.wait().unwrap().code().is_none(), "not killed");
+    for pid in lingering {
+        let gone = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |s| s.contains(") Z "));
+        assert!(gone, "pid {pid} survived delete");
+    }
+}
+
+/// update applies the merged resources: swap alone is computed against
+/// the recorded memory limit, a period alone keeps the recorded quota.
+#[test]
+fn update_of_one_value_keeps_the_recorded_others() {
+    if !v2_host("update_of_one_value_keeps_the_recorded_others") {
+        return;
+    }
+    let b = Berth::new(BERTH).unwrap();
+    let mut bundle = Bundle::new(&["sleep", "600"]).unwrap();
+    let r = &mut bundle.config["linux"]["resources"];
+    r["memory"] = json!({"limit": 64 << 20});
+    r["cpu"] = json!({"quota": 20000, "period": 100000});
+    bundle.write().unwrap();
+    b.run_detached(&bundle, "v2-merge");
+    let dir = cgroup_dir(&bundle);
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    b.ok(&["update", "--memory-swap", "96m", "v2-merge"]);
+    assert_eq!(read("memory.max"), (64 << 20).to_string());
+    assert_eq!(read("memory.swap.max"), (32 << 20).to_string());
+    // A new limit under the recorded memory+swap total moves swap.max too.
+    b.ok(&["update", "--memory", "32m", "v2-merge"]);
+    assert_eq!(read("memory.max"), (32 << 20).to_string());
+    assert_eq!(read("memory.swap.max"), (64 << 20).to_string());
+    b.ok(&["update", "--cpu-period", "50000", "v2-merge"]);
+    assert_eq!(read("cpu.max"), "20000 50000");
+    b.ok(&["update", "--cpu-quota", "30000", "v2-merge"]);
+    assert_eq!(read("cpu.max"), "30000 50000");
+    let o = b.run(&["update", "--cpu-quota", "999", "v2-merge"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("linux.resources.cpu.quota"),
+        "{o:?}"
+    );
+    assert_eq!(read("cpu.max"), "30000 50000");
+    // cpuset, where the guest has more than one cpu.
+    let cpus = read("cpuset.cpus.effective");
+    if cpus != "0" {
+        b.ok(&["update", "--cpuset-cpus", "0", "v2-merge"]);
+        assert_eq!(read("cpuset.cpus"), "0");
+        assert_eq!(read("cpuset.cpus.effective"), "0");
+    }
+    // blkio weight: io.bfq.weight as is, else io.weight scaled.
+    if dir.join("io.bfq.weight").exists() || dir.join("io.weight").exists() {
+        b.ok(&["update", "--blkio-weight", "300", "v2-merge"]);
+        if dir.join("io.bfq.weight").exists() {
+            assert!(read("io.bfq.weight").contains("300"));
+        } else {
+            // 1 + (300 - 10) * 9999 / 990
+            assert_eq!(read("io.weight"), "default 2930");
+        }
+    }
+    b.ok(&["delete", "--force", "v2-merge"]);
+    assert!(!dir.exists());
+}
+
+/// runc's fs2 driver: a relative cgroupsPath, or none (<id>), is under the
+/// parent of the caller's cgroup (the caller's own holds processes, so its
+/// children could get no controllers); an absolute one is from the root.
+#[test]
+fn relative_and_default_paths_are_under_the_callers_parent_cgroup() {
+    if !v2_host("relative_and_default_paths_are_under_the_callers_parent_cgroup") {
+        return;
+    }
+    let b = Berth::new(BERTH).unwrap();
+    let mut bundle = Bundle::new(&["sleep", "600"]).unwrap();
+    let parent = bundle.cgroup_parent.clone();
+    let runner = Path::new(ROOT).join(&parent).join("runner");
+    std::fs::create_dir_all(&runner).unwrap();
+    for (path, cid, want) in [
+        (Some("a/b"), "v2-rel", format!("{parent}/a/b")),
+        (Some(""), "v2-empty", format!("{parent}/v2-empty")),
+        (None, "v2-none", format!("{parent}/v2-none")),
+        (
+            Some(&*format!("/{parent}/abs")),
+            "v2-abs",
+            format!("{parent}/abs"),
+        ),
+    ] {
+        match path {
+            Some(p) => bundle.config["linux"]["cgroupsPath"] = json!(p),
+            None => {
+                bundle.config["linux"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("cgroupsPath");
+            }
+        }
+        bundle.write().unwrap();
+        let st = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && exec \"$@\"",
+                runner.display()
+            ))
+            .arg("sh")
+            .arg(BERTH)
+            .arg("--root")
+            .arg(b.root.path())
+            .args(["run", "-d", "--bundle"])
+            .arg(bundle.path())
+            .arg(cid)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "run {cid} with cgroupsPath {path:?}");
+        let pid = b.state(cid)["pid"].to_string();
+        let procs = Path::new(ROOT).join(&want).join("cgroup.procs");
+        let got = std::fs::read_to_string(&procs)
+            .unwrap_or_else(|e| panic!("{cid}: {}: {e}", procs.display()));
+        assert!(got.lines().any(|l| l == pid), "{cid}: {got:?}");
+        b.ok(&["delete", "--force", cid]);
+        assert!(!Path::new(ROOT).join(&want).exists(), "{cid}: left behind");
+    }
+    assert!(!Path::new(ROOT).join(&parent).join("a").exists());
+}
