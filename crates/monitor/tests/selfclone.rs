@@ -49,6 +49,18 @@ fn kill_and_wait(pid: i32) {
     }
 }
 
+/// SIGKILLs the monitor if the test fails before it does so itself.
+struct KillOnDrop(Option<i32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
 /// The CVE-2019-5736 move: reopen a held O_PATH fd of the exe for writing
 /// once its process has exited (no ETXTBSY any more).
 fn reopen_for_write(held: &fs::File) -> std::io::Result<fs::File> {
@@ -93,6 +105,7 @@ fn monitor_exe_cannot_be_opened_for_writing() {
         assert!(Instant::now() < end, "no monitor.pid");
         std::thread::sleep(Duration::from_millis(20));
     };
+    let mut guard = KillOnDrop(Some(pid));
     let exe = format!("/proc/{pid}/exe");
 
     // berthd finds monitors by name: the re-exec keeps it.
@@ -131,6 +144,7 @@ fn monitor_exe_cannot_be_opened_for_writing() {
     // ...and after it is gone, reopening the held exe fails with EROFS (a
     // sealed memfd may open, but takes no write).
     let held = open_path(&exe);
+    guard.0 = None;
     kill_and_wait(pid);
     match reopen_for_write(&held) {
         Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}"),
