@@ -545,9 +545,14 @@ impl Manager {
                         if frozen {
                             let _ = write_file(&dir.join("cgroup.freeze"), "0");
                         }
+                        let what = if frozen {
+                            "did not freeze (thawed again)"
+                        } else {
+                            "did not thaw"
+                        };
                         return Err(Error::Other(format!(
-                            "{}: no \"{want}\" within {limit:?}",
-                            dir.join("cgroup.events").display()
+                            "cgroup {} {what}: no \"{want}\" in cgroup.events within {limit:?}",
+                            dir.display()
                         )));
                     }
                     std::thread::sleep(Duration::from_millis(1));
@@ -823,7 +828,10 @@ mod tests {
             .set_frozen_within(true, Duration::from_millis(30))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("frozen 1"), "{e}");
+        assert!(
+            e.contains("did not freeze") && e.contains("frozen 1"),
+            "{e}"
+        );
         assert_eq!(fs::read_to_string(dir.join("cgroup.freeze")).unwrap(), "0");
         fs::write(dir.join("cgroup.events"), "populated 1\nfrozen 1\n").unwrap();
         m.set_frozen_within(true, Duration::from_millis(30))
