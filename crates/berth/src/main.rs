@@ -521,26 +521,24 @@ fn exec(root: &Root, a: &ExecArgs) -> Result<i32> {
                             .map_err(|_| anyhow!("--cap: unknown capability {n}"))
                     })
                     .collect::<Result<_>>()?;
-                for set in [
-                    caps.bounding().clone(),
-                    caps.effective().clone(),
-                    caps.permitted().clone(),
-                    caps.inheritable().clone(),
-                    caps.ambient().clone(),
-                ]
-                .iter()
-                .enumerate()
-                {
-                    let mut s = set.1.clone().unwrap_or_default();
+                // runc's sets: not inheritable, so the ambient entry only
+                // takes where the config already made it inheritable (a
+                // non-root --user gains nothing from --cap, as with runc).
+                let with = |set: &Option<oci_spec::runtime::Capabilities>| {
+                    let mut s = set.clone().unwrap_or_default();
                     s.extend(add.iter().cloned());
-                    match set.0 {
-                        0 => caps.set_bounding(Some(s)),
-                        1 => caps.set_effective(Some(s)),
-                        2 => caps.set_permitted(Some(s)),
-                        3 => caps.set_inheritable(Some(s)),
-                        _ => caps.set_ambient(Some(s)),
-                    };
-                }
+                    Some(s)
+                };
+                let (b, e, pm, am) = (
+                    with(caps.bounding()),
+                    with(caps.effective()),
+                    with(caps.permitted()),
+                    with(caps.ambient()),
+                );
+                caps.set_bounding(b)
+                    .set_effective(e)
+                    .set_permitted(pm)
+                    .set_ambient(am);
                 p.set_capabilities(Some(caps));
             }
             if a.no_new_privs {

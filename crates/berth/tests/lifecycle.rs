@@ -627,17 +627,23 @@ fn runc_bin() -> PathBuf {
     p
 }
 
-/// `exec --user` and `--additional-gids` as runc does them: without ":gid"
-/// the process keeps the config's gid (not 0), and extra gids are added to
-/// the config's. Both runtimes run the same config and exec the same `id`.
+/// `exec --user`, `--additional-gids` and `--cap` as runc does them:
+/// without ":gid" the process keeps the config's gid (not 0), extra gids are
+/// added to the config's, and a capability goes to the bounding, effective,
+/// permitted and ambient sets but not inheritable (so a non-root user gets
+/// none). Both runtimes run the same config and exec the same commands.
 #[test]
-fn exec_user_and_gids_match_runc() {
+fn exec_user_gids_and_caps_match_runc() {
+    const CAPS: &str = "grep ^Cap /proc/self/status";
     let cases: &[&[&str]] = &[
-        &[],
-        &["--user", "1000"],
-        &["--user", "1000:5"],
-        &["--user", "1000", "--additional-gids", "9"],
-        &["--user", "0:0", "-g", "9", "-g", "10"],
+        &["id"],
+        &["--user", "1000", "id"],
+        &["--user", "1000:5", "id"],
+        &["--user", "1000", "--additional-gids", "9", "id"],
+        &["--user", "0:0", "-g", "9", "-g", "10", "id"],
+        &["sh", "-c", CAPS],
+        &["--cap", "CAP_SYS_ADMIN", "sh", "-c", CAPS],
+        &["--user", "1000", "--cap", "CAP_SYS_ADMIN", "sh", "-c", CAPS],
     ];
     let run = |bin: &Path, oci_version: &str| -> Vec<String> {
         let mut bundle = Bundle::new(&["sleep", "100006"]).unwrap();
@@ -673,9 +679,12 @@ fn exec_user_and_gids_match_runc() {
         );
         let mut outs = Vec::new();
         for c in cases {
+            // Flags, then the id, then the command.
+            let cmd = c.iter().position(|a| *a == "id" || *a == "sh").unwrap();
             let mut args = vec!["exec"];
-            args.extend_from_slice(c);
-            args.extend_from_slice(&[&id, "id"]);
+            args.extend_from_slice(&c[..cmd]);
+            args.push(&id);
+            args.extend_from_slice(&c[cmd..]);
             let o = rt(&args);
             assert!(o.status.success(), "{} {args:?}: {o:?}", bin.display());
             outs.push(stdout_of(&o).trim().to_string());
