@@ -70,6 +70,12 @@ pub struct Idmap<'a> {
     pub root_owner: (u32, u32),
 }
 
+/// See [`Snapshotter::hold_views`].
+#[derive(Debug)]
+pub struct ViewsGuard {
+    _lock: fs::File,
+}
+
 /// A container's root filesystem.
 #[derive(Debug, Clone)]
 pub struct View {
@@ -295,8 +301,26 @@ impl Snapshotter {
 
     /// Creates view `id` of the image whose top layer is `chain`: an overlay
     /// mount with its own upper and work dirs, or a copy if overlay fails.
+    /// Holds [`Snapshotter::hold_views`] meanwhile, so a concurrent `gc`
+    /// cannot remove its layers before the view is recorded.
     pub fn create_view(&self, id: &str, chain: &Digest) -> Result<View> {
+        let _g = self.hold_views()?;
         self.create_view_with(id, chain, None)
+    }
+
+    /// A shared lock that [`Snapshotter::gc`] waits for (it takes it
+    /// exclusively): hold it from reading a chain's layers until the view
+    /// using them is recorded (its `chain` file written). Across
+    /// processes too (a `flock` on `<root>/views.lock`); released on drop.
+    pub fn hold_views(&self) -> Result<ViewsGuard> {
+        self.views_lock(rfs::FlockOperation::LockShared)
+    }
+
+    fn views_lock(&self, op: rfs::FlockOperation) -> Result<ViewsGuard> {
+        let p = self.root.join("views.lock");
+        let f = fs::File::create(&p).map_err(ioe(&p))?;
+        rfs::flock(&f, op).map_err(|e| Error::io(&p, e))?;
+        Ok(ViewsGuard { _lock: f })
     }
 
     /// [`Snapshotter::create_view`], idmapped when `idmap` is given.
@@ -573,7 +597,9 @@ impl Snapshotter {
 
     /// Removes every layer that neither `keep` (image top layers) nor a view
     /// needs, and leftovers of interrupted unpacks. Returns removed layers.
+    /// Waits for views being created (see [`Snapshotter::hold_views`]).
     pub fn gc(&self, keep: &HashSet<Digest>) -> Result<Vec<Digest>> {
+        let _g = self.views_lock(rfs::FlockOperation::LockExclusive)?;
         let mut needed = HashSet::new();
         let tops = keep
             .iter()

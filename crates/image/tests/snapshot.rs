@@ -356,3 +356,38 @@ fn a_layer_writing_through_a_lower_layers_symlink_is_refused() {
     assert!(staging(&t.path().join("fresh")).is_empty());
     assert_eq!(tree(&outside), ["secret"]);
 }
+
+#[test]
+fn gc_waits_for_a_view_being_created() {
+    let t = tempfile::tempdir().unwrap();
+    let s = Snapshotter::open(t.path()).unwrap();
+    let chains = apply_all(&s, &two_layers());
+    // A caller between reading the chain's layers and recording its view
+    // (as `create_view` is) holds the guard; gc, which sees no view and no
+    // image keeping the layers, must not run meanwhile.
+    let guard = s.hold_views().unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        let h = sc.spawn(|| {
+            let removed = s.gc(&HashSet::new()).unwrap();
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            removed
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(!done.load(std::sync::atomic::Ordering::SeqCst), "gc ran");
+        // The view is recorded, then the guard goes: gc keeps its layers.
+        let _c = Cleanup(&s);
+        let mut copy = s.clone();
+        copy.set_overlay(false);
+        let v = copy.create_view_with("held", &chains[1], None).unwrap();
+        drop(guard);
+        assert!(
+            h.join().unwrap().is_empty(),
+            "the view's layers were removed"
+        );
+        assert_eq!(s.layers().unwrap().len(), 2);
+        check_merged(&v.rootfs);
+        s.remove_view("held").unwrap();
+    });
+    assert_eq!(s.gc(&HashSet::new()).unwrap().len(), 2);
+}
