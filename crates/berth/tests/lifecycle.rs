@@ -1212,6 +1212,55 @@ fn log_file_json_on_failure() {
     );
 }
 
+/// `--debug`: timestamped phases of create on stderr, from berth and from
+/// the container's init (another pid); none on stdout or in the --log file,
+/// as `--help` says.
+#[test]
+fn debug_traces_phases_on_stderr() {
+    let bundle = mkbundle("echo program-output");
+    let b = berth();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("berth.log");
+    let id = uid("debug");
+    let o = b.run(&[
+        "--debug",
+        "--log",
+        log.to_str().unwrap(),
+        "run",
+        "--bundle",
+        bpath(&bundle),
+        &id,
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(stdout_of(&o), "program-output\n");
+    let err = String::from_utf8_lossy(&o.stderr);
+    let mut pids = std::collections::BTreeSet::new();
+    let mut phases = Vec::new();
+    for l in err.lines() {
+        // berth[<pid>] +<ms>ms <phase>
+        let rest = l
+            .strip_prefix("berth[")
+            .unwrap_or_else(|| panic!("{l:?} in {err}"));
+        let (pid, rest) = rest.split_once("] +").unwrap();
+        let (ms, phase) = rest.split_once("ms ").unwrap();
+        pids.insert(pid.parse::<u32>().unwrap());
+        assert!(ms.parse::<f64>().unwrap() >= 0.0, "{l}");
+        phases.push(phase.to_string());
+    }
+    for want in [
+        "config loaded and validated",
+        "cgroup created",
+        "rootfs prepared",
+        "process prepared",
+        "init ready",
+    ] {
+        assert!(phases.iter().any(|p| p == want), "no {want:?}: {err}");
+    }
+    assert!(pids.len() >= 2, "only one process traced: {err}");
+    assert!(!log.exists() || fs::read_to_string(&log).unwrap().is_empty());
+    assert_gone(&b, &bundle, &id);
+}
+
 #[test]
 fn systemd_cgroup_is_refused_clearly() {
     let bundle = mkbundle("true");
