@@ -776,6 +776,9 @@ fn delete_removes_sub_cgroups_the_container_made() {
     assert!(read(cg(&bundle, "pids").join("sub/cgroup.procs"))
         .lines()
         .any(|l| l == pid));
+    // ps lists it too: the sub-cgroup is the container's.
+    let ps: Vec<i64> = serde_json::from_str(&b.ok(&["ps", "--format", "json", &cid])).unwrap();
+    assert!(ps.contains(&pid.parse().unwrap()), "{ps:?}");
     b.ok(&["delete", "--force", &cid]);
     for d in &made {
         assert!(!d.exists(), "{} left behind", d.display());

@@ -480,15 +480,12 @@ impl Manager {
             .map(|i| self.dirs[i].as_path())
     }
 
-    /// Process ids in the cgroup.
+    /// Process ids in the cgroup and in the sub-cgroups the container made
+    /// (as runc's GetAllPids), so ps and kill --all see them.
     pub fn pids(&self) -> Result<Vec<i32>> {
-        let f = self.procs_dir.join("cgroup.procs");
-        let s = match fs::read_to_string(&f) {
-            Ok(s) => s,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err("read", &f)(e)),
-        };
-        Ok(s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        let mut out = Vec::new();
+        collect_pids(&self.procs_dir, &mut out, true)?;
+        Ok(out)
     }
 
     /// Sends `sig` to every process in the cgroup.
@@ -650,6 +647,23 @@ impl Manager {
             }
         }
     }
+}
+
+fn collect_pids(d: &Path, out: &mut Vec<i32>, top: bool) -> Result<()> {
+    let f = d.join("cgroup.procs");
+    match fs::read_to_string(&f) {
+        Ok(s) => out.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        // A sub-cgroup may vanish while it is read.
+        Err(_) if !top => return Ok(()),
+        Err(e) => return Err(io_err("read", &f)(e)),
+    }
+    for e in fs::read_dir(d).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            collect_pids(&e.path(), out, false)?;
+        }
+    }
+    Ok(())
 }
 
 /// SIGKILL to every process of one sub-cgroup of a container, thawed first
