@@ -325,3 +325,121 @@ async fn image_fs_info_counts_layers_and_writes_once() {
         "{gone} after the pod went, {before} before"
     );
 }
+
+/// A registry that wants `Authorization: Bearer tok123` (its challenge
+/// names a token endpoint nobody listens on) in front of a real one.
+/// Returns its port and the "path auth" of every request.
+fn bearer_proxy(upstream: u16) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log2 = log.clone();
+    // Serves until the test process ends (the listener is its own).
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let log = log2.clone();
+            std::thread::spawn(move || -> std::io::Result<()> {
+                let mut r = BufReader::new(conn.try_clone()?);
+                let mut head = String::new();
+                r.read_line(&mut head)?;
+                let mut auth = String::new();
+                let mut req = head.clone();
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h)? == 0 || h.trim().is_empty() {
+                        break;
+                    }
+                    let lower = h.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("authorization:") {
+                        auth = h[h.len() - v.len()..].trim().to_string();
+                    } else if !lower.starts_with("connection:") {
+                        req += &h;
+                    }
+                }
+                let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                log.lock().unwrap().push(format!("{path} {auth}"));
+                if auth != "Bearer tok123" {
+                    let body = r#"{"errors":[{"code":"UNAUTHORIZED"}]}"#;
+                    write!(
+                        conn,
+                        "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\n\
+                         WWW-Authenticate: Bearer realm=\"http://127.0.0.1:1/token\",service=\"t\"\r\n\
+                         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )?;
+                    return Ok(());
+                }
+                let mut up = std::net::TcpStream::connect(("127.0.0.1", upstream))?;
+                up.write_all(format!("{req}Connection: close\r\n\r\n").as_bytes())?;
+                std::io::copy(&mut up, &mut conn)?;
+                Ok(())
+            });
+        }
+    });
+    (port, log)
+}
+
+/// CRI PullImage with `auth.registry_token`: the token goes to the
+/// registry as the bearer token, never to a token endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_with_a_cri_registry_token() {
+    let mut b = Berthd::start();
+    let reg = Registry::start();
+    let archive = b.tmp.path().join("app.tar");
+    berth_testutil::write_image_archive(&archive, "latest", &["true"]).unwrap();
+    reg.push(
+        &format!("oci-archive:{}:latest", archive.display()),
+        "test/tok",
+        &[],
+    );
+    let (port, log) = bearer_proxy(reg.port());
+    let host = format!("127.0.0.1:{port}");
+    let hosts = b.tmp.path().join("certs.d").join(&host);
+    std::fs::create_dir_all(&hosts).unwrap();
+    std::fs::write(
+        hosts.join("hosts.toml"),
+        format!("server = \"http://{host}\"\n"),
+    )
+    .unwrap();
+    b.kill9();
+    let cfg = std::fs::read_to_string(&b.config).unwrap();
+    let cfg = format!(
+        "{cfg}[registry]\nconfig_path = {:?}\n",
+        b.tmp.path().join("certs.d")
+    );
+    std::fs::write(&b.config, cfg).unwrap();
+    b.spawn();
+
+    let mut im = b.img().await;
+    let name = format!("{host}/test/tok:latest");
+    let pull = |token: &str| cri::PullImageRequest {
+        image: spec(&name),
+        auth: Some(cri::AuthConfig {
+            registry_token: token.into(),
+            ..Default::default()
+        }),
+        sandbox_config: None,
+    };
+    let e = im.pull_image(pull("wrong")).await.unwrap_err();
+    assert!(e.message().contains("HTTP 401"), "{e:?}");
+    let r = im.pull_image(pull("tok123")).await.unwrap().into_inner();
+    assert!(r.image_ref.starts_with("sha256:"), "{}", r.image_ref);
+    let st = im
+        .image_status(cri::ImageStatusRequest {
+            image: spec(&name),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(st.image.unwrap().id, r.image_ref);
+    let log = log.lock().unwrap();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("/manifests/latest Bearer tok123")),
+        "{log:?}"
+    );
+    assert!(log.iter().all(|l| !l.starts_with("/token")), "{log:?}");
+}
