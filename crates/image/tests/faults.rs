@@ -24,7 +24,12 @@ enum Fault {
     Error500(u32),
     /// Forward, but close the connection after half the body, `n` times.
     Cut(u32),
+    /// Forward, but wait [`SLOW`] before the body, `n` times; logs
+    /// "DONE <path>" once the body is sent.
+    Slow(u32),
 }
+
+const SLOW: std::time::Duration = std::time::Duration::from_millis(1500);
 
 /// A proxy between the client and the registry: one request per client
 /// connection (it asks the registry to close, which tells the client not to
@@ -116,7 +121,7 @@ fn serve(
             continue;
         }
         match f {
-            Fault::Error500(n) | Fault::Cut(n) if *n > 0 => {
+            Fault::Error500(n) | Fault::Cut(n) | Fault::Slow(n) if *n > 0 => {
                 *n -= 1;
                 fault = Some(*f);
             }
@@ -163,6 +168,11 @@ fn serve(
             client.flush()?;
             // A reset, not a clean end: the body is short of its length.
             client.shutdown(Shutdown::Both)?;
+        }
+        (Some(Fault::Slow(_)), _) => {
+            std::thread::sleep(SLOW);
+            std::io::copy(&mut ur, &mut client)?;
+            log.lock().unwrap().push(format!("DONE {path}"));
         }
         _ => {
             std::io::copy(&mut ur, &mut client)?;
@@ -555,4 +565,88 @@ fn malicious_layers_from_a_registry_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(e.contains(&format!("evil is a symlink (-> {out})")), "{e}");
+}
+
+/// Not a test on its own: the child process of
+/// `pulls_from_several_processes_download_each_blob_once` (run with its
+/// env set), pulling into a store other processes share.
+#[test]
+fn pull_child_process() {
+    let (Ok(root), Ok(reference), Ok(host)) = (
+        std::env::var("BERTH_PULL_CHILD_ROOT"),
+        std::env::var("BERTH_PULL_CHILD_REF"),
+        std::env::var("BERTH_PULL_CHILD_HOST"),
+    ) else {
+        return;
+    };
+    let root = Path::new(&root);
+    // The metadata db allows one process; blobs and layers are shared.
+    let store = berth_image::Store::open(root.join("content")).unwrap();
+    let snaps = berth_image::Snapshotter::open(root.join("snapshots")).unwrap();
+    let img = berth_image::registry::pull(&reference, &opts(&host, 3), &store, &snaps).unwrap();
+    println!("pulled {}", img.id);
+}
+
+#[test]
+fn pulls_from_several_processes_download_each_blob_once() {
+    let t = tempfile::tempdir().unwrap();
+    let (reg, layers) = two_layer_image(t.path());
+    // The big layer is slow, so all the pulls want it at once.
+    let big = layers[0].to_string();
+    let proxy = Proxy::start(reg.port(), vec![(big.clone(), Fault::Slow(u32::MAX))]);
+    let root = t.path().join("root");
+    let reference = format!("{}/fault/img", proxy.host());
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "pull_child_process", "--nocapture"])
+                .env("BERTH_PULL_CHILD_ROOT", &root)
+                .env("BERTH_PULL_CHILD_REF", &reference)
+                .env("BERTH_PULL_CHILD_HOST", proxy.host())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let id = text
+            .lines()
+            .find_map(|l| l.strip_prefix("pulled "))
+            .unwrap_or_else(|| panic!("child did not pull: {text}"))
+            .to_string();
+        ids.push(id);
+    }
+    assert!(ids.windows(2).all(|w| w[0] == w[1]), "{ids:?}");
+    // They overlapped: every pull had asked for the tag before the one
+    // download of the big layer ended.
+    let log = proxy.log.lock().unwrap().clone();
+    let done = log
+        .iter()
+        .position(|l| l.starts_with("DONE ") && l.contains(&big));
+    let tags: Vec<_> = (0..log.len())
+        .filter(|&i| log[i].contains("/manifests/latest"))
+        .collect();
+    assert_eq!(tags.len(), 3, "{log:?}");
+    assert!(tags.iter().all(|&i| Some(i) < done), "{log:?}");
+    // Every blob (config and both layers) crossed the wire once in all:
+    // the ingest lock makes the others wait and find it stored.
+    let config = ids[0].clone();
+    for d in layers.iter().map(|d| d.to_string()).chain([config]) {
+        let gets = proxy.requests(&format!("GET /v2/fault/img/blobs/{d}"));
+        assert_eq!(gets.len(), 1, "{d}: {:?}", proxy.log);
+    }
+    let snaps = berth_image::Snapshotter::open(root.join("snapshots")).unwrap();
+    assert_eq!(snaps.layers().unwrap().len(), 2);
+    for d in ["content/ingest", "snapshots/tmp"] {
+        assert_eq!(tree(&root.join(d)), Vec::<String>::new(), "{d} left over");
+    }
 }
