@@ -113,6 +113,8 @@ impl NsHolder {
                 OwnedFd::from_raw_fd(ready[1]),
             )
         };
+        // SAFETY: getpid cannot fail.
+        let parent = unsafe { libc::getpid() };
         // SAFETY: the child only makes async-signal-safe calls, so forking
         // a multi-threaded caller (berthd) is fine too.
         let pid = unsafe { libc::fork() };
@@ -122,6 +124,12 @@ impl NsHolder {
         if pid == 0 {
             // SAFETY: raw syscalls only, then _exit / pause until killed.
             unsafe {
+                // Never outlive a caller killed while it held us (the forking
+                // thread stays until we are reaped, so this fires only then).
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
                 let mut ok = libc::unshare(libc::CLONE_NEWUSER | extra_flags) == 0;
                 if ok && extra_flags & libc::CLONE_NEWUTS != 0 {
                     if let Some(h) = &host {
