@@ -745,3 +745,97 @@ async fn a_container_that_ends_on_its_own_is_reported_by_an_event() {
     );
     assert_eq!(b.leaks(), Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_requests_are_checked_before_anything_is_made() {
+    let b = Berthd::start();
+    let mut c = b.rt().await;
+    let run = |cfg: cri::PodSandboxConfig| cri::RunPodSandboxRequest {
+        config: Some(cfg),
+        runtime_handler: String::new(),
+    };
+    type Edit = fn(&mut cri::PodSandboxConfig);
+    let cases: Vec<(&str, Edit)> = vec![
+        ("config.metadata.name", |p| {
+            p.metadata.as_mut().unwrap().name = "a;K8S_POD_NAME=b".into()
+        }),
+        ("config.port_mappings[0].host_ip", |p| {
+            p.port_mappings = vec![cri::PortMapping {
+                container_port: 80,
+                host_port: 8080,
+                host_ip: "not-an-ip".into(),
+                ..Default::default()
+            }]
+        }),
+        ("config.port_mappings[0].protocol", |p| {
+            p.port_mappings = vec![cri::PortMapping {
+                container_port: 80,
+                protocol: 9,
+                ..Default::default()
+            }]
+        }),
+        ("config.linux.sysctls[net.core.somaxconn]", |p| {
+            p.linux = Some(cri::LinuxPodSandboxConfig {
+                sysctls: [("net.core.somaxconn".to_string(), "1024".to_string())].into(),
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption {
+                        network: cri::NamespaceMode::Node as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        }),
+        ("config.linux.sysctls[kernel.hostname]", |p| {
+            p.linux = Some(cri::LinuxPodSandboxConfig {
+                sysctls: [("kernel.hostname".to_string(), "x".to_string())].into(),
+                ..Default::default()
+            })
+        }),
+    ];
+    for (field, edit) in cases {
+        let mut cfg = pod_config("chk", &b.logs());
+        edit(&mut cfg);
+        let e = c.run_pod_sandbox(run(cfg)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{field}: {e:?}");
+        assert!(e.message().contains(field), "{field}: {}", e.message());
+    }
+    assert_eq!(b.leaks(), Vec::<String>::new());
+
+    // A retried RunPodSandbox (same name and attempt) gets no second pod.
+    let cfg = pod_config("once", &b.logs());
+    let (pod, ids) = run_pod(
+        &mut c,
+        cfg.clone(),
+        vec![
+            ctr_config("w", &["sh", "-c", "echo shared > /dev/shm/x; sleep 1000"]),
+            ctr_config("r", &["sleep", "1000"]),
+        ],
+    )
+    .await;
+    let e = c.run_pod_sandbox(run(cfg)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains(&pod), "{}", e.message());
+
+    // The pod's containers share one /dev/shm (64 MiB, as containerd's).
+    let mut got = String::new();
+    for _ in 0..100 {
+        let r = exec(&mut c, &ids[1], &["cat", "/dev/shm/x"]).await;
+        got = String::from_utf8_lossy(&r.stdout).to_string();
+        if got.trim() == "shared" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(got.trim(), "shared");
+    let df = exec(&mut c, &ids[1], &["df", "-k", "/dev/shm"]).await;
+    let df = String::from_utf8_lossy(&df.stdout).to_string();
+    assert!(df.contains("65536"), "{df}");
+    c.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    assert_eq!(b.leaks(), Vec::<String>::new());
+}

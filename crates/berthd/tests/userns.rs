@@ -175,6 +175,14 @@ async fn bad_user_namespace_requests_name_the_field_and_leave_nothing() {
         ("userns_options.uids[0]", |o| {
             o.userns_options.as_mut().unwrap().uids[0].host_id = u32::MAX - 10
         }),
+        ("userns_options.uids[1]", |o| {
+            let u = o.userns_options.as_mut().unwrap();
+            u.uids.push(cri::IdMapping {
+                host_id: 700_000,
+                container_id: 1000,
+                length: 10,
+            })
+        }),
         ("namespace_options.network", |o| {
             o.network = cri::NamespaceMode::Node as i32
         }),

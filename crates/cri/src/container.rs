@@ -38,7 +38,8 @@ impl Daemon {
         &self,
         pod_id: &str,
         cfg: ContainerConfig,
-        sandbox_cfg: Option<PodSandboxConfig>,
+        // The request's copy of the pod config: ignored for the recorded one.
+        _sandbox_cfg: Option<PodSandboxConfig>,
     ) -> Result<String> {
         validate(&cfg)?;
         let pod = self.find_pod(pod_id)?;
@@ -123,8 +124,9 @@ impl Daemon {
                 Some(u) => self.idmapped_view(&id, &image.chain_id, u)?,
             };
             crate::fault_point("create:view");
-            let sb_cfg = sandbox_cfg.as_ref().unwrap_or(&pod.config);
-            let sb = sandbox_info(&pod, sb_cfg);
+            // The recorded config, never the request's copy: a request must
+            // not claim, say, a privileged pod it is not.
+            let sb = sandbox_info(&pod, &pod.config);
             let input = ContainerInput {
                 id: &id,
                 config: &rec.config,
@@ -543,7 +545,8 @@ pub fn sandbox_info<'a>(pod: &'a PodRecord, cfg: &'a PodSandboxConfig) -> Sandbo
             gid_map: u.gid_map.clone(),
         }),
         etc_files,
-        shm: None,
+        shm: (pod.ipcns.is_some() && crate::sandbox::has_pod_shm(&pod.dir))
+            .then(|| crate::sandbox::pod_shm(&pod.dir)),
         cgroup_parent: pod.cgroup_parent.clone(),
     }
 }

@@ -37,7 +37,7 @@ impl Handler {
     /// Pods in their own user namespace need idmapped mounts made by the
     /// runtime, which only the built-in one is known to do.
     pub fn user_namespaces(&self) -> bool {
-        matches!(self, Handler::Builtin)
+        matches!(self, Handler::Builtin) && idmapped_layers_supported()
     }
 
     /// What Status advertises for this handler.
@@ -45,7 +45,7 @@ impl Handler {
         match self {
             Handler::Builtin => k8s_cri::v1::RuntimeHandlerFeatures {
                 recursive_read_only_mounts: true,
-                user_namespaces: true,
+                user_namespaces: self.user_namespaces(),
             },
             // What an external runtime implements is not known here.
             Handler::External(_) => Default::default(),
@@ -147,9 +147,51 @@ fn run(c: &mut std::process::Command) -> Result<(), String> {
     Err(String::from_utf8_lossy(&o.stderr).trim().to_string())
 }
 
+/// Idmapped image layers are handed to overlayfs by fd (`lowerdir+`),
+/// which Linux supports from 6.13.
+fn idmapped_layers_supported() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        // SAFETY: uname fills a zeroed struct; release is NUL-terminated.
+        let release = unsafe {
+            let mut u: libc::utsname = std::mem::zeroed();
+            if libc::uname(&mut u) != 0 {
+                return false;
+            }
+            std::ffi::CStr::from_ptr(u.release.as_ptr())
+                .to_string_lossy()
+                .into_owned()
+        };
+        kernel_at_least(&release, (6, 13))
+    })
+}
+
+/// Whether a kernel release ("6.18.44-fc", "5.10.0-28-amd64") is at least `want`.
+fn kernel_at_least(release: &str, want: (u32, u32)) -> bool {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let major = parts.next().unwrap_or(0);
+    let minor = parts.next().unwrap_or(0);
+    (major, minor) >= want
+}
+
 /// The cgroup of a container, from its bundle's spec.
 pub fn container_cgroup(bundle: &std::path::Path) -> Option<PathBuf> {
     let b = std::fs::read(bundle.join("config.json")).ok()?;
     let v: serde_json::Value = serde_json::from_slice(&b).ok()?;
     v["linux"]["cgroupsPath"].as_str().map(PathBuf::from)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kernel_releases_compare() {
+        use super::kernel_at_least;
+        assert!(kernel_at_least("6.18.44-fc-v669", (6, 13)));
+        assert!(kernel_at_least("6.13.0", (6, 13)));
+        assert!(!kernel_at_least("6.12.9-amd64", (6, 13)));
+        assert!(!kernel_at_least("5.19.0", (6, 13)));
+        assert!(!kernel_at_least("garbage", (6, 13)));
+    }
 }

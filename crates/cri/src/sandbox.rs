@@ -84,6 +84,24 @@ pub fn userns_mappings(cfg: &PodSandboxConfig) -> Result<Option<PodUserNs>> {
             }
             out.push((m.container_id, m.host_id, m.length));
         }
+        // The kernel takes at most 340 lines and no overlapping ranges.
+        if out.len() > 340 {
+            return Err(invalid(format!("{USERNS}.{name}"), "at most 340 mappings"));
+        }
+        for (i, a) in out.iter().enumerate() {
+            for b in &out[..i] {
+                let overlap = |x: u32, y: u32| {
+                    let (x, y) = (u64::from(x), u64::from(y));
+                    x < y + u64::from(b.2) && y < x + u64::from(a.2)
+                };
+                if overlap(a.0, b.0) || overlap(a.1, b.1) {
+                    return Err(invalid(
+                        format!("{USERNS}.{name}[{i}]"),
+                        "overlaps an earlier mapping",
+                    ));
+                }
+            }
+        }
         if !out.iter().any(|&(c, _, _)| c == 0) {
             return Err(invalid(
                 format!("{USERNS}.{name}"),
@@ -126,6 +144,13 @@ fn validate(cfg: &PodSandboxConfig) -> Result<()> {
         if v.is_empty() {
             return Err(invalid(f, "is required"));
         }
+        // They travel in CNI_ARGS, `K=V;K=V`.
+        if v.contains([';', '=', '\0', '\n']) || v.len() > 253 {
+            return Err(invalid(
+                f,
+                format!("{v:?}: at most 253 characters, none of ';', '=', NUL, newline"),
+            ));
+        }
     }
     if !cfg.hostname.is_empty() {
         let ok = cfg.hostname.len() <= 64
@@ -145,8 +170,21 @@ fn validate(cfg: &PodSandboxConfig) -> Result<()> {
             berth_cgroups::normalize_path(&l.cgroup_parent)
                 .map_err(|e| invalid("config.linux.cgroup_parent", e.to_string()))?;
         }
+        let (net, _, ipc) = namespace_modes(cfg);
         for (k, v) in &l.sysctls {
-            validate_sysctl(k, v).map_err(|m| invalid(format!("config.linux.sysctls[{k}]"), m))?;
+            let field = format!("config.linux.sysctls[{k}]");
+            validate_sysctl(k, v).map_err(|m| invalid(&field, m))?;
+            // Never for a namespace the pod shares with the node.
+            let norm = k.replace('/', ".");
+            if norm.starts_with("net.") && net == NamespaceMode::Node as i32 {
+                return Err(invalid(field, "net.* sysctls need the pod's own network"));
+            }
+            if !norm.starts_with("net.") && ipc == NamespaceMode::Node as i32 {
+                return Err(invalid(
+                    field,
+                    "IPC sysctls need the pod's own IPC namespace",
+                ));
+            }
         }
     }
     for (i, p) in cfg.port_mappings.iter().enumerate() {
@@ -160,6 +198,18 @@ fn validate(cfg: &PodSandboxConfig) -> Result<()> {
             return Err(invalid(
                 format!("config.port_mappings[{i}].host_port"),
                 "must be 0-65535",
+            ));
+        }
+        if k8s_cri::v1::Protocol::try_from(p.protocol).is_err() {
+            return Err(invalid(
+                format!("config.port_mappings[{i}].protocol"),
+                format!("unknown protocol {}", p.protocol),
+            ));
+        }
+        if !p.host_ip.is_empty() && p.host_ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(invalid(
+                format!("config.port_mappings[{i}].host_ip"),
+                format!("{:?} is not an IP address", p.host_ip),
             ));
         }
     }
@@ -214,8 +264,6 @@ pub fn validate_sysctl(k: &str, v: &str) -> std::result::Result<(), String> {
             "kernel.msgmnb",
             "kernel.msgmni",
             "kernel.sem",
-            "kernel.domainname",
-            "kernel.hostname",
         ]
         .contains(&k2.as_str());
     if !namespaced {
@@ -335,6 +383,22 @@ impl Daemon {
         } else {
             handler
         };
+        // A kubelet retrying a timed-out RunPodSandbox must not get a second
+        // sandbox: the name (with its attempt) is taken, as in containerd.
+        if let Some(other) = self
+            .pods()?
+            .into_iter()
+            .find(|p| p.config.metadata == cfg.metadata)
+        {
+            let m = cfg.metadata.clone().unwrap_or_default();
+            return Err(invalid(
+                "config.metadata",
+                format!(
+                    "pod sandbox {}/{} (uid {}, attempt {}) already exists as {}",
+                    m.namespace, m.name, m.uid, m.attempt, other.id
+                ),
+            ));
+        }
         let userns = userns_mappings(&cfg)?;
         if userns.is_some() && !self.handler(&handler).user_namespaces() {
             return Err(invalid(
@@ -448,6 +512,9 @@ impl Daemon {
             }
             self.save_pod(rec)?;
         }
+        if !host_ipc {
+            mount_pod_shm(&rec.dir)?;
+        }
         let etc = rec.dir.join("etc");
         fs::create_dir_all(&etc)?;
         fs::write(etc.join("hostname"), format!("{hostname}\n"))?;
@@ -529,6 +596,7 @@ impl Daemon {
         pinned.push(rec.dir.join("ns").join("pid"));
         pinned.push(rec.dir.join("ns").join("user"));
         netns::remove(&pinned);
+        unmount_pod_shm(&rec.dir);
         let _ = fs::remove_dir_all(&rec.dir);
         if rec.own_cgroup {
             let m = berth_cgroups::Manager::new(
@@ -600,6 +668,47 @@ impl Daemon {
         crate::fault_point("remove_pod:torn_down");
         self.store.delete(Kind::Pod, &rec.id)?;
         Ok(())
+    }
+}
+
+/// The pod's /dev/shm: one tmpfs its containers share (they share the IPC
+/// namespace, and POSIX shared memory lives there), 64 MiB as containerd's.
+pub fn pod_shm(dir: &Path) -> std::path::PathBuf {
+    dir.join("shm")
+}
+
+fn mount_pod_shm(dir: &Path) -> Result<()> {
+    let target = pod_shm(dir);
+    fs::create_dir_all(&target)?;
+    nix::mount::mount(
+        Some("shm"),
+        &target,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+    )
+    .map_err(|e| {
+        internal(format!(
+            "mounting the pod's /dev/shm on {}: {e}",
+            target.display()
+        ))
+    })
+}
+
+fn unmount_pod_shm(dir: &Path) {
+    let target = pod_shm(dir);
+    let _ = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH);
+}
+
+/// Whether the pod has its shared /dev/shm mounted (pods made before it
+/// existed, and host-IPC pods, do not).
+pub fn has_pod_shm(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(dir), fs::metadata(pod_shm(dir))) {
+        (Ok(d), Ok(s)) => d.dev() != s.dev(),
+        _ => false,
     }
 }
 

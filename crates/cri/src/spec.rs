@@ -318,6 +318,12 @@ fn namespaces(
             "TARGET pid namespaces are not supported",
         ));
     }
+    if sb.userns.is_some() && ctr_pid == Some(NamespaceMode::Node) {
+        return Err(SpecError::new(
+            format!("{SC}.namespace_options.pid"),
+            "a container of a pod in its own user namespace cannot use the node's",
+        ));
+    }
     if let Some(p) = &sb.pidns {
         v.push(json!({"type": "pid", "path": p}));
     } else if pod_pid != Some(NamespaceMode::Node) && ctr_pid != Some(NamespaceMode::Node) {
