@@ -293,16 +293,26 @@ impl RuntimeService for Service {
         required("container_id", &r.container_id)?;
         let pod = self.pod_of(&r.container_id);
         self.run("UpdateContainerResources", Some(pod), move |d| {
-            let c = d.find_container(&r.container_id)?;
-            let Some(l) = r.linux else { return Ok(()) };
+            let mut c = d.find_container(&r.container_id)?;
+            let l = r.linux.ok_or_else(|| invalid("linux", "is required"))?;
+            let old = c.config.linux.as_ref().and_then(|x| x.resources.as_ref());
+            // Checked whole before anything is written: a bad value leaves
+            // the old limits in place.
+            crate::resources::validate(
+                &l,
+                old,
+                berth_cgroups::detect_mode(std::path::Path::new("/sys/fs/cgroup")),
+                std::path::Path::new("/sys/kernel/mm/hugepages"),
+            )?;
             let res = crate::resources::to_oci(&l).map_err(|m| invalid("linux", m))?;
             d.handler_of_pod(&c.pod_id)
                 .update(d, &c.id, &res)
                 .map_err(CriError::Precondition)?;
-            let mut c = c;
-            if let Some(lc) = c.config.linux.as_mut() {
-                lc.resources = Some(l);
-            }
+            let merged = crate::resources::merge(old, &l);
+            c.config
+                .linux
+                .get_or_insert_with(Default::default)
+                .resources = Some(merged);
             d.save_container(&c)
         })
         .await?;
@@ -330,7 +340,9 @@ impl RuntimeService for Service {
             .run("ExecSync", None, move |d| {
                 d.exec_sync(&r.container_id, r.cmd, r.timeout)
             })
-            .await?;
+            .await?
+            // The kubelet counts only DEADLINE_EXCEEDED as a probe timeout.
+            .map_err(|t| Status::deadline_exceeded(t.to_string()))?;
         Ok(Response::new(cri::ExecSyncResponse {
             stdout: out.stdout,
             stderr: out.stderr,
@@ -347,11 +359,7 @@ impl RuntimeService for Service {
         if r.cmd.is_empty() {
             return Err(invalid("cmd", "is required").into());
         }
-        if !(r.stdin || r.stdout || r.stderr) {
-            return Err(
-                invalid("stdin", "one of stdin, stdout or stderr must be requested").into(),
-            );
-        }
+        crate::exec_sync::check_streams(r.tty, r.stdin, r.stdout, r.stderr)?;
         let c = self.d.find_container(&r.container_id)?;
         let url = self.stream_url(crate::StreamRequest::Exec {
             container_id: c.id,
@@ -370,7 +378,11 @@ impl RuntimeService for Service {
     ) -> std::result::Result<Response<cri::AttachResponse>, Status> {
         let r = r.into_inner();
         required("container_id", &r.container_id)?;
+        crate::exec_sync::check_streams(r.tty, r.stdin, r.stdout, r.stderr)?;
         let c = self.d.find_container(&r.container_id)?;
+        if r.stdin && !c.config.stdin {
+            return Err(invalid("stdin", "the container was created without stdin").into());
+        }
         let url = self.stream_url(crate::StreamRequest::Attach {
             container_id: c.id,
             tty: r.tty,
