@@ -805,15 +805,35 @@ async fn pod_requests_are_checked_before_anything_is_made() {
 
     // A retried RunPodSandbox (same name and attempt) gets no second pod.
     let cfg = pod_config("once", &b.logs());
+    let mut reader = ctr_config("r", &["sleep", "1000"]);
+    reader.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            run_as_user: Some(cri::Int64Value { value: 1000 }),
+            run_as_group: Some(cri::Int64Value { value: 1001 }),
+            supplemental_groups: vec![4242],
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
     let (pod, ids) = run_pod(
         &mut c,
         cfg.clone(),
         vec![
             ctr_config("w", &["sh", "-c", "echo shared > /dev/shm/x; sleep 1000"]),
-            ctr_config("r", &["sleep", "1000"]),
+            reader,
         ],
     )
     .await;
+    // ContainerStatus reports the process's ids as the kernel has them.
+    let user = status(&mut c, &ids[1]).await.user.unwrap().linux.unwrap();
+    assert_eq!((user.uid, user.gid), (1000, 1001));
+    assert!(user.supplemental_groups.contains(&4242), "{user:?}");
+    let id = exec(&mut c, &ids[1], &["id"]).await;
+    let id = String::from_utf8_lossy(&id.stdout).to_string();
+    assert!(
+        id.contains("uid=1000") && id.contains("gid=1001") && id.contains("4242"),
+        "{id}"
+    );
     let e = c.run_pod_sandbox(run(cfg)).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains(&pod), "{}", e.message());

@@ -74,6 +74,9 @@ async fn a_pod_without_host_users_runs_in_its_own_user_namespace_with_idmapped_m
         .collect();
     assert_eq!(maps, vec![vec!["0", "200000", "65536"]; 2]);
     assert_eq!(sh(&mut c, id, "id -u; id -g").await, "0\n0");
+    // ContainerStatus reports the ids inside the container.
+    let user = status(&mut c, id).await.user.unwrap().linux.unwrap();
+    assert_eq!((user.uid, user.gid), (0, 0));
 
     // Image files (host root on disk), the pod's /etc files and the volume
     // all appear owned by the container's root, not by nobody.

@@ -114,9 +114,10 @@ impl Daemon {
             log_path: log_path.clone(),
             bundle: bundle.clone(),
             stop_signal,
+            user: None,
         };
         self.save_container(&rec)?;
-        let r = (|| -> Result<()> {
+        let r = (|| -> Result<crate::model::ProcessUser> {
             fs::create_dir_all(&bundle)?;
             crate::fault_point("create:recorded");
             let view = match &pod.userns {
@@ -140,6 +141,15 @@ impl Daemon {
             })?;
             let mut spec = spec;
             clamp_oom_score_adj(&mut spec, &id);
+            let user = spec
+                .process()
+                .as_ref()
+                .map(|p| crate::model::ProcessUser {
+                    uid: p.user().uid(),
+                    gid: p.user().gid(),
+                    additional_gids: p.user().additional_gids().clone().unwrap_or_default(),
+                })
+                .unwrap_or_default();
             let json = serde_json::to_vec_pretty(&spec).map_err(internal)?;
             fs::write(bundle.join("config.json"), json)?;
             if let Some(l) = &log_path {
@@ -160,12 +170,15 @@ impl Daemon {
                 .call(&req)
                 .map_err(|e| internal(format!("creating container: {e}")))?;
             crate::fault_point("create:created");
-            Ok(())
+            Ok(user)
         })();
-        if let Err(e) = r {
-            self.cleanup_container(&rec);
-            let _ = self.store.delete(Kind::Container, &id);
-            return Err(e);
+        match r {
+            Ok(user) => rec.user = Some(user),
+            Err(e) => {
+                self.cleanup_container(&rec);
+                let _ = self.store.delete(Kind::Container, &id);
+                return Err(e);
+            }
         }
         rec.state = CtrState::Created;
         self.save_container(&rec)?;

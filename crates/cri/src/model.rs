@@ -85,6 +85,16 @@ pub struct ContainerRecord {
     pub log_path: Option<PathBuf>,
     pub bundle: PathBuf,
     pub stop_signal: i32,
+    /// The process's ids as the spec set them (reported in ContainerStatus).
+    #[serde(default)]
+    pub user: Option<ProcessUser>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
 }
 
 pub fn now_ns() -> i64 {
