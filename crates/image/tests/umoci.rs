@@ -159,9 +159,9 @@ fn rootfs_matches_umoci_unpack() {
     assert_eq!(describe(&root.snapshots.layer_path(&img.chain_id)), theirs);
 }
 
-/// Three layers exercising owners, modes, links, devices and whiteouts.
-#[test]
-fn layered_rootfs_matches_umoci_unpack() {
+/// Three layers exercising owners, modes, links, devices, xattrs and
+/// whiteouts.
+fn layered() -> Vec<Vec<u8>> {
     let owned = |mode: u32, uid: u64| {
         move |h: &mut tar::Header| {
             h.set_mode(mode);
@@ -250,10 +250,14 @@ fn layered_rootfs_matches_umoci_unpack() {
         )
         .file("home/user/.profile", b"p")
         .finish();
+    vec![base, middle, top]
+}
 
+#[test]
+fn layered_rootfs_matches_umoci_unpack() {
     let t = tempfile::tempdir().unwrap();
     let layout = t.path().join("layout");
-    write_layout(&layout, &[base, middle, top]);
+    write_layout(&layout, &layered());
     let theirs = umoci_unpack(&layout, "t", &t.path().join("bundle"));
     assert!(theirs.contains_key("var/cache/new") && !theirs.contains_key("run"));
     // The xattrs are there to compare (umoci set them too).
@@ -286,4 +290,30 @@ fn layered_rootfs_matches_umoci_unpack() {
     copy.set_overlay(false);
     let view = copy.create_view("cp", &img.chain_id).unwrap();
     assert_eq!(describe(&view.rootfs), theirs, "copy view");
+}
+
+/// The same image pushed to a registry and pulled (layers unpacked while
+/// they download, in parallel) equals umoci's unpack of the layout.
+#[test]
+fn pulled_layered_rootfs_matches_umoci_unpack() {
+    let t = tempfile::tempdir().unwrap();
+    let layout = t.path().join("layout");
+    write_layout(&layout, &layered());
+    let theirs = umoci_unpack(&layout, "t", &t.path().join("bundle"));
+    let reg = berth_testutil::registry::Registry::start();
+    reg.push(&format!("oci:{}:t", layout.display()), "umoci/layered", &[]);
+    let root = ImageRoot::open(t.path().join("root")).unwrap();
+    let opts = berth_image::registry::Options {
+        insecure: vec![reg.host()],
+        ..Default::default()
+    };
+    let img = root
+        .pull(&format!("{}/umoci/layered", reg.host()), &opts)
+        .unwrap();
+    assert_eq!(img.layers.len(), 3);
+    let _c = common::Cleanup(&root.snapshots);
+    let view = root.snapshots.create_view("pulled", &img.chain_id).unwrap();
+    let ours = describe(&view.rootfs);
+    root.snapshots.remove_view("pulled").unwrap();
+    assert_eq!(ours, theirs, "pulled overlay view");
 }
