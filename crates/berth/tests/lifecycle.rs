@@ -808,8 +808,8 @@ fn features_json() {
     }
     // Each advertised mount option is tried on a real mount in
     // spec_mounts.rs::every_advertised_mount_option_works; here: idmapped
-    // mounts work (userns.rs) and are listed, options are listed once, and
-    // tmpcopyup (accepted but not implemented) is not claimed.
+    // mounts work (userns.rs) and are listed, so is tmpcopyup, and options
+    // are listed once.
     let opts: Vec<&str> = f["mountOptions"]
         .as_array()
         .unwrap()
@@ -820,10 +820,16 @@ fn features_json() {
     uniq.sort();
     uniq.dedup();
     assert_eq!(uniq.len(), opts.len(), "duplicates: {opts:?}");
-    for o in ["idmap", "ridmap", "rnoatime", "rstrictatime", "ratime"] {
+    for o in [
+        "idmap",
+        "ridmap",
+        "rnoatime",
+        "rstrictatime",
+        "ratime",
+        "tmpcopyup",
+    ] {
         assert!(opts.contains(&o), "{o}: {opts:?}");
     }
-    assert!(!opts.contains(&"tmpcopyup"), "{opts:?}");
     assert_eq!(
         f["linux"]["mountExtensions"]["idmap"]["enabled"],
         json!(true)

@@ -582,6 +582,8 @@ const EXPECT: &[(&str, On, &[&str], Option<&[&str]>)] = &[
     ("nosymfollow", On::Bind, &["nosymfollow"], None),
     ("symfollow", On::Bind, &["!nosymfollow"], None),
     ("silent", On::Tmpfs, &[], None),
+    // What it copies: tmpcopyup_fills_the_tmpfs_with_the_images_content.
+    ("tmpcopyup", On::Tmpfs, &[], None),
     ("loud", On::Tmpfs, &[], None),
     ("private", On::Bind, &["!shared", "!master"], None),
     (
@@ -770,4 +772,70 @@ fn every_advertised_mount_option_works() {
         }
     }
     assert!(bad.is_empty(), "{}\n\nmountinfo:\n{info}", bad.join("\n"));
+}
+
+/// `tmpcopyup`: a tmpfs mount starts with what the image has at its
+/// destination (files, directories, links as links, fifos; mode, owner and
+/// mtime kept), writes stay in the tmpfs, and a link in the image pointing
+/// at the host is copied, never followed.
+#[test]
+fn tmpcopyup_fills_the_tmpfs_with_the_images_content() {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let host = tempfile::tempdir().unwrap();
+    fs::write(host.path().join("marker"), "host\n").unwrap();
+    let script = "stat -c '%n %a %u:%g %F' /data/f /data/sub /data/sub/g /data/p; \
+                  readlink /data/link; readlink /data/esc; cat /data/f; stat -c %Y /data/f; \
+                  echo new > /data/new && echo writable; \
+                  grep ' /data ' /proc/self/mountinfo | grep -c ' - tmpfs '; ls /data/esc/ 2>&1 | grep -c marker; \
+                  cat /data2/f; touch /data2/x 2>/dev/null || echo data2-ro";
+    let r = try_sh(script, &[], |c, b| {
+        let d = b.rootfs().join("data");
+        fs::create_dir(&d).unwrap();
+        fs::write(d.join("f"), "image\n").unwrap();
+        fs::set_permissions(d.join("f"), fs::Permissions::from_mode(0o604)).unwrap();
+        std::os::unix::fs::chown(d.join("f"), Some(1000), Some(2000)).unwrap();
+        let st = Command::new("touch")
+            .args(["-m", "-d", "@1000000000"])
+            .arg(d.join("f"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        fs::create_dir(d.join("sub")).unwrap();
+        fs::write(d.join("sub/g"), "g").unwrap();
+        fs::set_permissions(d.join("sub"), fs::Permissions::from_mode(0o750)).unwrap();
+        let st = Command::new("mkfifo").arg(d.join("p")).status().unwrap();
+        assert!(st.success());
+        symlink("/etc/passwd", d.join("link")).unwrap();
+        symlink(host.path(), d.join("esc")).unwrap();
+        let d2 = b.rootfs().join("data2");
+        fs::create_dir(&d2).unwrap();
+        fs::write(d2.join("f"), "image2\n").unwrap();
+        add_mount(
+            c,
+            json!({"destination": "/data", "type": "tmpfs", "source": "tmpfs",
+                   "options": ["nosuid", "tmpcopyup", "mode=755"]}),
+        );
+        add_mount(
+            c,
+            json!({"destination": "/data2", "type": "tmpfs", "source": "tmpfs",
+                   "options": ["tmpcopyup", "ro"]}),
+        );
+    });
+    assert!(r.ok, "{}{}", r.out, r.err);
+    let want = format!(
+        "/data/f 604 1000:2000 regular file\n\
+         /data/sub 750 0:0 directory\n\
+         /data/sub/g 644 0:0 regular file\n\
+         /data/p 644 0:0 fifo\n\
+         /etc/passwd\n{}\n\
+         image\n1000000000\nwritable\n1\n0\nimage2\ndata2-ro\n",
+        host.path().display()
+    );
+    assert_eq!(r.out, want, "{}", r.err);
+    // The host dir behind the image's link was never reached.
+    assert_eq!(
+        fs::read_dir(host.path()).unwrap().count(),
+        1,
+        "the host dir changed"
+    );
 }

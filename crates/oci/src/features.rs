@@ -60,6 +60,8 @@ pub fn features() -> Value {
         "rnorelatime",
         "rnosymfollow",
         "rsymfollow",
+        // tmpfs mounts filled with the image's content (rootfs.rs).
+        "tmpcopyup",
         // Idmapped bind mounts (idmap.rs).
         "idmap",
         "ridmap",

@@ -91,6 +91,7 @@ pub fn parse_one(o: &str) -> Option<Opt> {
         "rdiratime" => Opt::RecAttrClear(MOUNT_ATTR_NODIRATIME),
         "rnosymfollow" => Opt::RecAttrSet(MOUNT_ATTR_NOSYMFOLLOW),
         "rsymfollow" => Opt::RecAttrClear(MOUNT_ATTR_NOSYMFOLLOW),
+        // Handled by rootfs (tmpcopyup) and idmap.rs.
         "idmap" | "ridmap" | "tmpcopyup" => Opt::Ignore,
         _ => return None,
     };

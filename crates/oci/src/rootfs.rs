@@ -105,6 +105,114 @@ fn locked_flags(fd: &OwnedFd) -> libc::c_ulong {
     f
 }
 
+fn at_err(what: &str, path: &Path) -> Error {
+    last_os(format!("{what} {}", path.display()))
+}
+
+/// Copies the tree below directory `src` into directory `dst` (for
+/// `tmpcopyup`): files, directories, symlinks (as links, never followed),
+/// fifos and device nodes, with mode, owner and times. Everything goes
+/// through *at calls on directory fds with O_NOFOLLOW, so nothing planted
+/// in the image leads outside either tree. Ownership a user namespace
+/// cannot map is left to the copier. `what` names entries in errors.
+fn copy_tree(src: &OwnedFd, dst: &OwnedFd, what: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let entries = std::fs::read_dir(fd_path(src)).map_err(|e| Error::Os {
+        ctx: format!("listing {}", what.display()),
+        err: e,
+    })?;
+    for e in entries {
+        let e = e.map_err(|e| Error::Os {
+            ctx: format!("listing {}", what.display()),
+            err: e,
+        })?;
+        let name = e.file_name();
+        let path = what.join(&name);
+        let c = CString::new(name.as_bytes()).map_err(|_| at_err("name of", &path))?;
+        let (s, d, n) = (src.as_raw_fd(), dst.as_raw_fd(), c.as_ptr());
+        let nofollow = libc::AT_SYMLINK_NOFOLLOW;
+        // SAFETY: st is a valid out-pointer; s, d are open directory fds and
+        // n a C string; every fd opened here is owned right away.
+        unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstatat(s, n, &mut st, nofollow) != 0 {
+                return Err(at_err("stat of", &path));
+            }
+            let mode = st.st_mode & 0o7777;
+            let open = |fd: i32, flags: i32, m: u32| -> Result<OwnedFd> {
+                let r = libc::openat(fd, n, flags | libc::O_NOFOLLOW | libc::O_CLOEXEC, m);
+                if r < 0 {
+                    return Err(at_err("opening", &path));
+                }
+                Ok(std::os::fd::FromRawFd::from_raw_fd(r))
+            };
+            match st.st_mode & libc::S_IFMT {
+                libc::S_IFDIR => {
+                    if libc::mkdirat(d, n, 0o700) != 0 {
+                        return Err(at_err("creating", &path));
+                    }
+                    let flags = libc::O_DIRECTORY | libc::O_RDONLY;
+                    let (sub_s, sub_d) = (open(s, flags, 0)?, open(d, flags, 0)?);
+                    copy_tree(&sub_s, &sub_d, &path)?;
+                }
+                libc::S_IFREG => {
+                    let from = open(s, libc::O_RDONLY, 0)?;
+                    let to = open(d, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o600)?;
+                    let (mut from, mut to) = (std::fs::File::from(from), std::fs::File::from(to));
+                    std::io::copy(&mut from, &mut to).map_err(|e| Error::Os {
+                        ctx: format!("copying {}", path.display()),
+                        err: e,
+                    })?;
+                }
+                libc::S_IFLNK => {
+                    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+                    let len = libc::readlinkat(s, n, buf.as_mut_ptr().cast(), buf.len() - 1);
+                    if len < 0 {
+                        return Err(at_err("reading link", &path));
+                    }
+                    buf.truncate(len as usize);
+                    let target = CString::new(buf).map_err(|_| at_err("link", &path))?;
+                    if libc::symlinkat(target.as_ptr(), d, n) != 0 {
+                        return Err(at_err("creating link", &path));
+                    }
+                }
+                libc::S_IFIFO | libc::S_IFCHR | libc::S_IFBLK => {
+                    if libc::mknodat(d, n, st.st_mode, st.st_rdev) != 0 {
+                        return Err(at_err("creating node", &path));
+                    }
+                }
+                // Sockets belong to whoever listened on them.
+                _ => continue,
+            }
+            // Owner before mode: chown clears set-id bits. An owner this
+            // namespace cannot map (EINVAL, EPERM) stays the copier's.
+            if libc::fchownat(d, n, st.st_uid, st.st_gid, nofollow) != 0 {
+                let err = std::io::Error::last_os_error().raw_os_error();
+                if !matches!(err, Some(libc::EINVAL | libc::EPERM | libc::EOVERFLOW)) {
+                    return Err(at_err("changing the owner of", &path));
+                }
+            }
+            if st.st_mode & libc::S_IFMT != libc::S_IFLNK && libc::fchmodat(d, n, mode, 0) != 0 {
+                return Err(at_err("changing the mode of", &path));
+            }
+            let times = [
+                libc::timespec {
+                    tv_sec: st.st_atime,
+                    tv_nsec: st.st_atime_nsec,
+                },
+                libc::timespec {
+                    tv_sec: st.st_mtime,
+                    tv_nsec: st.st_mtime_nsec,
+                },
+            ];
+            if libc::utimensat(d, n, times.as_ptr(), nofollow) != 0 {
+                return Err(at_err("setting the times of", &path));
+            }
+        }
+    }
+    Ok(())
+}
+
 pub struct Rootfs<'a> {
     pub spec: &'a Spec,
     pub rootfs: &'a Path,
@@ -267,7 +375,36 @@ impl Rootfs<'_> {
                 .as_ref()
                 .map(|s| s.as_path())
                 .unwrap_or(Path::new(typ));
-            let r = mount(Some(src), &tpath, Some(typ), p.flags, data.as_deref());
+            // tmpcopyup: the image's content at the destination, reached
+            // through an fd opened before the tmpfs covers it, is copied in
+            // (into a writable mount; read-only comes after the copy).
+            let copyup = typ == "tmpfs" && opts.iter().any(|o| o == "tmpcopyup");
+            let under = if copyup {
+                Some(fsutil::reopen_dir(&target, m.destination())?)
+            } else {
+                None
+            };
+            let flags = if copyup {
+                p.flags & !libc::MS_RDONLY
+            } else {
+                p.flags
+            };
+            let r = mount(Some(src), &tpath, Some(typ), flags, data.as_deref());
+            if let (Ok(()), Some(under)) = (&r, under) {
+                let top = fsutil::resolve_create(root, m.destination(), kind, 0)?;
+                let dst = fsutil::reopen_dir(&top, m.destination())?;
+                copy_tree(&under, &dst, m.destination())?;
+                if p.flags & libc::MS_RDONLY != 0 {
+                    let keep = locked_flags(&top);
+                    mount(
+                        None,
+                        &fd_path(&top),
+                        None,
+                        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | keep,
+                        None,
+                    )?;
+                }
+            }
             if let Err(e) = r {
                 // sysfs cannot be mounted in a user namespace without its own
                 // net namespace; runc falls back to a bind of the host's.
