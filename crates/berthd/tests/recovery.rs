@@ -250,3 +250,56 @@ async fn a_container_whose_monitor_died_is_reported_when_it_ends() {
     .unwrap();
     assert_eq!(b.leaks(), Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_whose_namespaces_are_gone_is_not_ready_after_a_restart() {
+    let mut b = Berthd::start();
+    let mut c = b.rt().await;
+    let (pod, _) = run_pod(&mut c, pod_config("rebooted", &b.logs()), vec![]).await;
+    // What a reboot does to a pod: berthd and the monitor gone, the pinned
+    // namespaces (bind mounts) gone; the records remain.
+    b.kill9();
+    let dir = b.state().join("pods").join(&pod);
+    let monitor: i32 = std::fs::read_to_string(dir.join("monitor.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: our own pod's monitor, named by its pid file.
+    unsafe { libc::kill(monitor, libc::SIGKILL) };
+    for ns in ["net", "ipc", "uts"] {
+        let p = std::ffi::CString::new(
+            dir.join("ns")
+                .join(ns)
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .unwrap();
+        // SAFETY: a valid path; only our pod's own pin is unmounted.
+        unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
+    }
+    b.spawn();
+    let mut c = b.rt().await;
+    let st = c
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(st.state, cri::PodSandboxState::SandboxNotready as i32);
+    c.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    c.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    assert_eq!(b.leaks(), Vec::<String>::new());
+}

@@ -24,6 +24,18 @@ impl Daemon {
                 }
                 self.teardown_pod(p);
                 let _ = self.store.delete(Kind::Pod, &p.id);
+            } else if p.state == PodState::Ready
+                && [&p.netns, &p.ipcns, &p.utsns]
+                    .into_iter()
+                    .flatten()
+                    .any(|ns| !crate::netns::is_pinned(ns))
+            {
+                // After a reboot the pinned namespaces are gone: the pod can
+                // only be stopped and removed (the kubelet makes a new one).
+                tracing::warn!(pod = %p.id, "recovery: the pod's namespaces are gone; not ready");
+                let mut p = p.clone();
+                p.state = PodState::NotReady;
+                let _ = self.save_pod(&p);
             } else if p.state == PodState::Ready && !Client::new(&p.dir).alive() {
                 tracing::warn!(pod = %p.id, "recovery: the pod's monitor is gone; starting a new one");
                 if let Err(e) = self.start_monitor(&p.dir) {
