@@ -121,7 +121,7 @@ pub fn unpack_onto(
 #[derive(Debug, Default)]
 pub(crate) struct Implied {
     /// Still implied at the end (no later entry of their own): they take
-    /// mode and owner from the layers below ([`inherit_implied`]).
+    /// mode, owner and xattrs from the layers below ([`inherit_implied`]).
     pub dirs: Vec<Vec<OsString>>,
     /// Every directory implied, with the entry that first implied it: none
     /// may be a symlink in the layers below ([`check_through`]).
@@ -327,7 +327,7 @@ fn lower_symlink(layer: BorrowedFd<'_>, lowers: &[PathBuf], comps: &[OsString]) 
 }
 
 /// Gives the directories `implied` (from [`unpack_deferred`]) of the
-/// layer in `dest` the mode and owner they have in `lowers` (top first),
+/// layer in `dest` the mode, owner and xattrs they have in `lowers` (top first),
 /// as [`unpack_onto`] would have at creation. One the archive replaced
 /// since (no longer a directory) is skipped.
 pub(crate) fn inherit_implied(
@@ -703,9 +703,9 @@ impl Unpacker<'_> {
     /// on the way hides the layers further down. A symlink there is refused
     /// (see [`check_through`]; checked later for a deferred unpack).
     fn implicit_dir(&mut self, comps: &[OsString]) -> std::result::Result<Inherited, Msg> {
-        if !self.first.iter().any(|(p, _)| p.as_slice() == comps) {
-            self.first.push((comps.to_vec(), self.current.clone()));
-        }
+        // Only a missing directory is implied, so repeats are rare (one
+        // removed and implied again) and harmless: no dedup scan.
+        self.first.push((comps.to_vec(), self.current.clone()));
         if let Lowers::Deferred(v) = &mut self.lowers {
             if !v.iter().any(|p| p.as_slice() == comps) {
                 v.push(comps.to_vec());
