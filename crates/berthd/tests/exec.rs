@@ -101,57 +101,120 @@ async fn exec_sync_output_is_capped_for_both_streams_together() {
     );
 }
 
+/// Threads of `pid` named `name`.
+fn threads_named(pid: u32, name: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_sync_ends_with_its_command_though_a_background_child_holds_the_output() {
+    let b = Berthd::start();
+    let mut c = kubelet_client(&b).await;
+    let (_pod, ids) = run_pod(
+        &mut c,
+        pod_config("bg", &b.logs()),
+        vec![ctr_config("c", INIT)],
+    )
+    .await;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let r = exec_sync(&mut c, &ids[0], sh("sleep 30 & echo hi"), 20)
+            .await
+            .unwrap();
+        assert_eq!((r.stdout.as_slice(), r.exit_code), (&b"hi\n"[..], 0));
+        assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
+    }
+    // No output reader is left blocked on the pipes the sleeps still hold.
+    assert_eq!(threads_named(b.pid().unwrap(), "exec-sync-io"), 0);
+}
+
+/// A running pod of one container on `handler` ("" for the built-in one).
+async fn run_one(
+    c: &mut RuntimeServiceClient<Channel>,
+    b: &Berthd,
+    name: &str,
+    handler: &str,
+    cmd: &[&str],
+) -> String {
+    let cfg = pod_config(name, &b.logs());
+    let pod = c
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(cfg.clone()),
+            runtime_handler: handler.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let id = c
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod,
+            config: Some(ctr_config("c", cmd)),
+            sandbox_config: Some(cfg),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    c.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    id
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_sync_timeout_is_deadline_exceeded_and_kills_all_the_exec_started() {
     let b = Berthd::start();
     let mut c = kubelet_client(&b).await;
-    // The container's own background process must survive the exec's kill.
-    let own = ["sh", "-c", "sleep 2000 & while true; do sleep 1; done"];
-    let (_pod, ids) = run_pod(
-        &mut c,
-        pod_config("tmo", &b.logs()),
-        vec![ctr_config("c", &own)],
-    )
-    .await;
-    // Children, a child that cleared its environment, a grandchild in its
-    // own session whose parent exited, an orphaned grandchild, and the
-    // exec's own process: all of them sleep far past the timeout.
-    let script =
-        "sleep 1001 & env -i sleep 1002 & (setsid sleep 1003 &); (sleep 1004 &); sleep 1005";
-    let t = Instant::now();
-    let e = exec_sync(&mut c, &ids[0], sh(script), 2).await.unwrap_err();
-    assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
-    assert!(e.message().contains("timed out"), "{e:?}");
-    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
-    // Seen from inside the container: none of the exec's processes is left.
-    let mut ps = String::new();
-    for _ in 0..50 {
-        let r = exec_sync(&mut c, &ids[0], vec!["ps".into()], 10)
+    // The built-in runtime and runc (whose exec is reparented to the monitor).
+    for handler in ["", "runc"] {
+        // The container's own background process must survive the exec's kill.
+        let own = ["sh", "-c", "sleep 2000 & while true; do sleep 1; done"];
+        let id = run_one(&mut c, &b, &format!("tmo{handler}"), handler, &own).await;
+        // Children, a child that cleared its environment, a grandchild in its
+        // own session whose parent exited, an orphaned grandchild, and the
+        // exec's own process: all of them sleep far past the timeout.
+        let script =
+            "sleep 1001 & env -i sleep 1002 & (setsid sleep 1003 &); (sleep 1004 &); sleep 1005";
+        let t = Instant::now();
+        let e = exec_sync(&mut c, &id, sh(script), 2).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{handler}: {e:?}");
+        assert!(e.message().contains("timed out"), "{e:?}");
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        // Seen from inside the container: none of the exec's processes is left.
+        let mut ps = String::new();
+        for _ in 0..50 {
+            let r = exec_sync(&mut c, &id, vec!["ps".into()], 10).await.unwrap();
+            ps = String::from_utf8_lossy(&r.stdout).to_string();
+            if !ps.contains("sleep 100") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(!ps.contains("sleep 100"), "{handler}: {ps}");
+        assert!(ps.contains("sleep 2000"), "{handler}: {ps}");
+        assert_eq!(
+            status(&mut c, &id).await.state,
+            cri::ContainerState::ContainerRunning as i32
+        );
+        // Nor on the host (a zombie has no command line).
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            assert!(!cmd.starts_with("sleep 100"), "{handler}: left {cmd}");
+        }
+        // An exec that ends in time is unaffected.
+        let r = exec_sync(&mut c, &id, sh("sleep 0.2; echo done"), 5)
             .await
             .unwrap();
-        ps = String::from_utf8_lossy(&r.stdout).to_string();
-        if !ps.contains("sleep 100") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(r.stdout, b"done\n");
     }
-    assert!(!ps.contains("sleep 100"), "{ps}");
-    assert!(ps.contains("sleep 2000"), "{ps}");
-    assert_eq!(
-        status(&mut c, &ids[0]).await.state,
-        cri::ContainerState::ContainerRunning as i32
-    );
-    // And from the host: nothing carries the exec's marker any more.
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        assert!(!cmd.starts_with("sleep 100"), "left: {cmd}");
-    }
-    // An exec that ends in time is unaffected.
-    let r = exec_sync(&mut c, &ids[0], sh("sleep 0.2; echo done"), 5)
-        .await
-        .unwrap();
-    assert_eq!(r.stdout, b"done\n");
 }
 
 fn exec_req(
