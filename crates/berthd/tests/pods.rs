@@ -794,6 +794,19 @@ async fn pod_requests_are_checked_before_anything_is_made() {
             })
         }),
     ];
+    let cases: Vec<(&str, Edit)> = cases
+        .into_iter()
+        .chain([(
+            // Unsafe (not in the kubelet's safe set) unless the node allows it.
+            "allowed_unsafe_sysctls",
+            (|p: &mut cri::PodSandboxConfig| {
+                p.linux = Some(cri::LinuxPodSandboxConfig {
+                    sysctls: [("net.core.somaxconn".to_string(), "1024".to_string())].into(),
+                    ..Default::default()
+                })
+            }) as Edit,
+        )])
+        .collect();
     for (field, edit) in cases {
         let mut cfg = pod_config("chk", &b.logs());
         edit(&mut cfg);
@@ -804,7 +817,16 @@ async fn pod_requests_are_checked_before_anything_is_made() {
     assert_eq!(b.leaks(), Vec::<String>::new());
 
     // A retried RunPodSandbox (same name and attempt) gets no second pod.
-    let cfg = pod_config("once", &b.logs());
+    // A safe sysctl is set in the pod's network namespace.
+    let mut cfg = pod_config("once", &b.logs());
+    cfg.linux = Some(cri::LinuxPodSandboxConfig {
+        sysctls: [(
+            "net.ipv4.ping_group_range".to_string(),
+            "0 2147483647".to_string(),
+        )]
+        .into(),
+        ..Default::default()
+    });
     let mut reader = ctr_config("r", &["sleep", "1000"]);
     reader.linux = Some(cri::LinuxContainerConfig {
         security_context: Some(cri::LinuxContainerSecurityContext {
@@ -849,6 +871,17 @@ async fn pod_requests_are_checked_before_anything_is_made() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(got.trim(), "shared");
+    let r = exec(
+        &mut c,
+        &ids[1],
+        &["cat", "/proc/sys/net/ipv4/ping_group_range"],
+    )
+    .await;
+    let range = String::from_utf8_lossy(&r.stdout).to_string();
+    assert_eq!(
+        range.split_whitespace().collect::<Vec<_>>(),
+        ["0", "2147483647"]
+    );
     let df = exec(&mut c, &ids[1], &["df", "-k", "/dev/shm"]).await;
     let df = String::from_utf8_lossy(&df.stdout).to_string();
     assert!(df.contains("65536"), "{df}");

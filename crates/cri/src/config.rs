@@ -39,6 +39,10 @@ pub struct RuntimeConfig {
     pub handlers: BTreeMap<String, Handler>,
     /// Where Localhost seccomp profiles live.
     pub seccomp_profile_root: PathBuf,
+    /// Namespaced sysctls beyond the kubelet's safe set that pods may set,
+    /// as the kubelet's `--allowed-unsafe-sysctls`: names, or prefixes
+    /// ending in `*` ("net.core.*").
+    pub allowed_unsafe_sysctls: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,6 +115,7 @@ impl Default for RuntimeConfig {
             monitor: PathBuf::new(),
             handlers: BTreeMap::new(),
             seccomp_profile_root: "/var/lib/kubelet/seccomp".into(),
+            allowed_unsafe_sysctls: Vec::new(),
         }
     }
 }

@@ -131,7 +131,33 @@ pub fn oci_mappings(m: &[(u32, u32, u32)]) -> Vec<oci_spec::runtime::LinuxIdMapp
         .collect()
 }
 
-fn validate(cfg: &PodSandboxConfig) -> Result<()> {
+/// The kubelet's safe sysctls: namespaced, and unable to affect other pods.
+const SAFE_SYSCTLS: &[&str] = &[
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+    "net.ipv4.tcp_rmem",
+    "net.ipv4.tcp_wmem",
+];
+
+/// Safe sysctls always; others only when the node's config allows them.
+fn sysctl_allowed(key: &str, allowed_unsafe: &[String]) -> bool {
+    let key = key.replace('/', ".");
+    SAFE_SYSCTLS.contains(&key.as_str())
+        || allowed_unsafe.iter().any(|a| match a.strip_suffix('*') {
+            Some(prefix) => key.starts_with(prefix),
+            None => *a == key,
+        })
+}
+
+fn validate(cfg: &PodSandboxConfig, allowed_unsafe: &[String]) -> Result<()> {
     let m = cfg
         .metadata
         .as_ref()
@@ -183,6 +209,12 @@ fn validate(cfg: &PodSandboxConfig) -> Result<()> {
                 return Err(invalid(
                     field,
                     "IPC sysctls need the pod's own IPC namespace",
+                ));
+            }
+            if !sysctl_allowed(k, allowed_unsafe) {
+                return Err(invalid(
+                    field,
+                    "not a safe sysctl; allow it in [runtime] allowed_unsafe_sysctls",
                 ));
             }
         }
@@ -371,7 +403,7 @@ impl Daemon {
     }
 
     pub fn run_pod(&self, cfg: PodSandboxConfig, handler: String) -> Result<String> {
-        validate(&cfg)?;
+        validate(&cfg, &self.cfg.runtime.allowed_unsafe_sysctls)?;
         if !self.handler_known(&handler) {
             return Err(invalid(
                 "runtime_handler",
@@ -756,6 +788,17 @@ mod tests {
         assert!(validate_sysctl("net.ipv4.ip_forward", "1\nkernel.panic=1").is_err());
         assert!(validate_sysctl("net.ipv4.ip_forward", "1=kernel.panic").is_err());
         assert!(validate_sysctl("net/../../kernel/panic", "1").is_err());
+    }
+
+    #[test]
+    fn unsafe_sysctls_only_when_allowed() {
+        assert!(sysctl_allowed("net.ipv4.ping_group_range", &[]));
+        assert!(sysctl_allowed("net/ipv4/tcp_syncookies", &[]));
+        assert!(!sysctl_allowed("net.core.somaxconn", &[]));
+        let allowed = ["net.core.*".to_string(), "kernel.msgmax".to_string()];
+        assert!(sysctl_allowed("net.core.somaxconn", &allowed));
+        assert!(sysctl_allowed("kernel.msgmax", &allowed));
+        assert!(!sysctl_allowed("kernel.msgmnb", &allowed));
     }
 
     #[test]
