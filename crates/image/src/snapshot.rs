@@ -301,10 +301,7 @@ impl Snapshotter {
 
     /// Creates view `id` of the image whose top layer is `chain`: an overlay
     /// mount with its own upper and work dirs, or a copy if overlay fails.
-    /// Holds [`Snapshotter::hold_views`] meanwhile, so a concurrent `gc`
-    /// cannot remove its layers before the view is recorded.
     pub fn create_view(&self, id: &str, chain: &Digest) -> Result<View> {
-        let _g = self.hold_views()?;
         self.create_view_with(id, chain, None)
     }
 
@@ -323,13 +320,16 @@ impl Snapshotter {
         Ok(ViewsGuard { _lock: f })
     }
 
-    /// [`Snapshotter::create_view`], idmapped when `idmap` is given.
+    /// [`Snapshotter::create_view`], idmapped when `idmap` is given. Holds
+    /// [`Snapshotter::hold_views`] meanwhile, so a concurrent `gc` cannot
+    /// remove its layers before the view is recorded.
     pub fn create_view_with(
         &self,
         id: &str,
         chain: &Digest,
         idmap: Option<&Idmap>,
     ) -> Result<View> {
+        let _g = self.hold_views()?;
         let lowers = self.ancestry(chain)?;
         let dir = self.view_dir(id)?;
         fs::create_dir(&dir).map_err(|e| match e.kind() {
