@@ -719,6 +719,58 @@ fn exec_into_stopped_container_fails() {
     assert!(err.contains("does not exist"), "{err}");
 }
 
+/// `berth spec` is Debian's `runc spec` (runc 1.1) but for what berth
+/// deliberately takes from runc 1.2's defaults (spec 1.2.1, a cgroup
+/// namespace, /sys/devices/virtual/powercap masked) and its own hostname;
+/// with --rootless berth also leaves out the /sys/fs/cgroup mount. Anything
+/// else is drift.
+#[test]
+fn spec_is_runcs_spec_but_for_known_differences() {
+    for rootless in [false, true] {
+        let gen = |bin: &Path| -> Value {
+            let dir = tempfile::tempdir().unwrap();
+            let mut c = Command::new(bin);
+            c.arg("spec").current_dir(dir.path());
+            if rootless {
+                c.arg("--rootless");
+            }
+            let o = c.output().unwrap();
+            assert!(o.status.success(), "{} spec: {o:?}", bin.display());
+            serde_json::from_slice(&fs::read(dir.path().join("config.json")).unwrap()).unwrap()
+        };
+        let mut runc = gen(&runc_bin());
+        let ours = gen(Path::new(env!("CARGO_BIN_EXE_berth")));
+        assert_eq!(ours["ociVersion"], json!("1.2.1"));
+        assert_eq!(ours["hostname"], json!("berth"));
+        runc["ociVersion"] = ours["ociVersion"].clone();
+        runc["hostname"] = ours["hostname"].clone();
+        let linux = &mut runc["linux"];
+        let ns = linux["namespaces"].as_array_mut().unwrap();
+        let at = ns
+            .iter()
+            .position(|n| n["type"] == "user")
+            .unwrap_or(ns.len());
+        ns.insert(at, json!({"type": "cgroup"}));
+        linux["maskedPaths"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!("/sys/devices/virtual/powercap"));
+        if rootless {
+            runc["mounts"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|m| m["destination"] != "/sys/fs/cgroup");
+        }
+        assert_eq!(
+            ours,
+            runc,
+            "rootless {rootless}:\nberth {}\nrunc {}",
+            serde_json::to_string_pretty(&ours).unwrap(),
+            serde_json::to_string_pretty(&runc).unwrap()
+        );
+    }
+}
+
 #[test]
 fn spec_then_run() {
     let b = berth();
