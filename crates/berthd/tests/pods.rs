@@ -892,3 +892,61 @@ async fn pod_requests_are_checked_before_anything_is_made() {
     .unwrap();
     assert_eq!(b.leaks(), Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_sandbox_metrics_follow_their_descriptors() {
+    let b = Berthd::start();
+    let mut c = b.rt().await;
+    let (pod, ids) = run_pod(
+        &mut c,
+        pod_config("metrics", &b.logs()),
+        vec![ctr_config("m", &["sleep", "1000"])],
+    )
+    .await;
+    let descriptors = c
+        .list_metric_descriptors(cri::ListMetricDescriptorsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .descriptors;
+    let names: Vec<&str> = descriptors.iter().map(|d| d.name.as_str()).collect();
+    assert!(
+        names.contains(&"container_memory_working_set_bytes"),
+        "{names:?}"
+    );
+    let pods = c
+        .list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_metrics;
+    let m = pods.iter().find(|p| p.pod_sandbox_id == pod).unwrap();
+    let ctr = &m.container_metrics[0];
+    assert_eq!(ctr.container_id, ids[0]);
+    let get = |ms: &[cri::Metric], name: &str| {
+        ms.iter()
+            .find(|x| x.name == name)
+            .unwrap_or_else(|| panic!("{name} missing: {ms:?}"))
+            .clone()
+    };
+    assert!(
+        get(&ctr.metrics, "container_memory_working_set_bytes")
+            .value
+            .unwrap()
+            .value
+            > 0
+    );
+    // Every metric is described, with as many labels as its descriptor has keys.
+    for x in m.metrics.iter().chain(&ctr.metrics) {
+        let d = descriptors.iter().find(|d| d.name == x.name).unwrap();
+        assert_eq!(d.label_keys.len(), x.label_values.len(), "{x:?}");
+    }
+    let rx = get(&m.metrics, "container_network_receive_bytes_total");
+    assert_eq!(rx.label_values, ["eth0"]);
+    c.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    assert_eq!(b.leaks(), Vec::<String>::new());
+}

@@ -14,6 +14,7 @@ pub mod images;
 pub mod metrics;
 pub mod model;
 pub mod netns;
+pub mod pod_metrics;
 pub mod recover;
 pub mod resources;
 pub mod sandbox;

@@ -597,7 +597,7 @@ impl RuntimeService for Service {
         _r: Request<cri::ListMetricDescriptorsRequest>,
     ) -> std::result::Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
         Ok(Response::new(cri::ListMetricDescriptorsResponse {
-            descriptors: vec![],
+            descriptors: crate::pod_metrics::descriptors(),
         }))
     }
 
@@ -605,9 +605,21 @@ impl RuntimeService for Service {
         &self,
         _r: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> std::result::Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
-        Ok(Response::new(cri::ListPodSandboxMetricsResponse {
-            pod_metrics: vec![],
-        }))
+        let pod_metrics = self
+            .run("ListPodSandboxMetrics", None, move |d| {
+                let ready = cri::PodSandboxFilter {
+                    state: Some(cri::PodSandboxStateValue {
+                        state: cri::PodSandboxState::SandboxReady as i32,
+                    }),
+                    ..Default::default()
+                };
+                d.filter_pods(Some(ready))?
+                    .iter()
+                    .map(|p| d.pod_metrics(p))
+                    .collect()
+            })
+            .await?;
+        Ok(Response::new(cri::ListPodSandboxMetricsResponse { pod_metrics }))
     }
 
     async fn runtime_config(
