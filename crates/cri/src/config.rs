@@ -70,7 +70,8 @@ pub struct RegistrySection {
 pub struct LogSection {
     /// Longer output lines are split into partial records.
     pub max_line_size: usize,
-    /// ExecSync output kept per stream; the rest is dropped.
+    /// ExecSync output kept, stdout and stderr together (at most the
+    /// kubelet's 16 MiB message less framing); the rest is read and dropped.
     pub max_exec_output: usize,
     /// berthd's own log format: text or json.
     pub format: String,

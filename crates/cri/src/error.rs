@@ -13,6 +13,9 @@ pub enum CriError {
     Precondition(String),
     #[error("{0}")]
     Internal(String),
+    /// A deadline of the request passed (ExecSync's timeout).
+    #[error("{0}")]
+    DeadlineExceeded(String),
 }
 
 pub type Result<T> = std::result::Result<T, CriError>;
@@ -35,6 +38,8 @@ impl From<CriError> for Status {
             CriError::NotFound(_) => Status::not_found(e.to_string()),
             CriError::Precondition(_) => Status::failed_precondition(e.to_string()),
             CriError::Internal(_) => Status::internal(e.to_string()),
+            // The kubelet counts only DEADLINE_EXCEEDED as a probe timeout.
+            CriError::DeadlineExceeded(_) => Status::deadline_exceeded(e.to_string()),
         }
     }
 }

@@ -293,7 +293,7 @@ impl RuntimeService for Service {
         required("container_id", &r.container_id)?;
         let pod = self.pod_of(&r.container_id);
         self.run("UpdateContainerResources", Some(pod), move |d| {
-            let mut c = d.find_container(&r.container_id)?;
+            let c = d.find_container(&r.container_id)?;
             let l = r.linux.ok_or_else(|| invalid("linux", "is required"))?;
             let old = c.config.linux.as_ref().and_then(|x| x.resources.as_ref());
             // Checked whole before anything is written: a bad value leaves
@@ -309,11 +309,19 @@ impl RuntimeService for Service {
                 .update(d, &c.id, &res)
                 .map_err(CriError::Precondition)?;
             let merged = crate::resources::merge(old, &l);
-            c.config
-                .linux
-                .get_or_insert_with(Default::default)
-                .resources = Some(merged);
-            d.save_container(&c)
+            // On the stored record: an exit folded in meanwhile is kept.
+            d.store.update(
+                crate::store::Kind::Container,
+                &c.id,
+                |mut cur: crate::model::ContainerRecord| {
+                    cur.config
+                        .linux
+                        .get_or_insert_with(Default::default)
+                        .resources = Some(merged);
+                    Some(cur)
+                },
+            )?;
+            Ok(())
         })
         .await?;
         Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
@@ -338,11 +346,10 @@ impl RuntimeService for Service {
         required("container_id", &r.container_id)?;
         let out = self
             .run("ExecSync", None, move |d| {
-                d.exec_sync(&r.container_id, r.cmd, r.timeout)
+                d.exec_sync(&r.container_id, r.cmd, r.timeout)?
+                    .map_err(|t| CriError::DeadlineExceeded(t.to_string()))
             })
-            .await?
-            // The kubelet counts only DEADLINE_EXCEEDED as a probe timeout.
-            .map_err(|t| Status::deadline_exceeded(t.to_string()))?;
+            .await?;
         Ok(Response::new(cri::ExecSyncResponse {
             stdout: out.stdout,
             stderr: out.stderr,
@@ -619,7 +626,9 @@ impl RuntimeService for Service {
                     .collect()
             })
             .await?;
-        Ok(Response::new(cri::ListPodSandboxMetricsResponse { pod_metrics }))
+        Ok(Response::new(cri::ListPodSandboxMetricsResponse {
+            pod_metrics,
+        }))
     }
 
     async fn runtime_config(
