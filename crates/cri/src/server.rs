@@ -25,6 +25,14 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(l)
 }
 
+/// How long a shutdown waits for unary calls in flight before it closes
+/// the connections anyway (systemd's stop timeout is 90 s).
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Serves until `shutdown`, then lets the unary calls in flight finish and
+/// reply, and closes what is left: a kubelet's GetContainerEvents stream
+/// never ends by itself, and waiting for its connection to close (tonic's
+/// graceful shutdown) would keep berthd from exiting on SIGTERM.
 pub async fn serve(
     d: Arc<Daemon>,
     listener: UnixListener,
@@ -32,7 +40,14 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let svc = Service { d };
     let incoming = async_stream_unix(listener);
-    tonic::transport::Server::builder()
+    let in_flight = InFlight::default();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let counted = in_flight.clone();
+    let server = tonic::transport::Server::builder()
+        .layer(tower::layer::layer_fn(move |inner| CountUnary {
+            inner,
+            n: counted.clone(),
+        }))
         .add_service(
             RuntimeServiceServer::new(svc.clone())
                 .max_decoding_message_size(MAX_MESSAGE)
@@ -43,8 +58,102 @@ pub async fn serve(
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stop_rx.await;
+        });
+    let mut server = std::pin::pin!(server);
+    tokio::select! {
+        r = &mut server => return r,
+        _ = shutdown => {}
+    }
+    // No new connections; idle ones close at once, busy ones after replying.
+    let _ = stop_tx.send(());
+    let drained = async {
+        let t = std::time::Instant::now();
+        while in_flight.get() > 0 {
+            if t.elapsed() > SHUTDOWN_GRACE {
+                tracing::warn!(calls = in_flight.get(), "shutdown: calls still running");
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // The last replies are encoded: give them time to be written.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    tokio::select! {
+        r = &mut server => r,
+        _ = drained => {
+            tracing::info!("shutdown: closing the remaining streams");
+            Ok(())
+        }
+    }
+}
+
+/// The server-streaming RPCs: they last as long as their client wants.
+fn is_stream(path: &str) -> bool {
+    path == "/runtime.v1.RuntimeService/GetContainerEvents"
+}
+
+/// Unary calls being served.
+#[derive(Clone, Default)]
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlight {
+    fn get(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+struct InFlightGuard(InFlight);
+
+impl InFlightGuard {
+    fn new(n: &InFlight) -> Self {
+        n.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlightGuard(n.clone())
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Counts each unary call until its handler returned (tonic has then
+/// encoded the whole reply).
+#[derive(Clone)]
+struct CountUnary<S> {
+    inner: S,
+    n: InFlight,
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for CountUnary<S>
+where
+    S: tower::Service<http::Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<S::Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let guard = (!is_stream(req.uri().path())).then(|| InFlightGuard::new(&self.n));
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let r = fut.await;
+            drop(guard);
+            r
+        })
+    }
 }
 
 /// Accepted connections, each wrapped so that clients sending the socket
