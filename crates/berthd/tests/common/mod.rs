@@ -25,6 +25,17 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// Additions to a test berthd's setup (`Berthd::start` uses none).
+#[derive(Default)]
+pub struct Options {
+    /// Appended to berth.toml after the harness's own tables, so only new
+    /// tables fit here (e.g. `[metrics]`).
+    pub extra_toml: String,
+    /// More images to import before berthd opens the store: (OCI layout
+    /// directory holding one image, name).
+    pub images: Vec<(PathBuf, String)>,
+}
+
 pub struct Berthd {
     pub tmp: tempfile::TempDir,
     pub socket: PathBuf,
@@ -48,6 +59,11 @@ impl Berthd {
 
     /// Configures and starts a berthd with the busybox image imported.
     pub fn start() -> Berthd {
+        Self::start_with(Options::default())
+    }
+
+    /// As `start`, with additions to the config and more images.
+    pub fn start_with(opts: Options) -> Berthd {
         let tmp = tempfile::Builder::new()
             .prefix("berthd-test-")
             .tempdir()
@@ -85,7 +101,7 @@ impl Berthd {
             mon = bin("berth-monitor"),
             conf = conf_dir,
         );
-        std::fs::write(&config, toml).unwrap();
+        std::fs::write(&config, toml + &opts.extra_toml).unwrap();
         // The image is imported before berthd opens the store.
         {
             let images = berth_image::ImageRoot::open(tmp.path().join("root/images")).unwrap();
@@ -94,6 +110,9 @@ impl Berthd {
             images
                 .import_archive(std::fs::File::open(&archive).unwrap(), Some("1"), IMAGE)
                 .unwrap();
+            for (layout, name) in &opts.images {
+                images.import_layout(layout, None, name).unwrap();
+            }
         }
         // The test's own bridge, with an address, made before the plugin
         // uses it: the host reaches pods (and mapped ports) without the
@@ -163,6 +182,25 @@ impl Berthd {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.tmp.path().join("berthd.log")).unwrap_or_default()
+    }
+
+    /// SIGTERM, as a clean shutdown (systemctl stop) does; waits up to 20 s
+    /// for berthd to exit and returns how it exited (None: it did not).
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        // No libc among the test's dependencies: kill(1) sends it.
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        for _ in 0..2000 {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
     }
 
     /// SIGKILL, as a crash would.
