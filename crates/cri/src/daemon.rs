@@ -28,6 +28,10 @@ pub struct Daemon {
     pub metrics: crate::metrics::Metrics,
     /// Mints streaming URLs (set by berthd once its streaming server runs).
     pub stream_url: Mutex<Option<StreamUrlFn>>,
+    /// Writable-layer usage per container, measured at most every
+    /// [`crate::views::USAGE_TTL`]: walking an upper dir is the one costly
+    /// part of stats, and the kubelet asks every few seconds.
+    pub usage_cache: Mutex<HashMap<String, (std::time::Instant, u64)>>,
 }
 
 impl Daemon {
@@ -66,6 +70,7 @@ impl Daemon {
             events,
             metrics: crate::metrics::Metrics::default(),
             stream_url: Mutex::new(None),
+            usage_cache: Mutex::new(HashMap::new()),
         }))
     }
 

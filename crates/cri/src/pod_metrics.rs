@@ -83,8 +83,12 @@ fn metric(name: &str, counter: bool, labels: Vec<String>, v: u64) -> cri::Metric
 }
 
 impl Daemon {
-    pub fn pod_metrics(&self, p: &PodRecord) -> Result<cri::PodSandboxMetrics> {
-        let stats = self.pod_stats(p)?;
+    pub fn pod_metrics(
+        &self,
+        p: &PodRecord,
+        all: &[crate::model::ContainerRecord],
+    ) -> Result<cri::PodSandboxMetrics> {
+        let stats = self.pod_stats_among(p, all)?;
         let linux = stats.linux.unwrap_or_default();
         let val = |v: &Option<cri::UInt64Value>| v.as_ref().map(|v| v.value);
         let container_metrics = linux

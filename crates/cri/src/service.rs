@@ -491,9 +491,10 @@ impl RuntimeService for Service {
                         state: cri::PodSandboxState::SandboxReady as i32,
                     }),
                 };
+                let all = d.containers()?;
                 d.filter_pods(Some(filter))?
                     .iter()
-                    .map(|p| d.pod_stats(p))
+                    .map(|p| d.pod_stats_among(p, &all))
                     .collect()
             })
             .await?;
@@ -620,9 +621,10 @@ impl RuntimeService for Service {
                     }),
                     ..Default::default()
                 };
+                let all = d.containers()?;
                 d.filter_pods(Some(ready))?
                     .iter()
-                    .map(|p| d.pod_metrics(p))
+                    .map(|p| d.pod_metrics(p, &all))
                     .collect()
             })
             .await?;

@@ -218,7 +218,7 @@ impl Daemon {
             });
             s.memory = Some(mem_usage(ts, &st.memory));
         }
-        let used = self.images.snapshots.view_usage(&c.id).unwrap_or(0);
+        let used = self.writable_layer_usage(&c.id);
         s.writable_layer = Some(cri::FilesystemUsage {
             timestamp: ts,
             fs_id: Some(cri::FilesystemIdentifier {
@@ -230,13 +230,42 @@ impl Daemon {
         s
     }
 
+    /// Bytes of a container's own writes, cached for [`USAGE_TTL`].
+    fn writable_layer_usage(&self, id: &str) -> u64 {
+        let now = std::time::Instant::now();
+        let mut cache = self.usage_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&(at, used)) = cache.get(id) {
+            if now.duration_since(at) < USAGE_TTL {
+                return used;
+            }
+        }
+        // Entries of removed containers go when they are next stale.
+        cache.retain(|_, (at, _)| now.duration_since(*at) < USAGE_TTL);
+        drop(cache);
+        let used = self.images.snapshots.view_usage(id).unwrap_or(0);
+        self.usage_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string(), (now, used));
+        used
+    }
+
     pub fn pod_stats(&self, p: &PodRecord) -> Result<cri::PodSandboxStats> {
+        self.pod_stats_among(p, &self.containers()?)
+    }
+
+    /// [`Daemon::pod_stats`] with the container records read once for all
+    /// the pods of a list.
+    pub fn pod_stats_among(
+        &self,
+        p: &PodRecord,
+        all: &[ContainerRecord],
+    ) -> Result<cri::PodSandboxStats> {
         let ts = now_ns();
-        let containers: Vec<_> = self
-            .containers()?
-            .into_iter()
+        let containers: Vec<_> = all
+            .iter()
             .filter(|c| c.pod_id == p.id && c.state == CtrState::Running)
-            .map(|c| self.container_stats(&c))
+            .map(|c| self.container_stats(c))
             .collect();
         let mgr = berth_cgroups::Manager::new(
             Path::new(berth_oci::CGROUP_ROOT),
@@ -276,6 +305,9 @@ impl Daemon {
         })
     }
 }
+
+/// How long a measured writable-layer usage is reused.
+pub const USAGE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn mem_usage(ts: i64, m: &berth_cgroups::stats::MemoryStats) -> cri::MemoryUsage {
     cri::MemoryUsage {
