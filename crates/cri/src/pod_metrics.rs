@@ -95,7 +95,7 @@ impl Daemon {
             .containers
             .iter()
             .map(|c| {
-                let mem = c.memory.clone().unwrap_or_default();
+                let mem = c.memory.unwrap_or_default();
                 let values = [
                     c.cpu.as_ref().and_then(|u| val(&u.usage_core_nano_seconds)),
                     val(&mem.usage_bytes),
