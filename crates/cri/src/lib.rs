@@ -22,6 +22,7 @@ pub mod server;
 pub mod service;
 pub mod spec;
 pub mod store;
+pub mod userns;
 pub mod views;
 
 /// What a streaming URL is minted for (served by the streaming server).
