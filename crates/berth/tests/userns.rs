@@ -109,6 +109,37 @@ fn idmapped_rootfs_content_owned_by_container_root_without_chown() {
 }
 
 #[test]
+fn an_idmapped_bind_on_root_idmaps_the_whole_rootfs() {
+    // The rootfs bound on "/" with `ridmap`: every file of it, root-owned on
+    // disk, is the container root's, and what the container writes is host
+    // root's again on disk; the spec's other mounts sit on top of it.
+    let script = "stat -c '%u:%g' / /etc/passwd /bin/busybox; touch /etc/made; \
+                  test -e /proc/self/ns/user && echo proc";
+    let mut b = Bundle::new(&["sh", "-c", script]).unwrap();
+    let rootfs = b.rootfs();
+    assert_eq!(owner(&rootfs.join("etc/passwd")), (0, 0));
+    let mut c = b.config.clone();
+    userns(&mut c);
+    c["root"]["readonly"] = json!(false);
+    // Listed last on purpose: it still goes under the others.
+    c["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": "/", "type": "bind", "source": rootfs,
+        "options": ["rbind", "ridmap"]
+    }));
+    b.config = c;
+    b.write().unwrap();
+    let berth = Berth::new(BIN).unwrap();
+    let id = format!("idmap-all-{}", random_suffix());
+    let out = berth.ok(&["run", "--bundle", b.path().to_str().unwrap(), &id]);
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["0:0", "0:0", "0:0", "proc"],
+        "{out}"
+    );
+    assert_eq!(owner(&rootfs.join("etc/made")), (0, 0));
+}
+
+#[test]
 fn idmap_without_any_mappings_names_the_field_and_leaves_nothing() {
     let mut b = Bundle::new(&["true"]).unwrap();
     let mut c = b.config.clone();

@@ -263,9 +263,32 @@ impl Rootfs<'_> {
             libc::MS_BIND | libc::MS_REC,
             None,
         )?;
-        let root = fsutil::open_path(self.rootfs, libc::O_PATH | libc::O_DIRECTORY)?;
+        let mut root = fsutil::open_path(self.rootfs, libc::O_PATH | libc::O_DIRECTORY)?;
+        // The spec has no idmap field for `root`: an idmapped bind on "/"
+        // (of the rootfs, with `idmap`/`ridmap`) becomes the root itself,
+        // under every other mount, so a root-owned rootfs shows as the
+        // container root's without a chown.
+        let idmapped_root = self.spec.mounts().iter().flatten().position(|m| {
+            m.destination() == Path::new("/") && is_bind(m) && crate::idmap::wanted(m).is_some()
+        });
+        if let Some(i) = idmapped_root {
+            let tree = self
+                .idmapped
+                .iter()
+                .find(|(j, _)| *j == i)
+                .map(|(_, fd)| *fd)
+                .ok_or_else(|| {
+                    Error::Other(format!("mounts[{i}] (/): idmapped mount was not prepared"))
+                })?;
+            crate::idmap::attach(tree, &root)
+                .map_err(|e| Error::Other(format!("mounts[{i}] (/): {e}")))?;
+            root = fsutil::open_path(self.rootfs, libc::O_PATH | libc::O_DIRECTORY)?;
+        }
         let mut dev_is_tmpfs = false;
         for (i, m) in self.spec.mounts().iter().flatten().enumerate() {
+            if Some(i) == idmapped_root {
+                continue;
+            }
             let tree = self
                 .idmapped
                 .iter()
