@@ -244,6 +244,83 @@ async fn the_socket_is_0660_root_and_the_printed_config_round_trips() {
     assert_eq!(m.mode() & 0o7777, 0o660, "{:o}", m.mode());
     assert_eq!((m.uid(), m.gid()), (0, 0));
 
+    // A second berthd (its own root and state) on the same socket is
+    // refused: the first keeps its socket and goes on serving.
+    let second = |socket: &Path| {
+        let cfg = b.tmp.path().join("second.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "root = {:?}\nstate = {:?}\nsocket = {:?}\n[runtime]\ncgroup_parent = {:?}\nmonitor = {:?}\n[cni]\nconf_dir = {:?}\n",
+                b.tmp.path().join("second-root"),
+                b.tmp.path().join("second-state"),
+                socket,
+                format!("{}/second", b.cgroup_parent),
+                bin("berth-monitor"),
+                b.tmp.path().join("net.d"),
+            ),
+        )
+        .unwrap();
+        Command::new(bin("berthd"))
+            .arg("--config")
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let ino = m.ino();
+    let mut other = second(&b.socket);
+    let t = Instant::now();
+    while other.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Still running (it took the socket): stopped, so the test fails
+    // instead of hanging. Not reaped yet, so the pid is still its own.
+    if other.try_wait().unwrap().is_none() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &other.id().to_string()])
+            .status();
+    }
+    let out = other.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a second berthd took the socket: {err}"
+    );
+    assert!(err.contains(&b.socket.display().to_string()), "{err}");
+    assert_eq!(std::fs::metadata(&b.socket).unwrap().ino(), ino);
+    let mut c = b.rt().await;
+    c.version(cri::VersionRequest::default()).await.unwrap();
+    drop(c);
+    // A stale socket (nobody listening, as a killed berthd leaves it) is
+    // replaced.
+    let stale = b.tmp.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let other = second(&stale);
+    let mut up = false;
+    for _ in 0..500 {
+        if std::os::unix::net::UnixStream::connect(&stale).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut oc = RuntimeServiceClient::new(channel(&stale).await);
+    let served = up && oc.version(cri::VersionRequest::default()).await.is_ok();
+    drop(oc);
+    let _ = Command::new("kill")
+        .args(["-TERM", &other.id().to_string()])
+        .status();
+    let out = other.wait_with_output().unwrap();
+    assert!(served, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::metadata(&stale).unwrap().mode() & 0o777, 0o660);
+
     // --print-config: the file merged with the defaults.
     let cfg = b.config.to_str().unwrap().to_string();
     let o = berthd(&["--config", &cfg, "--print-config"]);

@@ -19,7 +19,25 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d)?;
     }
-    let _ = std::fs::remove_file(path);
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !m.file_type().is_socket() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "the path exists and is not a socket",
+            ));
+        }
+        // A socket someone answers on belongs to a running berthd: taking
+        // it over would leave that one serving nobody. Only a stale one
+        // (left by a stopped or killed berthd) is replaced.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another process is serving on it",
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
     let l = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     Ok(l)
