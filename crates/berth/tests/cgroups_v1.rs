@@ -999,3 +999,325 @@ fn oom_with_the_killer_disabled_is_reported_and_delete_still_works() {
     assert!(ev.wait().unwrap().success());
     assert!(!cg(&bundle, "memory").exists());
 }
+
+// Accounting with real values: what a user of `berth events --stats` (and
+// of the library's Manager::stats, which it prints) would check.
+
+/// The library's view of the container's cgroup (what `events` prints).
+fn manager(bundle: &Bundle) -> berth_cgroups::Manager {
+    let p = bundle.config["linux"]["cgroupsPath"].as_str().unwrap();
+    berth_cgroups::Manager::new(
+        Path::new("/sys/fs/cgroup"),
+        &berth_cgroups::normalize_path(p).unwrap(),
+    )
+}
+
+fn num(v: &Value, path: &[&str]) -> u64 {
+    let mut x = v;
+    for k in path {
+        x = &x[*k];
+    }
+    x.as_u64()
+        .unwrap_or_else(|| panic!("{} is not a number in {v}", path.join(".")))
+}
+
+const MIB_U: u64 = 1 << 20;
+
+/// Transparent huge pages for every anonymous mapping: one fault per 2 MiB.
+fn thp_always() -> bool {
+    fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .is_ok_and(|s| s.contains("[always]"))
+}
+
+#[test]
+fn stats_show_the_memory_a_container_holds() {
+    if !v1_host() {
+        return;
+    }
+    // busybox tail keeps everything since the last newline: 40 MiB of
+    // zeros without one stay in its heap (anonymous memory) while the
+    // writer sleeps with the pipe open.
+    let bundle = bundle_with(
+        &[
+            "sh",
+            "-c",
+            "{ head -c 41943040 /dev/zero; sleep 1000; } | tail & sleep 1000",
+        ],
+        json!({}),
+    );
+    let b = Berth::new(BERTH).unwrap();
+    let cid = id("memstats");
+    b.run_detached(&bundle, &cid);
+    let forty = 40 * MIB_U;
+    let mut s = Value::Null;
+    eventually("40 MiB of anonymous memory in rss", || {
+        s = stats(&b, &cid);
+        num(&s, &["memory", "rss"]) >= forty
+    });
+    let usage = num(&s, &["memory", "usage", "usage"]);
+    let ws = num(&s, &["memory", "workingSet"]);
+    let rss = num(&s, &["memory", "rss"]);
+    let faults = num(&s, &["memory", "pageFaults"]);
+    assert!(usage >= forty, "usage below 40 MiB: {s}");
+    // The shell, busybox and tail's buffer growth: far below 100 MiB.
+    assert!(usage < 100 * MIB_U, "usage implausibly high: {s}");
+    assert!(ws >= forty && ws <= usage, "working set: {s}");
+    // rss is part of usage (v1 usage is batched per cpu: a little slack).
+    assert!(rss <= usage + MIB_U, "rss above usage: {s}");
+    // Every page of the buffer was touched once: one fault a 4 KiB page
+    // (unless huge pages back all anonymous memory).
+    let min_faults = if thp_always() {
+        1
+    } else {
+        forty / 4096 * 9 / 10
+    };
+    assert!(faults >= min_faults, "{faults} page faults for 40 MiB: {s}");
+    assert!(num(&s, &["memory", "majorPageFaults"]) <= faults, "{s}");
+    assert!(num(&s, &["memory", "usage", "max"]) >= usage, "peak: {s}");
+    assert_eq!(s["memory"]["oomKills"], 0, "{s}");
+    // The library's reading of the same cgroup agrees.
+    let m = manager(&bundle).stats().unwrap();
+    assert!(m.memory.rss_bytes >= forty, "{m:?}");
+    assert!(m.memory.working_set_bytes >= forty, "{m:?}");
+    assert_eq!(m.memory.limit_bytes, u64::MAX, "no limit was set: {m:?}");
+
+    // 40 MiB more in a file on the container's /dev/shm (tmpfs: shmem,
+    // charged as cache, never inactive file pages): usage, cache and the
+    // working set all grow by it, rss does not.
+    let o = b.run(&[
+        "exec",
+        &cid,
+        "sh",
+        "-c",
+        "head -c 41943040 /dev/zero > /dev/shm/blob",
+    ]);
+    assert!(o.status.success(), "{}", all(&o));
+    let s2 = stats(&b, &cid);
+    let cache = num(&s2, &["memory", "cache"]);
+    assert!(cache >= forty, "40 MiB of shmem not in cache: {s2}");
+    assert!(
+        num(&s2, &["memory", "usage", "usage"]) >= usage + forty - MIB_U,
+        "usage did not grow by 40 MiB: before {s}, after {s2}"
+    );
+    assert!(
+        num(&s2, &["memory", "workingSet"]) >= ws + forty - MIB_U,
+        "shmem is not in the working set: before {s}, after {s2}"
+    );
+    assert!(
+        num(&s2, &["memory", "rss"]) < rss + 4 * MIB_U,
+        "a tmpfs file counted as rss: before {s}, after {s2}"
+    );
+    b.ok(&["delete", "--force", &cid]);
+}
+
+/// utime + stime of a host pid, in seconds (/proc/<pid>/stat fields 14, 15).
+fn proc_cpu_secs(pid: i64) -> f64 {
+    let st = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &st[st.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no memory-safety preconditions.
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+#[test]
+fn stats_count_the_cpu_time_of_a_busy_loop() {
+    if !v1_host() {
+        return;
+    }
+    // The init spins (builtins only, no forks) from /tmp/go until /tmp/stop,
+    // both made by the test in the rootfs.
+    let bundle = bundle_with(
+        &[
+            "sh",
+            "-c",
+            "while [ ! -e /tmp/go ]; do sleep 0.05; done; \
+             while [ ! -e /tmp/stop ]; do :; done; sleep 1000",
+        ],
+        json!({}),
+    );
+    let b = Berth::new(BERTH).unwrap();
+    let cid = id("cpustats");
+    let pid = b.run_detached(&bundle, &cid) as i64;
+    let before = stats(&b, &cid);
+    let t0 = Instant::now();
+    let cpu0 = proc_cpu_secs(pid);
+    fs::write(bundle.rootfs().join("tmp/go"), "").unwrap();
+    // Spin until the kernel's own per-task account says 0.5 s of CPU: on a
+    // busy machine that takes longer than 0.5 s of wall time.
+    eventually("the loop to use 0.5 s of CPU", || {
+        proc_cpu_secs(pid) - cpu0 >= 0.5
+    });
+    fs::write(bundle.rootfs().join("tmp/stop"), "").unwrap();
+    let task = proc_cpu_secs(pid) - cpu0;
+    let after = stats(&b, &cid);
+    let wall = t0.elapsed().as_secs_f64();
+    let ns = |v: &Value, k: &str| num(v, &["cpu", "usage", k]);
+    let used = (ns(&after, "total") - ns(&before, "total")) as f64 / 1e9;
+    // A tick (10 ms) of rounding in /proc, the loop's last few iterations.
+    assert!(
+        used >= 0.45 && used + 0.02 >= task,
+        "cgroup CPU {used:.3} s for a loop the kernel says used {task:.3} s: \
+         before {before}, after {after}"
+    );
+    // One spinning thread cannot use more than the wall time that passed.
+    assert!(
+        used <= wall + 0.1,
+        "cgroup CPU {used:.3} s in {wall:.3} s of wall time: {after}"
+    );
+    // user + kernel is the total (the split is tick-based: loose bounds).
+    let split = (ns(&after, "user") + ns(&after, "kernel")) as f64;
+    let total = ns(&after, "total") as f64;
+    assert!(
+        (split - total).abs() <= total * 0.25 + 5e7,
+        "user + kernel {split} vs total {total}: {after}"
+    );
+    assert!(ns(&after, "user") > ns(&before, "user"), "{after}");
+    // No quota: no CFS periods.
+    assert_eq!(num(&after, &["cpu", "throttling", "periods"]), 0, "{after}");
+    let m = manager(&bundle).stats().unwrap();
+    assert!(m.cpu.usage_total_ns >= ns(&after, "total"), "{m:?}");
+    b.ok(&["delete", "--force", &cid]);
+}
+
+#[test]
+fn stats_count_the_processes_started() {
+    if !v1_host() {
+        return;
+    }
+    let bundle = bundle_with(
+        &["sh", "-c", "sleep 1000 & sleep 1000 & sleep 1000 & wait"],
+        json!({"pids": {"limit": 20}}),
+    );
+    let b = Berth::new(BERTH).unwrap();
+    let cid = id("pidstats");
+    b.run_detached(&bundle, &cid);
+    let current = |b: &Berth| num(&stats(b, &cid), &["pids", "current"]);
+    // The shell and its three sleeps.
+    eventually("4 processes", || current(&b) == 4);
+    let st = b
+        .cmd()
+        .args(["exec", "-d", &cid, "sleep", "1000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    eventually("5 processes after an exec", || current(&b) == 5);
+    let ps: Vec<i64> = serde_json::from_str(&b.ok(&["ps", "--format", "json", &cid])).unwrap();
+    assert_eq!(ps.len(), 5, "{ps:?}");
+    let s = stats(&b, &cid);
+    assert_eq!(s["pids"]["limit"], 20, "{s}");
+    let m = manager(&bundle).stats().unwrap();
+    assert_eq!((m.pids.current, m.pids.limit), (5, 20), "{m:?}");
+    // A process that exits is no longer counted.
+    b.ok(&["kill", &cid, "KILL"]);
+    eventually("the container to stop", || {
+        b.state(&cid)["status"] == "stopped"
+    });
+    eventually("no processes", || {
+        manager(&bundle).stats().unwrap().pids.current == 0
+    });
+    b.ok(&["delete", "--force", &cid]);
+}
+
+/// The whole disk (maj, min) holding `dir`, or None when its filesystem is
+/// not on a block device (tmpfs, overlay, 9p, btrfs subvolumes).
+fn disk_of(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = fs::metadata(dir).ok()?.dev();
+    let (maj, min) = (libc::major(dev) as u64, libc::minor(dev) as u64);
+    let sys = fs::canonicalize(format!("/sys/dev/block/{maj}:{min}")).ok()?;
+    // A partition's parent directory is its disk.
+    let disk = if sys.join("partition").exists() {
+        sys.parent()?.to_path_buf()
+    } else {
+        sys
+    };
+    let (a, b) = fs::read_to_string(disk.join("dev"))
+        .ok()?
+        .trim()
+        .split_once(':')
+        .map(|(a, b)| (a.to_string(), b.to_string()))?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// v1 blkio on this kernel (6.x) counts a device's bytes and ops in
+/// blkio.throttle.io_service_bytes/io_serviced only once throttling is
+/// configured on that device's queue (by any cgroup): on this host a
+/// container's O_DIRECT writes to the root disk read 0 without a rule. The
+/// test gives its own cgroup a rule too high to ever limit (1 TiB/s); on
+/// such a device the counters must show what the container wrote and read.
+#[test]
+fn stats_count_io_to_a_disk_backed_bind_mount() {
+    if !v1_host() || !Path::new("/sys/fs/cgroup/blkio").exists() {
+        return;
+    }
+    let mut bundle = bundle_with(&["sleep", "1000"], json!({}));
+    let data = bundle.path().join("data");
+    fs::create_dir(&data).unwrap();
+    let Some((major, minor)) = disk_of(&data) else {
+        eprintln!("skipping io: {} is not on a block device", data.display());
+        return;
+    };
+    let huge = 1u64 << 40;
+    let rule = json!([{"major": major, "minor": minor, "rate": huge}]);
+    bundle.config["linux"]["resources"]["blockIO"] =
+        json!({"throttleReadBpsDevice": rule, "throttleWriteBpsDevice": rule});
+    bundle.config["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": "/data", "type": "bind",
+        "source": data.to_str().unwrap(), "options": ["rbind", "rw"]
+    }));
+    bundle.write().unwrap();
+    let b = Berth::new(BERTH).unwrap();
+    let cid = id("iostats");
+    b.run_detached(&bundle, &cid);
+    let before = stats(&b, &cid);
+    let io = |v: &Value, k: &str| num(v, &["blkio", k]);
+    assert_eq!(io(&before, "writeBytes"), 0, "{before}");
+    let eight = 8 * MIB_U;
+    // Buffered writes, then fsync: the container's own flush is its I/O.
+    let o = b.run(&[
+        "exec",
+        &cid,
+        "dd",
+        "if=/dev/zero",
+        "of=/data/f",
+        "bs=1M",
+        "count=8",
+        "conv=fsync",
+    ]);
+    assert!(o.status.success(), "{}", all(&o));
+    let w = stats(&b, &cid);
+    assert!(
+        io(&w, "writeBytes") >= eight,
+        "8 MiB written and fsync'd: {w}"
+    );
+    // The data plus the filesystem's journal and metadata, not more.
+    assert!(io(&w, "writeBytes") < eight + 64 * MIB_U, "{w}");
+    assert!(io(&w, "writeOps") >= 1, "{w}");
+    // Reads that go to the disk (O_DIRECT; the file is in the page cache).
+    let o = b.run(&[
+        "exec",
+        &cid,
+        "dd",
+        "if=/data/f",
+        "of=/dev/null",
+        "bs=1M",
+        "iflag=direct",
+    ]);
+    assert!(o.status.success(), "{}", all(&o));
+    let r = stats(&b, &cid);
+    assert!(
+        io(&r, "readBytes") >= io(&w, "readBytes") + eight,
+        "8 MiB read: {r}"
+    );
+    assert!(io(&r, "readOps") > io(&w, "readOps"), "{r}");
+    let m = manager(&bundle).stats().unwrap();
+    assert!(
+        m.io.read_bytes >= eight && m.io.write_bytes >= eight,
+        "{m:?}"
+    );
+    b.ok(&["delete", "--force", &cid]);
+}
