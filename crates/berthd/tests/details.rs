@@ -163,7 +163,7 @@ async fn resolv_conf_comes_from_dns_config_or_the_host() {
         ],
         options: vec!["ndots:5".into(), "timeout:2".into()],
     });
-    let (pod, ids) = run_pod(
+    let (_, ids) = run_pod(
         &mut c,
         cfg,
         vec![
@@ -224,7 +224,6 @@ async fn resolv_conf_comes_from_dns_config_or_the_host() {
     for p in pods(&mut c, None).await {
         remove_pod(&mut c, &p).await;
     }
-    let _ = pod;
     assert_eq!(b.leaks(), Vec::<String>::new());
 }
 
@@ -1447,9 +1446,9 @@ async fn concurrent_requests_on_one_pod_are_serialised() {
                 n
             })
         };
-        let (mut c1, mut c2) = (c.clone(), c.clone());
+        let (mut c1, mut c2, mut c3) = (c.clone(), c.clone(), c.clone());
         let order = round;
-        let (s, r) = tokio::join!(
+        let (s, r, late) = tokio::join!(
             async {
                 if order == 1 {
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1468,9 +1467,29 @@ async fn concurrent_requests_on_one_pod_are_serialised() {
                 })
                 .await
             },
+            // A kubelet still creating a container as the pod goes: it is
+            // made and removed with the pod, or refused.
+            async {
+                tokio::time::sleep(Duration::from_millis(10 * order as u64)).await;
+                c3.create_container(cri::CreateContainerRequest {
+                    pod_sandbox_id: pod.clone(),
+                    config: Some(ctr_config("late", &["sleep", "1000"])),
+                    sandbox_config: None,
+                })
+                .await
+            },
         );
         s.unwrap();
         r.unwrap();
+        if let Err(e) = late {
+            assert!(
+                matches!(
+                    e.code(),
+                    tonic::Code::NotFound | tonic::Code::FailedPrecondition
+                ),
+                "{e:?}"
+            );
+        }
         done.store(true, std::sync::atomic::Ordering::SeqCst);
         assert!(reader.await.unwrap() >= 3);
 
