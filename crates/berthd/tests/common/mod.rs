@@ -44,6 +44,9 @@ pub struct Berthd {
     pub subnet_prefix: String,
     pub cgroup_parent: String,
     child: Option<Child>,
+    /// Stopped by `terminate` and not started again: Drop starts it once
+    /// more, so a test that fails in between leaves no pods behind.
+    terminated: bool,
 }
 
 impl Berthd {
@@ -143,6 +146,7 @@ impl Berthd {
             subnet_prefix,
             cgroup_parent,
             child: None,
+            terminated: false,
         };
         b.spawn();
         b
@@ -153,6 +157,7 @@ impl Berthd {
     }
 
     fn spawn_env(&mut self, fault: Option<&str>) {
+        self.terminated = false;
         let _ = std::fs::remove_file(&self.socket);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -188,6 +193,7 @@ impl Berthd {
     /// for berthd to exit and returns how it exited (None: it did not).
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         let mut c = self.child.take()?;
+        self.terminated = true;
         // No libc among the test's dependencies: kill(1) sends it.
         let _ = Command::new("kill")
             .args(["-TERM", &c.id().to_string()])
@@ -201,6 +207,38 @@ impl Berthd {
         let _ = c.kill();
         let _ = c.wait();
         None
+    }
+
+    /// As `spawn`, but never panics (it runs in Drop, maybe while a test
+    /// panics).
+    fn respawn_for_cleanup(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+        let Ok(log) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.tmp.path().join("berthd.log"))
+        else {
+            return;
+        };
+        let Ok(err) = log.try_clone() else {
+            return;
+        };
+        let Ok(child) = Command::new(bin("berthd"))
+            .arg("--config")
+            .arg(&self.config)
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+        else {
+            return;
+        };
+        self.child = Some(child);
+        for _ in 0..500 {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// SIGKILL, as a crash would.
@@ -222,6 +260,9 @@ impl Berthd {
 
 impl Drop for Berthd {
     fn drop(&mut self) {
+        if self.child.is_none() && self.terminated {
+            self.respawn_for_cleanup();
+        }
         // Remove whatever pods are left through the daemon itself, then stop it.
         if self.child.is_some() {
             let sock = self.socket.clone();
