@@ -1517,3 +1517,44 @@ async fn concurrent_requests_on_one_pod_are_serialised() {
         assert_eq!(b.leaks(), Vec::<String>::new(), "round {round}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_every_rpc_and_refused_requests() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let b = Berthd::start_with(Options {
+        extra_toml: format!("[metrics]\naddress = {addr:?}\n"),
+        ..Default::default()
+    });
+    let mut c = b.rt().await;
+    // What a kubelet calls all the time.
+    c.version(cri::VersionRequest::default()).await.unwrap();
+    c.status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap();
+    c.runtime_config(cri::RuntimeConfigRequest {})
+        .await
+        .unwrap();
+    // Refused before any work: an empty id.
+    let e = c
+        .container_status(cri::ContainerStatusRequest {
+            container_id: String::new(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    let (_, body) = http_get(&addr, "/metrics");
+    let m = parse_prometheus(&body);
+    let get = |name: &str, op: &str| m.get(&format!("{name}{{operation=\"{op}\"}}")).copied();
+    // All of them checked, then reported at once.
+    let mut missing = Vec::new();
+    for op in ["Version", "Status", "RuntimeConfig"] {
+        if get("berth_cri_operations_total", op) != Some(1.0) {
+            missing.push(format!("{op} not counted"));
+        }
+    }
+    if get("berth_cri_operation_errors_total", "ContainerStatus") != Some(1.0) {
+        missing.push("the refused ContainerStatus not counted as an error".to_string());
+    }
+    assert!(missing.is_empty(), "{missing:?}:\n{body}");
+}

@@ -56,6 +56,7 @@ pub async fn serve(
     listener: UnixListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let metered = d.clone();
     let svc = Service { d };
     let incoming = async_stream_unix(listener);
     let in_flight = InFlight::default();
@@ -65,6 +66,7 @@ pub async fn serve(
         .layer(tower::layer::layer_fn(move |inner| CountUnary {
             inner,
             n: counted.clone(),
+            d: metered.clone(),
         }))
         .add_service(
             RuntimeServiceServer::new(svc.clone())
@@ -137,19 +139,72 @@ impl Drop for InFlightGuard {
     }
 }
 
-/// Counts each unary call until its handler returned (tonic has then
-/// encoded the whole reply).
+/// The CRI methods, as metrics name them: a method not listed counts as
+/// "Unknown", so no client can grow the metrics without bound.
+const METHODS: &[&str] = &[
+    "Version",
+    "RunPodSandbox",
+    "StopPodSandbox",
+    "RemovePodSandbox",
+    "PodSandboxStatus",
+    "ListPodSandbox",
+    "CreateContainer",
+    "StartContainer",
+    "StopContainer",
+    "RemoveContainer",
+    "ListContainers",
+    "ContainerStatus",
+    "UpdateContainerResources",
+    "ReopenContainerLog",
+    "ExecSync",
+    "Exec",
+    "Attach",
+    "PortForward",
+    "ContainerStats",
+    "ListContainerStats",
+    "PodSandboxStats",
+    "ListPodSandboxStats",
+    "UpdateRuntimeConfig",
+    "Status",
+    "CheckpointContainer",
+    "GetContainerEvents",
+    "ListMetricDescriptors",
+    "ListPodSandboxMetrics",
+    "RuntimeConfig",
+    "UpdatePodSandboxResources",
+    "ListImages",
+    "ImageStatus",
+    "PullImage",
+    "RemoveImage",
+    "ImageFsInfo",
+];
+
+fn method(path: &str) -> &'static str {
+    let name = path.rsplit('/').next().unwrap_or_default();
+    METHODS
+        .iter()
+        .find(|m| **m == name)
+        .copied()
+        .unwrap_or("Unknown")
+}
+
+/// Every call, whatever refused or served it, is metered here: its
+/// latency until the reply's headers, and an error when they carry a
+/// non-zero grpc-status (tonic sends errors trailers-only). Unary calls
+/// are also counted as in flight until their handler returned (tonic has
+/// then encoded the whole reply).
 #[derive(Clone)]
 struct CountUnary<S> {
     inner: S,
     n: InFlight,
+    d: Arc<Daemon>,
 }
 
 type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
-impl<S, B> tower::Service<http::Request<B>> for CountUnary<S>
+impl<S, B, RB> tower::Service<http::Request<B>> for CountUnary<S>
 where
-    S: tower::Service<http::Request<B>>,
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -165,10 +220,19 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let guard = (!is_stream(req.uri().path())).then(|| InFlightGuard::new(&self.n));
+        let op = method(req.uri().path());
+        let start = std::time::Instant::now();
+        let d = self.d.clone();
         let fut = self.inner.call(req);
         Box::pin(async move {
             let r = fut.await;
             drop(guard);
+            let ok = r.as_ref().is_ok_and(|resp| {
+                resp.headers()
+                    .get("grpc-status")
+                    .is_none_or(|v| v.as_bytes() == b"0")
+            });
+            d.metrics.observe(op, start.elapsed(), ok);
             r
         })
     }

@@ -10,7 +10,6 @@ use k8s_cri::v1::image_service_server::ImageService;
 use k8s_cri::v1::runtime_service_server::RuntimeService;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
 use tonic::{Request, Response, Status};
 
 pub const RUNTIME_NAME: &str = "berth";
@@ -22,14 +21,14 @@ pub struct Service {
 }
 
 impl Service {
-    /// Runs `f` on a blocking thread, under `pod`'s lock if given.
+    /// Runs `f` on a blocking thread, under `pod`'s lock if given (the
+    /// server's layer meters every call, this one included).
     async fn run<T: Send + 'static>(
         &self,
         op: &'static str,
         pod: Option<String>,
         f: impl FnOnce(&Daemon) -> Result<T> + Send + 'static,
     ) -> std::result::Result<T, Status> {
-        let start = Instant::now();
         let lock = pod.filter(|p| !p.is_empty()).map(|p| self.d.pod_lock(&p));
         let _g = match &lock {
             Some(l) => Some(l.lock().await),
@@ -39,7 +38,6 @@ impl Service {
         let r = tokio::task::spawn_blocking(move || f(&d))
             .await
             .unwrap_or_else(|e| Err(CriError::Internal(format!("{op}: {e}"))));
-        self.d.metrics.observe(op, start.elapsed(), r.is_ok());
         if let Err(e) = &r {
             tracing::info!(op, "error: {e}");
         }
