@@ -596,3 +596,340 @@ fn relative_and_default_paths_are_under_the_callers_parent_cgroup() {
     }
     assert!(!Path::new(ROOT).join(&parent).join("a").exists());
 }
+
+// Accounting with real values (memory.current/stat, cpu.stat, pids.current,
+// io.stat), through `berth events --stats` and Manager::stats.
+
+const MIB: u64 = 1 << 20;
+
+/// `berth events --stats`' data.
+fn stats_json(b: &Berth, id: &str) -> serde_json::Value {
+    let out = b.ok(&["events", "--stats", id]);
+    let ev: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON event");
+    assert_eq!(ev["type"], "stats", "{out}");
+    ev["data"].clone()
+}
+
+fn num(v: &serde_json::Value, path: &[&str]) -> u64 {
+    let mut x = v;
+    for k in path {
+        x = &x[*k];
+    }
+    x.as_u64()
+        .unwrap_or_else(|| panic!("{} is not a number in {v}", path.join(".")))
+}
+
+/// Polls `f` until it holds; the bound only keeps a broken run (in a slow,
+/// emulated VM) from hanging.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn stats_show_the_memory_a_container_holds() {
+    if !v2_host("stats_show_the_memory_a_container_holds") {
+        return;
+    }
+    let b = Berth::new(BERTH).unwrap();
+    // busybox tail keeps everything since the last newline: 40 MiB of zeros
+    // stay in its heap while the writer sleeps with the pipe open. The
+    // init itself writes the /dev/shm file later (on /tmp/go): `berth exec`
+    // in this VM would not see the container's root (see the io test).
+    let bundle = Bundle::new(&[
+        "sh",
+        "-c",
+        "{ head -c 41943040 /dev/zero; sleep 1000; } | tail & \
+         while [ ! -e /tmp/go ]; do sleep 0.05; done; \
+         head -c 41943040 /dev/zero > /dev/shm/blob; sleep 1000",
+    ])
+    .unwrap();
+    b.run_detached(&bundle, "v2-mem");
+    let forty = 40 * MIB;
+    let mut s = serde_json::Value::Null;
+    eventually("40 MiB of anonymous memory", || {
+        s = stats_json(&b, "v2-mem");
+        num(&s, &["memory", "rss"]) >= forty
+    });
+    let usage = num(&s, &["memory", "usage", "usage"]);
+    let ws = num(&s, &["memory", "workingSet"]);
+    let faults = num(&s, &["memory", "pageFaults"]);
+    assert!(
+        usage >= forty && usage < 100 * MIB,
+        "usage (memory.current): {s}"
+    );
+    assert!(ws >= forty && ws <= usage, "working set: {s}");
+    assert!(
+        num(&s, &["memory", "rss"]) <= usage,
+        "anon above current: {s}"
+    );
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .is_ok_and(|t| t.contains("[always]"));
+    let min_faults = if thp { 1 } else { forty / 4096 * 9 / 10 };
+    assert!(faults >= min_faults, "{faults} page faults for 40 MiB: {s}");
+    assert!(num(&s, &["memory", "majorPageFaults"]) <= faults, "{s}");
+    assert_eq!(s["memory"]["oomKills"], 0, "{s}");
+    let m = manager(&bundle).stats().unwrap();
+    assert!(m.memory.rss_bytes >= forty, "{m:?}");
+    assert_eq!(m.memory.limit_bytes, u64::MAX, "no limit was set: {m:?}");
+    if Path::new(&cgroup_dir(&bundle)).join("memory.peak").exists() {
+        assert!(m.memory.max_usage_bytes >= forty, "memory.peak: {m:?}");
+    }
+
+    // 40 MiB in a tmpfs file (the container's /dev/shm): shmem is "file" in
+    // memory.stat but never inactive_file, so the working set grows too.
+    std::fs::write(bundle.rootfs().join("tmp/go"), "").unwrap();
+    let mut s2 = serde_json::Value::Null;
+    eventually("40 MiB of shmem in the cache", || {
+        s2 = stats_json(&b, "v2-mem");
+        num(&s2, &["memory", "cache"]) >= forty
+    });
+    assert!(
+        num(&s2, &["memory", "usage", "usage"]) >= usage + forty - MIB,
+        "before {s}, after {s2}"
+    );
+    assert!(
+        num(&s2, &["memory", "workingSet"]) >= ws + forty - MIB,
+        "before {s}, after {s2}"
+    );
+    b.ok(&["delete", "--force", "v2-mem"]);
+}
+
+/// utime + stime of a pid, in seconds (/proc/<pid>/stat fields 14, 15).
+fn proc_cpu_secs(pid: i64) -> f64 {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &st[st.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no memory-safety preconditions.
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+#[test]
+fn stats_count_the_cpu_time_of_a_busy_loop() {
+    if !v2_host("stats_count_the_cpu_time_of_a_busy_loop") {
+        return;
+    }
+    let b = Berth::new(BERTH).unwrap();
+    let bundle = Bundle::new(&[
+        "sh",
+        "-c",
+        "while [ ! -e /tmp/go ]; do sleep 0.05; done; \
+         while [ ! -e /tmp/stop ]; do :; done; sleep 1000",
+    ])
+    .unwrap();
+    let pid = b.run_detached(&bundle, "v2-cpu") as i64;
+    let before = stats_json(&b, "v2-cpu");
+    let t0 = Instant::now();
+    let cpu0 = proc_cpu_secs(pid);
+    std::fs::write(bundle.rootfs().join("tmp/go"), "").unwrap();
+    eventually("the loop to use 0.5 s of CPU", || {
+        proc_cpu_secs(pid) - cpu0 >= 0.5
+    });
+    std::fs::write(bundle.rootfs().join("tmp/stop"), "").unwrap();
+    let task = proc_cpu_secs(pid) - cpu0;
+    let after = stats_json(&b, "v2-cpu");
+    let wall = t0.elapsed().as_secs_f64();
+    let ns = |v: &serde_json::Value, k: &str| num(v, &["cpu", "usage", k]);
+    let used = (ns(&after, "total") - ns(&before, "total")) as f64 / 1e9;
+    assert!(
+        used >= 0.45 && used + 0.02 >= task,
+        "cgroup CPU {used:.3} s (cpu.stat usage_usec) for a loop the kernel says used \
+         {task:.3} s: before {before}, after {after}"
+    );
+    assert!(
+        used <= wall + 0.1,
+        "{used:.3} s of CPU in {wall:.3} s: {after}"
+    );
+    let split = (ns(&after, "user") + ns(&after, "kernel")) as f64;
+    let total = ns(&after, "total") as f64;
+    assert!(
+        (split - total).abs() <= total * 0.25 + 5e7,
+        "user + system {split} vs usage {total}: {after}"
+    );
+    assert_eq!(num(&after, &["cpu", "throttling", "periods"]), 0, "{after}");
+    b.ok(&["delete", "--force", "v2-cpu"]);
+}
+
+#[test]
+fn stats_count_the_processes_started() {
+    if !v2_host("stats_count_the_processes_started") {
+        return;
+    }
+    let b = Berth::new(BERTH).unwrap();
+    let mut bundle =
+        Bundle::new(&["sh", "-c", "sleep 1000 & sleep 1000 & sleep 1000 & wait"]).unwrap();
+    bundle.config["linux"]["resources"]["pids"] = json!({"limit": 20});
+    bundle.write().unwrap();
+    b.run_detached(&bundle, "v2-pids");
+    let current = || num(&stats_json(&b, "v2-pids"), &["pids", "current"]);
+    eventually("4 processes", || current() == 4);
+    let st = b
+        .cmd()
+        .args(["exec", "-d", "v2-pids", "sleep", "1000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    eventually("5 processes after an exec", || current() == 5);
+    let m = manager(&bundle).stats().unwrap();
+    assert_eq!((m.pids.current, m.pids.limit), (5, 20), "{m:?}");
+    b.ok(&["kill", "v2-pids", "KILL"]);
+    wait_status(&b, "v2-pids", "stopped");
+    eventually("no processes", || {
+        manager(&bundle).stats().unwrap().pids.current == 0
+    });
+    b.ok(&["delete", "--force", "v2-pids"]);
+}
+
+/// The whole disk (maj, min) holding `dir`, if its filesystem is on one.
+fn disk_of(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(dir).ok()?.dev();
+    let (maj, min) = (libc::major(dev), libc::minor(dev));
+    let sys = std::fs::canonicalize(format!("/sys/dev/block/{maj}:{min}")).ok()?;
+    let disk = if sys.join("partition").exists() {
+        sys.parent()?.to_path_buf()
+    } else {
+        sys
+    };
+    let dev = std::fs::read_to_string(disk.join("dev")).ok()?;
+    let (a, b) = dev.trim().split_once(':')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// An ext4 image on a loop device mounted at a directory, for hosts (the
+/// VM: 9p and tmpfs only) where the test's temp dir is on no block device;
+/// unmounted and detached on drop.
+struct LoopFs(PathBuf);
+
+impl LoopFs {
+    fn new(dir: &Path) -> Result<LoopFs, String> {
+        let img = dir.join("disk.img");
+        let mnt = dir.join("data");
+        std::fs::create_dir_all(&mnt).map_err(|e| e.to_string())?;
+        let f = std::fs::File::create(&img).map_err(|e| e.to_string())?;
+        f.set_len(64 * MIB).map_err(|e| e.to_string())?;
+        // Modules in the VM's Debian kernel; built in elsewhere, or loaded.
+        for m in ["loop", "ext4"] {
+            let _ = std::process::Command::new("/usr/sbin/modprobe")
+                .arg(m)
+                .status();
+        }
+        for (bin, args) in [
+            (
+                "/usr/sbin/mkfs.ext4",
+                vec!["-q", "-F", img.to_str().unwrap()],
+            ),
+            (
+                "/usr/bin/mount",
+                vec!["-o", "loop", img.to_str().unwrap(), mnt.to_str().unwrap()],
+            ),
+        ] {
+            let o = std::process::Command::new(bin)
+                .args(&args)
+                .output()
+                .map_err(|e| format!("{bin}: {e}"))?;
+            if !o.status.success() {
+                return Err(format!("{bin}: {}", String::from_utf8_lossy(&o.stderr)));
+            }
+        }
+        Ok(LoopFs(mnt))
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        // -d detaches the loop device too.
+        let _ = std::process::Command::new("/usr/bin/umount")
+            .arg("-d")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The container's init writes 8 MiB with fsync on /tmp/go, then reads it
+/// back with O_DIRECT on /tmp/read, leaving a marker in /data after each.
+/// Not through `berth exec`: in the VM the guest runs chroot'ed inside its
+/// initramfs, so the container's mount namespace root is the initramfs and
+/// an exec'd process (whose setns(CLONE_NEWNS) puts it at that root) does
+/// not see the container's /data.
+const IO_SCRIPT: &str = "while [ ! -e /tmp/go ]; do sleep 0.05; done; \
+    dd if=/dev/zero of=/data/f bs=1M count=8 conv=fsync 2>/data/err && : > /data/written; \
+    while [ ! -e /tmp/read ]; do sleep 0.05; done; \
+    dd if=/data/f of=/dev/null bs=1M iflag=direct 2>>/data/err && : > /data/read; \
+    sleep 1000";
+
+#[test]
+fn stats_count_io_to_a_disk_backed_bind_mount() {
+    if !v2_host("stats_count_io_to_a_disk_backed_bind_mount") {
+        return;
+    }
+    let mut bundle = Bundle::new(&["sh", "-c", IO_SCRIPT]).unwrap();
+    let mut data = bundle.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    // Dropped after the containers (b, declared later) and before the bundle.
+    let _loop_fs = match disk_of(&data) {
+        Some(_) => None,
+        None => match LoopFs::new(bundle.path()) {
+            Ok(l) => {
+                data = l.0.clone();
+                Some(l)
+            }
+            Err(e) => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "stats_count_io: skipped: no block device for a bind mount: {e}"
+                );
+                return;
+            }
+        },
+    };
+    assert!(disk_of(&data).is_some(), "{} is on no disk", data.display());
+    // No throttle rules: v2 counts every device in io.stat.
+    bundle.config["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": "/data", "type": "bind",
+        "source": data.to_str().unwrap(), "options": ["rbind", "rw"]
+    }));
+    bundle.write().unwrap();
+    let b = Berth::new(BERTH).unwrap();
+    b.run_detached(&bundle, "v2-io");
+    let io = |v: &serde_json::Value, k: &str| num(v, &["blkio", k]);
+    let eight = 8 * MIB;
+    let err = || std::fs::read_to_string(data.join("err")).unwrap_or_default();
+    let before = stats_json(&b, "v2-io");
+    std::fs::write(bundle.rootfs().join("tmp/go"), "").unwrap();
+    eventually("the write and fsync", || {
+        assert!(!err().contains("can't"), "{}", err());
+        data.join("written").exists()
+    });
+    let w = stats_json(&b, "v2-io");
+    assert!(
+        io(&w, "writeBytes") >= io(&before, "writeBytes") + eight,
+        "8 MiB written and fsync'd: before {before}, after {w}"
+    );
+    assert!(io(&w, "writeBytes") < eight + 64 * MIB, "{w}");
+    assert!(io(&w, "writeOps") >= 1, "{w}");
+    std::fs::write(bundle.rootfs().join("tmp/read"), "").unwrap();
+    eventually("the O_DIRECT read", || {
+        assert!(!err().contains("can't"), "{}", err());
+        data.join("read").exists()
+    });
+    let r = stats_json(&b, "v2-io");
+    assert!(
+        io(&r, "readBytes") >= io(&w, "readBytes") + eight,
+        "8 MiB read: before {w}, after {r}"
+    );
+    assert!(io(&r, "readOps") > io(&w, "readOps"), "{r}");
+    let m = manager(&bundle).stats().unwrap();
+    assert!(
+        m.io.read_bytes >= eight && m.io.write_bytes >= eight,
+        "{m:?}"
+    );
+    b.ok(&["delete", "--force", "v2-io"]);
+}
