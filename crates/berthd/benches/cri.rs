@@ -25,6 +25,18 @@ fn main() {
         .unwrap_or_else(|| "target/bench-cri".into());
     let berthctl = common::bin("berthctl");
     let b = common::Berthd::start();
+    // The same CNI network as containerd's (one bridge plugin, no portmap),
+    // on berthd's own bridge and subnet; berthd reads it at the first pod.
+    std::fs::write(
+        b.tmp.path().join("net.d/10-berth.conflist"),
+        berth_testutil::containerd_cri::cni_conflist(
+            "berth-bench",
+            &b.bridge,
+            &format!("{}.0/24", b.subnet_prefix),
+            &b.tmp.path().join("ipam"),
+        ),
+    )
+    .expect("writing berthd's CNI config");
     let ctd = berth_testutil::containerd_cri::ContainerdCri::start().expect("containerd");
     ctd.import_busybox(common::IMAGE, &["sh"])
         .expect("importing the image into containerd");

@@ -110,7 +110,8 @@ disabled_plugins = [
     )
 }
 
-fn cni_conflist(name: &str, bridge: &str, subnet: &str, ipam_dir: &Path) -> String {
+/// The CNI network both runtimes get in tests and benchmarks.
+pub fn cni_conflist(name: &str, bridge: &str, subnet: &str, ipam_dir: &Path) -> String {
     serde_json::json!({
         "cniVersion": "0.4.0",
         "name": name,
