@@ -66,16 +66,7 @@ async fn a_pod_of_two_containers_shares_localhost_and_logs() {
     assert_eq!(&parts[1..], &["stdout", "F", "serving"], "{log}");
     // Stop and remove, twice (idempotent), and the pod's IP is released.
     for _ in 0..2 {
-        c.stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap();
-        c.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap();
+        stop_and_remove_pod(&mut c, &pod).await;
     }
     let left = c
         .list_containers(cri::ListContainersRequest { filter: None })
@@ -673,16 +664,7 @@ async fn a_pod_sharing_its_pid_namespace_keeps_one_tiny_init() {
         .unwrap_or_default()
         .to_string();
     assert!(!pid1.contains("sleep"), "{ps}");
-    c.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
-    c.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .unwrap();
+    stop_and_remove_pod(&mut c, &pod).await;
     assert_eq!(b.leaks(), Vec::<String>::new());
 }
 

@@ -72,16 +72,7 @@ async fn containers_run_and_log_while_berthd_is_down_and_are_found_after() {
     ] {
         assert!(live.contains(what), "{what} missing from:\n{live}");
     }
-    c.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
-    c.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .unwrap();
+    stop_and_remove_pod(&mut c, &pod).await;
     assert_eq!(b.leaks(), Vec::<String>::new());
 }
 
@@ -181,16 +172,7 @@ async fn a_crash_at_any_step_is_recovered_without_leaks() {
             .into_inner()
             .items;
         for p in pods {
-            c.stop_pod_sandbox(cri::StopPodSandboxRequest {
-                pod_sandbox_id: p.id.clone(),
-            })
-            .await
-            .unwrap();
-            c.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-                pod_sandbox_id: p.id,
-            })
-            .await
-            .unwrap();
+            stop_and_remove_pod(&mut c, &p.id).await;
         }
         let ctrs = c
             .list_containers(cri::ListContainersRequest { filter: None })
@@ -291,15 +273,6 @@ async fn a_pod_whose_namespaces_are_gone_is_not_ready_after_a_restart() {
         .status
         .unwrap();
     assert_eq!(st.state, cri::PodSandboxState::SandboxNotready as i32);
-    c.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
-    c.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .unwrap();
+    stop_and_remove_pod(&mut c, &pod).await;
     assert_eq!(b.leaks(), Vec::<String>::new());
 }

@@ -133,16 +133,7 @@ async fn a_pod_without_host_users_runs_in_its_own_user_namespace_with_idmapped_m
         "1"
     );
 
-    c.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
-    c.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .unwrap();
+    stop_and_remove_pod(&mut c, &pod).await;
     assert_eq!(b.leaks(), Vec::<String>::new());
 }
 

@@ -448,6 +448,20 @@ pub async fn run_pod(
     (pod, ids)
 }
 
+/// StopPodSandbox then RemovePodSandbox, both expected to succeed.
+pub async fn stop_and_remove_pod(c: &mut RuntimeServiceClient<Channel>, pod: &str) {
+    c.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.into(),
+    })
+    .await
+    .unwrap();
+    c.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.into(),
+    })
+    .await
+    .unwrap();
+}
+
 pub async fn status(c: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::ContainerStatus {
     c.container_status(cri::ContainerStatusRequest {
         container_id: id.into(),
