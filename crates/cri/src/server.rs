@@ -257,8 +257,20 @@ pub async fn serve_metrics(d: Arc<Daemon>, addr: String) -> std::io::Result<()> 
         let (mut s, _) = l.accept().await?;
         let d = d.clone();
         tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf)).await;
+            // The whole request head is read (bounded): closing a socket with
+            // unread bytes makes the kernel reset it, and the client may then
+            // lose the reply.
+            let read_head = async {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while head.len() < 8192 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), read_head).await;
             let body = d.metrics.render();
             let resp = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
@@ -266,6 +278,7 @@ pub async fn serve_metrics(d: Arc<Daemon>, addr: String) -> std::io::Result<()> 
                 body
             );
             let _ = s.write_all(resp.as_bytes()).await;
+            let _ = s.shutdown().await;
         });
     }
 }
