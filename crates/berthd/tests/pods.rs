@@ -778,16 +778,27 @@ async fn pod_requests_are_checked_before_anything_is_made() {
     ];
     let cases: Vec<(&str, Edit)> = cases
         .into_iter()
-        .chain([(
-            // Unsafe (not in the kubelet's safe set) unless the node allows it.
-            "allowed_unsafe_sysctls",
-            (|p: &mut cri::PodSandboxConfig| {
-                p.linux = Some(cri::LinuxPodSandboxConfig {
-                    sysctls: [("net.core.somaxconn".to_string(), "1024".to_string())].into(),
-                    ..Default::default()
-                })
-            }) as Edit,
-        )])
+        .chain([
+            // Not namespaced: it would change the node, whatever the kubelet allows.
+            (
+                "config.linux.sysctls[kernel.panic]",
+                (|p: &mut cri::PodSandboxConfig| {
+                    p.linux = Some(cri::LinuxPodSandboxConfig {
+                        sysctls: [("kernel.panic".to_string(), "1".to_string())].into(),
+                        ..Default::default()
+                    })
+                }) as Edit,
+            ),
+            (
+                "config.linux.sysctls[kernel.domainname]",
+                (|p: &mut cri::PodSandboxConfig| {
+                    p.linux = Some(cri::LinuxPodSandboxConfig {
+                        sysctls: [("kernel.domainname".to_string(), "x".to_string())].into(),
+                        ..Default::default()
+                    })
+                }) as Edit,
+            ),
+        ])
         .collect();
     for (field, edit) in cases {
         let mut cfg = pod_config("chk", &b.logs());
@@ -801,11 +812,16 @@ async fn pod_requests_are_checked_before_anything_is_made() {
     // A retried RunPodSandbox (same name and attempt) gets no second pod.
     // A safe sysctl is set in the pod's network namespace.
     let mut cfg = pod_config("once", &b.logs());
+    // Safe or not is the kubelet's call: every namespaced sysctl is applied.
     cfg.linux = Some(cri::LinuxPodSandboxConfig {
-        sysctls: [(
-            "net.ipv4.ping_group_range".to_string(),
-            "0 2147483647".to_string(),
-        )]
+        sysctls: [
+            (
+                "net.ipv4.ping_group_range".to_string(),
+                "0 2147483647".to_string(),
+            ),
+            ("net.core.somaxconn".to_string(), "1234".to_string()),
+            ("kernel.msgmax".to_string(), "12345".to_string()),
+        ]
         .into(),
         ..Default::default()
     });
@@ -864,6 +880,13 @@ async fn pod_requests_are_checked_before_anything_is_made() {
         range.split_whitespace().collect::<Vec<_>>(),
         ["0", "2147483647"]
     );
+    for (file, want) in [
+        ("/proc/sys/net/core/somaxconn", "1234"),
+        ("/proc/sys/kernel/msgmax", "12345"),
+    ] {
+        let r = exec(&mut c, &ids[1], &["cat", file]).await;
+        assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), want, "{file}");
+    }
     let df = exec(&mut c, &ids[1], &["df", "-k", "/dev/shm"]).await;
     let df = String::from_utf8_lossy(&df.stdout).to_string();
     assert!(df.contains("65536"), "{df}");

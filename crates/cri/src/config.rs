@@ -37,12 +37,15 @@ pub struct RuntimeConfig {
     pub monitor: PathBuf,
     /// Extra RuntimeClass handlers: runc-compatible binaries by path.
     pub handlers: BTreeMap<String, Handler>,
-    /// Where Localhost seccomp profiles live.
+    /// When set, Localhost seccomp profiles must lie inside this directory.
+    /// Empty (the default): any absolute path the kubelet sends, as
+    /// containerd and CRI-O take it.
     pub seccomp_profile_root: PathBuf,
-    /// Namespaced sysctls beyond the kubelet's safe set that pods may set,
-    /// as the kubelet's `--allowed-unsafe-sysctls`: names, or prefixes
-    /// ending in `*` ("net.core.*").
-    pub allowed_unsafe_sysctls: Vec<String>,
+    /// Sysctls pods may not set even when the kubelet allows them: names,
+    /// or prefixes ending in `*` ("net.core.*"). Empty by default: the
+    /// kubelet (`--allowed-unsafe-sysctls`) decides, and berthd applies
+    /// every sysctl of a namespace the pod owns.
+    pub denied_sysctls: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -115,8 +118,8 @@ impl Default for RuntimeConfig {
             cgroup_parent: "/berth".into(),
             monitor: PathBuf::new(),
             handlers: BTreeMap::new(),
-            seccomp_profile_root: "/var/lib/kubelet/seccomp".into(),
-            allowed_unsafe_sysctls: Vec::new(),
+            seccomp_profile_root: PathBuf::new(),
+            denied_sysctls: Vec::new(),
         }
     }
 }

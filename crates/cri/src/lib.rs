@@ -22,6 +22,7 @@ pub mod server;
 pub mod service;
 pub mod spec;
 pub mod store;
+pub mod sysctl;
 pub mod userns;
 pub mod views;
 

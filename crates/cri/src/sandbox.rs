@@ -27,33 +27,7 @@ pub fn namespace_modes(cfg: &PodSandboxConfig) -> (i32, i32, i32) {
     }
 }
 
-/// The kubelet's safe sysctls: namespaced, and unable to affect other pods.
-const SAFE_SYSCTLS: &[&str] = &[
-    "kernel.shm_rmid_forced",
-    "net.ipv4.ip_local_port_range",
-    "net.ipv4.ip_local_reserved_ports",
-    "net.ipv4.tcp_syncookies",
-    "net.ipv4.ping_group_range",
-    "net.ipv4.ip_unprivileged_port_start",
-    "net.ipv4.tcp_keepalive_time",
-    "net.ipv4.tcp_fin_timeout",
-    "net.ipv4.tcp_keepalive_intvl",
-    "net.ipv4.tcp_keepalive_probes",
-    "net.ipv4.tcp_rmem",
-    "net.ipv4.tcp_wmem",
-];
-
-/// Safe sysctls always; others only when the node's config allows them.
-fn sysctl_allowed(key: &str, allowed_unsafe: &[String]) -> bool {
-    let key = key.replace('/', ".");
-    SAFE_SYSCTLS.contains(&key.as_str())
-        || allowed_unsafe.iter().any(|a| match a.strip_suffix('*') {
-            Some(prefix) => key.starts_with(prefix),
-            None => *a == key,
-        })
-}
-
-fn validate(cfg: &PodSandboxConfig, allowed_unsafe: &[String]) -> Result<()> {
+fn validate(cfg: &PodSandboxConfig, denied_sysctls: &[String]) -> Result<()> {
     let m = cfg
         .metadata
         .as_ref()
@@ -93,26 +67,13 @@ fn validate(cfg: &PodSandboxConfig, allowed_unsafe: &[String]) -> Result<()> {
                 .map_err(|e| invalid("config.linux.cgroup_parent", e.to_string()))?;
         }
         let (net, _, ipc) = namespace_modes(cfg);
+        let own = crate::sysctl::OwnNamespaces {
+            net: net != NamespaceMode::Node as i32,
+            ipc: ipc != NamespaceMode::Node as i32,
+        };
         for (k, v) in &l.sysctls {
-            let field = format!("config.linux.sysctls[{k}]");
-            validate_sysctl(k, v).map_err(|m| invalid(&field, m))?;
-            // Never for a namespace the pod shares with the node.
-            let norm = k.replace('/', ".");
-            if norm.starts_with("net.") && net == NamespaceMode::Node as i32 {
-                return Err(invalid(field, "net.* sysctls need the pod's own network"));
-            }
-            if !norm.starts_with("net.") && ipc == NamespaceMode::Node as i32 {
-                return Err(invalid(
-                    field,
-                    "IPC sysctls need the pod's own IPC namespace",
-                ));
-            }
-            if !sysctl_allowed(k, allowed_unsafe) {
-                return Err(invalid(
-                    field,
-                    "not a safe sysctl; allow it in [runtime] allowed_unsafe_sysctls",
-                ));
-            }
+            crate::sysctl::check(k, v, own, denied_sysctls)
+                .map_err(|m| invalid(format!("config.linux.sysctls[{k}]"), m))?;
         }
     }
     for (i, p) in cfg.port_mappings.iter().enumerate() {
@@ -162,40 +123,6 @@ fn validate(cfg: &PodSandboxConfig, allowed_unsafe: &[String]) -> Result<()> {
                 ));
             }
         }
-    }
-    Ok(())
-}
-
-/// Namespaced sysctls only, and values that cannot smuggle a second
-/// assignment (the sysctl injection class of bugs).
-pub fn validate_sysctl(k: &str, v: &str) -> std::result::Result<(), String> {
-    let key_ok = !k.is_empty()
-        && k.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b))
-        && !k.contains("..")
-        && !k.starts_with(['.', '/']);
-    if !key_ok {
-        return Err(format!("{k:?} is not a sysctl name"));
-    }
-    if v.contains(['\n', '\r', '\0', '=']) {
-        return Err(format!("value {v:?} must be a single plain value"));
-    }
-    let k2 = k.replace('/', ".");
-    let namespaced = k2.starts_with("net.")
-        || k2.starts_with("fs.mqueue.")
-        || [
-            "kernel.shmmax",
-            "kernel.shmall",
-            "kernel.shmmni",
-            "kernel.shm_rmid_forced",
-            "kernel.msgmax",
-            "kernel.msgmnb",
-            "kernel.msgmni",
-            "kernel.sem",
-        ]
-        .contains(&k2.as_str());
-    if !namespaced {
-        return Err(format!("{k} is not a namespaced sysctl"));
     }
     Ok(())
 }
@@ -299,7 +226,7 @@ impl Daemon {
     }
 
     pub fn run_pod(&self, cfg: PodSandboxConfig, handler: String) -> Result<String> {
-        validate(&cfg, &self.cfg.runtime.allowed_unsafe_sysctls)?;
+        validate(&cfg, &self.cfg.runtime.denied_sysctls)?;
         if !self.handler_known(&handler) {
             return Err(invalid(
                 "runtime_handler",
@@ -673,29 +600,6 @@ fn is_monitor(pid: i32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sysctls_are_namespaced_and_single_valued() {
-        assert!(validate_sysctl("net.ipv4.ip_forward", "1").is_ok());
-        assert!(validate_sysctl("net/ipv4/ip_forward", "1").is_ok());
-        assert!(validate_sysctl("kernel.shmmax", "100").is_ok());
-        assert!(validate_sysctl("kernel.panic", "1").is_err());
-        assert!(validate_sysctl("vm.overcommit_memory", "1").is_err());
-        assert!(validate_sysctl("net.ipv4.ip_forward", "1\nkernel.panic=1").is_err());
-        assert!(validate_sysctl("net.ipv4.ip_forward", "1=kernel.panic").is_err());
-        assert!(validate_sysctl("net/../../kernel/panic", "1").is_err());
-    }
-
-    #[test]
-    fn unsafe_sysctls_only_when_allowed() {
-        assert!(sysctl_allowed("net.ipv4.ping_group_range", &[]));
-        assert!(sysctl_allowed("net/ipv4/tcp_syncookies", &[]));
-        assert!(!sysctl_allowed("net.core.somaxconn", &[]));
-        let allowed = ["net.core.*".to_string(), "kernel.msgmax".to_string()];
-        assert!(sysctl_allowed("net.core.somaxconn", &allowed));
-        assert!(sysctl_allowed("kernel.msgmax", &allowed));
-        assert!(!sysctl_allowed("kernel.msgmnb", &allowed));
-    }
 
     #[test]
     fn quantities() {

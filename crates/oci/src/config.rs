@@ -367,17 +367,14 @@ fn validate_sysctl(
         return bad("value must be a single line");
     }
     let k = key.replace('/', ".");
-    let ipc = [
-        "kernel.msgmax",
-        "kernel.msgmnb",
-        "kernel.msgmni",
-        "kernel.sem",
-        "kernel.shmall",
-        "kernel.shmmax",
-        "kernel.shmmni",
-        "kernel.shm_rmid_forced",
-    ];
-    if ipc.contains(&k.as_str()) || k.starts_with("fs.mqueue.") {
+    // The IPC namespace's: kernel.shm*, kernel.msg* (incl. *_next_id),
+    // kernel.sem and kernel.sem_next_id, fs.mqueue.*.
+    let ipc = k.starts_with("kernel.shm")
+        || k.starts_with("kernel.msg")
+        || k == "kernel.sem"
+        || k == "kernel.sem_next_id"
+        || k.starts_with("fs.mqueue.");
+    if ipc {
         if ns.contains(&LinuxNamespaceType::Ipc) {
             return Ok(());
         }
