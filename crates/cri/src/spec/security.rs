@@ -8,7 +8,7 @@ use k8s_cri::v1::LinuxContainerSecurityContext;
 use oci_spec::runtime::LinuxSeccomp;
 use serde_json::{json, Value};
 use std::io::Read;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
 /// The capabilities a container gets unless it asks otherwise: the set
@@ -190,48 +190,31 @@ pub fn seccomp(
     }
 }
 
-/// Reads a Localhost profile. `path` is absolute (kubelet sends the full
-/// path) and must lie under `root`, or relative to `root`; the file is
-/// opened with RESOLVE_BENEATH from `root`, so neither `..` nor a symlink
-/// can leave it.
+/// Reads a Localhost profile from the absolute path the kubelet sends (its
+/// `--root-dir` is a flag, and critest uses temporary directories), as
+/// containerd and CRI-O do. When the node restricts profiles to `root`
+/// (`seccomp_profile_root`, off by default), the path must lie under it, or be
+/// relative to it, and is opened with RESOLVE_BENEATH from `root`, so neither
+/// `..` nor a symlink can leave it.
 fn localhost(path: &str, root: &Path, field: &str, caps: &[String]) -> Result<LinuxSeccomp> {
     let bad = |msg: String| SpecError::new(field, msg);
     if path.is_empty() {
         return Err(bad("a Localhost profile needs a path".into()));
     }
     let p = Path::new(path);
-    if p.components().any(|c| c == Component::ParentDir) {
-        return Err(bad(format!("{path:?} must not contain \"..\"")));
-    }
-    let rel: PathBuf = if p.is_absolute() {
-        match p.strip_prefix(root) {
-            Ok(r) => r.to_path_buf(),
-            Err(_) => {
-                return Err(bad(format!(
-                    "{path:?} is outside the seccomp profile directory {}",
-                    root.display()
-                )))
-            }
+    let fd = if root.as_os_str().is_empty() {
+        if !p.is_absolute() {
+            return Err(bad(format!("{path:?} must be an absolute path")));
         }
+        rustix::fs::open(
+            p,
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| bad(format!("{path:?}: {e}")))?
     } else {
-        p.to_path_buf()
+        beneath(p, root).map_err(|m| bad(format!("{path:?}: {m}")))?
     };
-    let dir = berth_oci::fsutil::open_path(root, libc::O_PATH | libc::O_DIRECTORY)
-        .map_err(|e| bad(format!("the seccomp profile directory: {e}")))?;
-    let fd = openat2(
-        dir.as_raw_fd(),
-        &rel,
-        libc::O_RDONLY | libc::O_NONBLOCK,
-        RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS,
-    )
-    .map_err(|e| {
-        let why = if e == libc::EXDEV {
-            "leaves the seccomp profile directory".to_string()
-        } else {
-            std::io::Error::from_raw_os_error(e).to_string()
-        };
-        bad(format!("{path:?}: {why}"))
-    })?;
     let st = rustix::fs::fstat(&fd).map_err(|e| bad(e.to_string()))?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(bad(format!("{path:?} is not a regular file")));
@@ -250,6 +233,41 @@ fn localhost(path: &str, root: &Path, field: &str, caps: &[String]) -> Result<Li
     // not the runtime later.
     berth_oci::seccomp::compile(&profile).map_err(|e| bad(format!("{path:?}: {e}")))?;
     Ok(profile)
+}
+
+/// Opens `p` inside `root` (absolute under it, or relative to it) so that
+/// nothing can lead out of it.
+fn beneath(p: &Path, root: &Path) -> std::result::Result<OwnedFd, String> {
+    if p.components().any(|c| c == Component::ParentDir) {
+        return Err("must not contain \"..\"".into());
+    }
+    let rel: PathBuf = if p.is_absolute() {
+        p.strip_prefix(root)
+            .map_err(|_| {
+                format!(
+                    "is outside the seccomp profile directory {}",
+                    root.display()
+                )
+            })?
+            .to_path_buf()
+    } else {
+        p.to_path_buf()
+    };
+    let dir = berth_oci::fsutil::open_path(root, libc::O_PATH | libc::O_DIRECTORY)
+        .map_err(|e| format!("the seccomp profile directory: {e}"))?;
+    openat2(
+        dir.as_raw_fd(),
+        &rel,
+        libc::O_RDONLY | libc::O_NONBLOCK,
+        RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS,
+    )
+    .map_err(|e| {
+        if e == libc::EXDEV {
+            "leaves the seccomp profile directory".to_string()
+        } else {
+            std::io::Error::from_raw_os_error(e).to_string()
+        }
+    })
 }
 
 /// Profiles written for Docker (what kubelet's Localhost profiles usually
