@@ -88,6 +88,7 @@ impl Daemon {
                 tracing::warn!(pod = %pod.id, "AppArmor/SELinux settings are not supported here and are ignored");
             }
         }
+        let target_pidns = self.target_pidns(&pod, &cfg)?;
         let stop_signal = spec::stop_signal(&image.config)
             .map_err(|e| CriError::Internal(format!("image {image_ref}: {e}")))?;
         let id = new_id();
@@ -134,6 +135,7 @@ impl Daemon {
                 image: &image.config,
                 rootfs: &view.rootfs,
                 seccomp_localhost_root: &self.cfg.runtime.seccomp_profile_root,
+                target_pidns: target_pidns.clone(),
             };
             let spec = spec::container_spec(&sb, &input).map_err(|e| CriError::Invalid {
                 field: e.field.clone(),
@@ -184,6 +186,43 @@ impl Daemon {
         self.save_container(&rec)?;
         self.event(&rec, ContainerEventType::ContainerCreatedEvent);
         Ok(id)
+    }
+
+    /// For `namespace_options.pid` TARGET (`kubectl debug --target`): the
+    /// PID namespace of the target, which must be a running container of
+    /// the same pod.
+    fn target_pidns(&self, pod: &PodRecord, cfg: &ContainerConfig) -> Result<Option<PathBuf>> {
+        let Some(o) = cfg
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.as_ref())
+            .filter(|o| o.pid == k8s_cri::v1::NamespaceMode::Target as i32)
+        else {
+            return Ok(None);
+        };
+        const FIELD: &str = "config.linux.security_context.namespace_options.target_id";
+        if o.target_id.is_empty() {
+            return Err(invalid(FIELD, "is required with a TARGET pid namespace"));
+        }
+        let target = self
+            .container(&o.target_id)?
+            .filter(|t| t.pod_id == pod.id)
+            .ok_or_else(|| {
+                invalid(
+                    FIELD,
+                    format!("{:?} is not a container of pod {}", o.target_id, pod.id),
+                )
+            })?;
+        let target = self.refresh(&target)?;
+        let pid = (target.state == CtrState::Running)
+            .then(|| {
+                self.handler(&pod.runtime_handler)
+                    .init_pid(self, &target.id)
+            })
+            .flatten()
+            .ok_or_else(|| invalid(FIELD, format!("container {} is not running", target.id)))?;
+        Ok(Some(PathBuf::from(format!("/proc/{pid}/ns/pid"))))
     }
 
     /// A rootfs view whose layers appear owned by the pod's root: each one
@@ -344,20 +383,13 @@ impl Daemon {
                 _ => proto::read_exit(&pod.dir, &rec.id),
             }
         };
+        let handler = self.handler(&pod.runtime_handler);
         let mut exit = None;
-        if rec.state == CtrState::Running
-            && timeout > 0
-            && self
-                .handler(&pod.runtime_handler)
-                .kill(self, &rec.id, rec.stop_signal, false)
-                .is_ok()
-        {
-            exit = wait(Duration::from_secs(timeout as u64));
+        if rec.state == CtrState::Running && timeout > 0 {
+            exit = self.stop_gracefully(&handler, &rec, Duration::from_secs(timeout as u64), &wait);
         }
         if exit.is_none() {
-            let _ = self
-                .handler(&pod.runtime_handler)
-                .kill(self, &rec.id, libc::SIGKILL, true);
+            let _ = handler.kill(self, &rec.id, libc::SIGKILL, true);
             exit = wait(Duration::from_secs(10));
         }
         if exit.is_none() && rec.state != CtrState::Created {
@@ -387,6 +419,47 @@ impl Daemon {
             self.event(&r, ContainerEventType::ContainerStoppedEvent);
         }
         Ok(())
+    }
+
+    /// Sends the stop signal and waits up to `grace` for the exit. The init
+    /// is PID 1 of its namespace, so the kernel drops a signal it has no
+    /// handler for: one sent before the program installed its handler (a
+    /// StopContainer right after StartContainer) would be lost and the stop
+    /// would wait out the whole grace period. So while the init does not
+    /// catch the signal, it is sent again every few milliseconds; once it
+    /// does, it is sent one last time (the earlier ones may have been
+    /// dropped) and the rest of the grace period is waited. A program that
+    /// catches it from the start gets it once.
+    fn stop_gracefully(
+        &self,
+        handler: &crate::handler::Handler,
+        rec: &ContainerRecord,
+        grace: Duration,
+        wait: &dyn Fn(Duration) -> Option<ExitInfo>,
+    ) -> Option<ExitInfo> {
+        let sig = rec.stop_signal;
+        let deadline = std::time::Instant::now() + grace;
+        let pid = handler.init_pid(self, &rec.id);
+        let mut nap = Duration::from_millis(5);
+        loop {
+            let caught = pid.is_none_or(|p| signal_caught(p, sig));
+            if handler.kill(self, &rec.id, sig, false).is_err() {
+                // Gone already, or the runtime refuses: wait briefly for
+                // the exit and let the caller force it.
+                return wait(Duration::from_millis(100));
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if caught {
+                return wait(left);
+            }
+            if let Some(x) = wait(nap.min(left)) {
+                return Some(x);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            nap = (nap * 2).min(Duration::from_millis(200));
+        }
     }
 
     pub fn remove_container(&self, id: &str) -> Result<()> {
@@ -562,4 +635,18 @@ pub fn sandbox_info<'a>(pod: &'a PodRecord, cfg: &'a PodSandboxConfig) -> Sandbo
             .then(|| crate::sandbox::pod_shm(&pod.dir)),
         cgroup_parent: pod.cgroup_parent.clone(),
     }
+}
+
+/// Whether process `pid` has a handler installed for `sig` (`SigCgt` in
+/// /proc/PID/status). An unreadable status counts as caught: nothing to
+/// repeat for a process that is gone.
+fn signal_caught(pid: i32, sig: i32) -> bool {
+    let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return true;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .is_none_or(|mask| !(1..=64).contains(&sig) || mask & (1u64 << (sig - 1)) != 0)
 }

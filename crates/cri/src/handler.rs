@@ -91,6 +91,29 @@ impl Handler {
         }
     }
 
+    /// The pid of the container's init while it is alive.
+    pub fn init_pid(&self, d: &Daemon, id: &str) -> Option<i32> {
+        match self {
+            Handler::Builtin => d
+                .oci
+                .load(id)
+                .ok()
+                .filter(|st| berth_oci::state::process_alive(st.pid, st.pid_start))
+                .map(|st| st.pid),
+            Handler::External(rt) => rt
+                .command()
+                .arg("state")
+                .arg(id)
+                .output()
+                .ok()
+                .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+                .filter(|v| v["status"] == "running" || v["status"] == "created")
+                .and_then(|v| v["pid"].as_i64())
+                .and_then(|p| i32::try_from(p).ok())
+                .filter(|&p| p > 0),
+        }
+    }
+
     /// Whether the container's init process is alive.
     pub fn alive(&self, d: &Daemon, id: &str) -> bool {
         match self {

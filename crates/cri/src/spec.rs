@@ -67,8 +67,11 @@ pub struct ContainerInput<'a> {
     pub image: &'a berth_image::ImageConfig,
     /// The container's mounted rootfs on the host.
     pub rootfs: &'a Path,
-    /// Localhost seccomp profiles must resolve inside this directory.
+    /// When not empty, Localhost seccomp profiles must resolve inside it.
     pub seccomp_localhost_root: &'a Path,
+    /// The PID namespace of the target container (`namespace_options.pid`
+    /// TARGET: an ephemeral debug container joining another's processes).
+    pub target_pidns: Option<PathBuf>,
 }
 
 /// A CRI request berth cannot turn into a container; `field` is the CRI
@@ -152,7 +155,10 @@ pub fn container_spec(sb: &SandboxInfo, c: &ContainerInput) -> Result<oci_spec::
 
     // Namespaces, hostname, sysctls.
     let linux = spec["linux"].as_object_mut().expect("linux is an object");
-    linux.insert("namespaces".into(), json!(namespaces(sb, sc)?));
+    linux.insert(
+        "namespaces".into(),
+        json!(namespaces(sb, sc, c.target_pidns.as_deref())?),
+    );
     if let Some(u) = &sb.userns {
         let maps = |m: &[(u32, u32, u32)]| -> Value {
             m.iter()
@@ -293,6 +299,7 @@ fn ns_mode(v: i32) -> NamespaceMode {
 fn namespaces(
     sb: &SandboxInfo,
     sc: &k8s_cri::v1::LinuxContainerSecurityContext,
+    target_pidns: Option<&Path>,
 ) -> Result<Vec<Value>> {
     let join = |typ: &str, p: &Option<PathBuf>| p.as_ref().map(|p| json!({"type": typ, "path": p}));
     let mut v: Vec<Value> = [
@@ -311,20 +318,25 @@ fn namespaces(
         .and_then(|s| s.namespace_options.as_ref())
         .map(|o| ns_mode(o.pid));
     let ctr_pid = sc.namespace_options.as_ref().map(|o| ns_mode(o.pid));
-    if ctr_pid == Some(NamespaceMode::Target) {
-        // The target container's pid namespace is not among the inputs.
-        return Err(SpecError::new(
-            format!("{SC}.namespace_options.pid"),
-            "TARGET pid namespaces are not supported",
-        ));
-    }
+    let target = match (ctr_pid, target_pidns) {
+        (Some(NamespaceMode::Target), Some(p)) => Some(p),
+        (Some(NamespaceMode::Target), None) => {
+            return Err(SpecError::new(
+                format!("{SC}.namespace_options.target_id"),
+                "a TARGET pid namespace needs the target container's",
+            ))
+        }
+        _ => None,
+    };
     if sb.userns.is_some() && ctr_pid == Some(NamespaceMode::Node) {
         return Err(SpecError::new(
             format!("{SC}.namespace_options.pid"),
             "a container of a pod in its own user namespace cannot use the node's",
         ));
     }
-    if let Some(p) = &sb.pidns {
+    if let Some(p) = target {
+        v.push(json!({"type": "pid", "path": p}));
+    } else if let Some(p) = &sb.pidns {
         v.push(json!({"type": "pid", "path": p}));
     } else if pod_pid != Some(NamespaceMode::Node) && ctr_pid != Some(NamespaceMode::Node) {
         v.push(json!({"type": "pid"}));
@@ -342,51 +354,20 @@ fn namespaces(
     Ok(v)
 }
 
-/// The pod's sysctls, checked: only namespaced ones whose namespace the pod
-/// owns (net.* needs the pod network, IPC keys the pod IPC namespace),
-/// well-formed names, single-line values.
+/// The pod's sysctls, checked again (RunPodSandbox did) against the
+/// namespaces the pod really has: a record must never set a node's sysctl.
 fn sysctls(sb: &SandboxInfo) -> Result<Map<String, Value>> {
     let mut out = Map::new();
     let Some(l) = sb.config.linux.as_ref() else {
         return Ok(out);
     };
-    let mut keys: Vec<_> = l.sysctls.iter().collect();
-    keys.sort();
-    for (k, v) in keys {
-        let field = format!("config.linux.sysctls[{k}]");
-        let bad = |msg: &str| Err(SpecError::new(field.clone(), msg));
-        if k.is_empty()
-            || k.starts_with(['.', '/'])
-            || k.ends_with(['.', '/'])
-            || k.contains("..")
-            || k.contains("//")
-            || k.contains("./")
-            || k.contains("/.")
-            || !k
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b))
-        {
-            return bad("not a valid sysctl name");
-        }
-        if v.bytes().any(|b| b == b'\n' || b == b'\r' || b == 0) {
-            return bad("the value must be a single line");
-        }
-        let norm = k.replace('/', ".");
-        let ipc = norm.starts_with("kernel.shm")
-            || norm.starts_with("kernel.msg")
-            || norm == "kernel.sem"
-            || norm.starts_with("fs.mqueue.");
-        if norm.starts_with("net.") {
-            if sb.netns.is_none() {
-                return bad("net.* sysctls cannot be set in a pod on the host network");
-            }
-        } else if ipc {
-            if sb.ipcns.is_none() {
-                return bad("IPC sysctls cannot be set in a pod using the host IPC namespace");
-            }
-        } else {
-            return bad("not a namespaced sysctl: it would change the node");
-        }
+    let own = crate::sysctl::OwnNamespaces {
+        net: sb.netns.is_some(),
+        ipc: sb.ipcns.is_some(),
+    };
+    for (k, v) in &l.sysctls {
+        crate::sysctl::check(k, v, own, &[])
+            .map_err(|m| SpecError::new(format!("config.linux.sysctls[{k}]"), m))?;
         out.insert(k.clone(), json!(v));
     }
     Ok(out)

@@ -135,6 +135,7 @@ fn gen_with(
         image,
         rootfs: &rootfs,
         seccomp_localhost_root: &seccomp,
+        target_pidns: None,
     };
     container_spec(sb, &input).map(|s| serde_json::to_value(s).unwrap())
 }
@@ -614,14 +615,35 @@ fn namespaces_follow_the_sandbox() {
     let s = gen_with(&fx, &sandbox(&np), &ctr(), &ImageConfig::default()).unwrap();
     assert!(!ns_types(&s).iter().any(|(t, _)| t == "pid"));
 
-    // TARGET is refused (the target's namespace is not an input).
+    // TARGET joins the target's namespace (berthd resolves it from a running
+    // container of the pod); without it, refused.
     let mut c = ctr();
     sc(&mut c).namespace_options = Some(NamespaceOption {
         pid: NamespaceMode::Target as i32,
         target_id: "other".into(),
         ..Default::default()
     });
-    fails(gen(&c), &format!("{SC}.namespace_options.pid"));
+    fails(gen(&c), &format!("{SC}.namespace_options.target_id"));
+    let rootfs = fx.rootfs();
+    let seccomp = fx.seccomp();
+    let s = container_spec(
+        &sandbox(&pod()),
+        &ContainerInput {
+            id: "c1",
+            config: &c,
+            image: &ImageConfig::default(),
+            rootfs: &rootfs,
+            seccomp_localhost_root: &seccomp,
+            target_pidns: Some("/proc/4242/ns/pid".into()),
+        },
+    )
+    .map(|s| serde_json::to_value(s).unwrap())
+    .unwrap();
+    assert!(
+        ns_types(&s).contains(&("pid".to_string(), Some("/proc/4242/ns/pid".to_string()))),
+        "{:?}",
+        ns_types(&s)
+    );
 
     // User namespaces: new with mappings, or joined.
     let p = pod();
@@ -729,7 +751,7 @@ fn pod_sysctls_are_checked_and_copied() {
         with(&[("net.ipv4.ip_forward", "1")], true, false),
         &field("net.ipv4.ip_forward"),
     );
-    assert!(m.contains("host network"), "{m}");
+    assert!(m.contains("own network namespace"), "{m}");
     fails(
         with(&[("kernel.shmmax", "1")], false, true),
         &field("kernel.shmmax"),
@@ -1397,6 +1419,53 @@ fn seccomp_names(s: &Value) -> BTreeSet<String> {
         .collect()
 }
 
+/// By default (no `seccomp_profile_root`), a Localhost profile loads from any
+/// absolute path the kubelet sends, as in containerd and CRI-O; a missing or
+/// bad file names the path.
+#[test]
+fn seccomp_localhost_from_any_absolute_path_by_default() {
+    use security_profile::ProfileType;
+    let fx = Fx::new();
+    let p = pod();
+    let sb = sandbox(&p);
+    let rootfs = fx.rootfs();
+    let gen = |r: &str| {
+        let mut c = ctr();
+        sc(&mut c).seccomp = Some(SecurityProfile {
+            profile_type: ProfileType::Localhost as i32,
+            localhost_ref: r.into(),
+        });
+        let input = ContainerInput {
+            id: "c1",
+            config: &c,
+            image: &ImageConfig::default(),
+            rootfs: &rootfs,
+            seccomp_localhost_root: Path::new(""),
+            target_pidns: None,
+        };
+        container_spec(&sb, &input).map(|s| serde_json::to_value(s).unwrap())
+    };
+    let anywhere = fx.tmp.path().join("kubelet-root/seccomp/profile.json");
+    fs::create_dir_all(anywhere.parent().unwrap()).unwrap();
+    fs::write(
+        &anywhere,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["reboot"],"action":"SCMP_ACT_ERRNO"}]}"#,
+    )
+    .unwrap();
+    let s = gen(anywhere.to_str().unwrap()).unwrap();
+    assert_eq!(s["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
+    let field = format!("{SC}.seccomp.localhost_ref");
+    let missing = fx.tmp.path().join("nope.json");
+    let m = fails(gen(missing.to_str().unwrap()), &field);
+    assert!(m.contains(missing.to_str().unwrap()), "{m}");
+    let m = fails(gen("profile.json"), &field);
+    assert!(m.contains("absolute"), "{m}");
+    let bad = fx.tmp.path().join("bad.json");
+    fs::write(&bad, "{not json").unwrap();
+    let m = fails(gen(bad.to_str().unwrap()), &field);
+    assert!(m.contains(bad.to_str().unwrap()), "{m}");
+}
+
 #[test]
 fn seccomp_profiles() {
     use security_profile::ProfileType;
@@ -1624,6 +1693,7 @@ fn generated_spec_passes_berths_validation() {
             image: &ImageConfig::default(),
             rootfs: &rootfs,
             seccomp_localhost_root: &seccomp,
+            target_pidns: None,
         },
     )
     .unwrap();
@@ -1648,6 +1718,7 @@ fn generated_spec_passes_berths_validation() {
             image: &ImageConfig::default(),
             rootfs: &rootfs,
             seccomp_localhost_root: &seccomp,
+            target_pidns: None,
         },
     )
     .unwrap();
@@ -1726,6 +1797,7 @@ fn run_real_in(
             image: &ImageConfig::default(),
             rootfs: &rootfs,
             seccomp_localhost_root: &seccomp,
+            target_pidns: None,
         },
     )
     .unwrap_or_else(|e| panic!("{e}"));

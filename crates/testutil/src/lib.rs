@@ -33,6 +33,7 @@ pub const APPLETS: &[&str] = &[
     "true",
     "false",
     "sleep",
+    "top",
     "id",
     "ps",
     "hostname",
