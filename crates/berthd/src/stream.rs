@@ -5,7 +5,7 @@
 use berth_cri::daemon::Daemon;
 use berth_monitor::proto::{Client, Request, Response};
 use berth_streaming::{AsyncReadWrite, Backend, BoxFuture, Stdio};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -203,42 +203,20 @@ impl Backend for StreamBackend {
         pod_id: &str,
         port: u16,
     ) -> BoxFuture<'static, Result<Box<dyn AsyncReadWrite>, String>> {
-        let netns = self
-            .d
-            .find_pod(pod_id)
-            .map_err(|e| e.to_string())
-            .and_then(|p| {
-                p.netns
-                    .ok_or_else(|| "the pod uses the host network".to_string())
-            });
+        // A host-network pod's ports are the node's: dial them from here.
+        let netns = self.d.find_pod(pod_id).map(|p| p.netns);
         Box::pin(async move {
-            let netns = netns?;
-            let s = tokio::task::spawn_blocking(move || connect_in(&netns, port))
+            let netns = netns.map_err(|e| e.to_string())?;
+            let s = berth_streaming::netns::dial(netns.as_deref(), port, DIAL_TIMEOUT)
                 .await
-                .map_err(|e| e.to_string())??;
-            s.set_nonblocking(true).map_err(|e| e.to_string())?;
-            let s = tokio::net::TcpStream::from_std(s).map_err(|e| e.to_string())?;
+                .map_err(|e| format!("port-forward to port {port}: {e}"))?;
             Ok(Box::new(s) as Box<dyn AsyncReadWrite>)
         })
     }
 }
 
-/// A TCP connection to localhost:port made from inside `netns` (a socket
-/// belongs to the namespace it was created in, whichever thread uses it).
-fn connect_in(netns: &std::path::Path, port: u16) -> Result<std::net::TcpStream, String> {
-    let ns = std::fs::File::open(netns).map_err(|e| format!("{}: {e}", netns.display()))?;
-    std::thread::spawn(move || {
-        // SAFETY: setns on a valid namespace fd affects only this thread.
-        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(format!("setns: {}", std::io::Error::last_os_error()));
-        }
-        let v4 = std::net::TcpStream::connect(("127.0.0.1", port));
-        v4.or_else(|_| std::net::TcpStream::connect(("::1", port)))
-            .map_err(|e| format!("connecting to port {port} in the pod: {e}"))
-    })
-    .join()
-    .map_err(|_| "port-forward thread panicked".to_string())?
-}
+/// How long a port-forward connection may take to be accepted.
+const DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub fn to_request(r: berth_cri::StreamRequest) -> berth_streaming::Request {
     use berth_cri::StreamRequest as S;

@@ -25,7 +25,7 @@
 //! let server = Server::bind(Config { addr, ..Default::default() }, backend).await?;
 //! let (streaming, _task) = server.spawn();
 //! // CRI Exec: ExecResponse { url: streaming.url_for(Request::Exec { .. })? }
-//! // Backend::port_forward: netns::dial(&sandbox_netns_path, port, timeout)
+//! // Backend::port_forward: netns::dial(Some(&sandbox_netns_path), port, timeout)
 //! ```
 //!
 //! SPDY flow control: Kubernetes' Go clients do not take part in it, so the

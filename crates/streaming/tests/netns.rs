@@ -40,7 +40,13 @@ async fn dial_into_a_network_namespace() {
         // Nothing listens on 8080 in this test's own namespace; wait for python there.
         let mut conn = None;
         for _ in 0..500 {
-            match netns::dial(std::path::Path::new(&ns), 8080, Duration::from_secs(5)).await {
+            match netns::dial(
+                Some(std::path::Path::new(&ns)),
+                8080,
+                Duration::from_secs(5),
+            )
+            .await
+            {
                 Ok(c) => {
                     conn = Some(c);
                     break;
@@ -60,7 +66,7 @@ async fn dial_into_a_network_namespace() {
         );
     }
     let e = netns::dial(
-        std::path::Path::new("/nonexistent/ns"),
+        Some(std::path::Path::new("/nonexistent/ns")),
         1,
         Duration::from_secs(1),
     )
