@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-/// Tried in order when nothing names an endpoint.
+/// Tried in order when nothing names an endpoint: berthd's default socket
+/// first (a test keeps it equal to berthd's), then containerd's and CRI-O's.
 pub const DEFAULT_ENDPOINTS: &[&str] = &[
-    "unix:///run/berthd/berthd.sock",
+    "unix:///run/berth/berth.sock",
     "unix:///run/containerd/containerd.sock",
     "unix:///run/crio/crio.sock",
 ];
@@ -161,5 +162,18 @@ impl Cri {
             rt: RuntimeServiceClient::new(rch).max_decoding_message_size(64 << 20),
             img: ImageServiceClient::new(ich).max_decoding_message_size(64 << 20),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `berthd & berthctl ps` works with no flags: the first endpoint tried
+    /// is where berthd serves by default.
+    #[test]
+    fn first_default_endpoint_is_berthds_default_socket() {
+        let berthd = berth_cri::config::Config::default().socket;
+        assert_eq!(DEFAULT_ENDPOINTS[0], format!("unix://{}", berthd.display()));
     }
 }

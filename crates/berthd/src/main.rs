@@ -95,8 +95,10 @@ fn real_main() -> anyhow::Result<()> {
             .with_writer(std::io::stderr)
             .init();
     } else {
+        // Colours only for a terminal: a log file must stay plain text.
         tracing_subscriber::fmt()
             .with_env_filter(filter)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
             .init();
     }

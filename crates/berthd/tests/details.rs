@@ -292,6 +292,13 @@ async fn the_socket_is_0660_root_and_the_printed_config_round_trips() {
     let mut c = b.rt().await;
     c.version(cri::VersionRequest::default()).await.unwrap();
     drop(c);
+    // berthd's log goes to a file here: plain text, no colour codes.
+    let log = b.log();
+    assert!(log.contains("INFO"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI codes in the log file: {log:?}"
+    );
     // A stale socket (nobody listening, as a killed berthd leaves it) is
     // replaced.
     let stale = b.tmp.path().join("stale.sock");
