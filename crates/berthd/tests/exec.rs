@@ -203,8 +203,14 @@ async fn exec_sync_timeout_is_deadline_exceeded_and_kills_all_the_exec_started()
             status(&mut c, &id).await.state,
             cri::ContainerState::ContainerRunning as i32
         );
-        // Nor on the host (a zombie has no command line).
+        // Nor on the host, among this test's own processes: those in its
+        // berthd's cgroup parent (other tests run sleeps of their own; a
+        // zombie has no command line).
         for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let cgroups = std::fs::read_to_string(e.path().join("cgroup")).unwrap_or_default();
+            if !cgroups.contains(&format!("{}/", b.cgroup_parent)) {
+                continue;
+            }
             let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
             assert!(!cmd.starts_with("sleep 100"), "{handler}: left {cmd}");
