@@ -510,6 +510,17 @@ fn berth_from_own_cgroup(
     parent: &str,
     memory_sub: Option<&str>,
 ) -> std::process::Command {
+    from_own_cgroup(Path::new(BERTH), b.root.path(), parent, memory_sub)
+}
+
+/// `runtime --root <root> ...` (berth or runc) run from its own cgroup, as
+/// [`berth_from_own_cgroup`].
+fn from_own_cgroup(
+    runtime: &Path,
+    root: &Path,
+    parent: &str,
+    memory_sub: Option<&str>,
+) -> std::process::Command {
     let mut moves = String::new();
     for h in hierarchies() {
         let mut d = Path::new("/sys/fs/cgroup").join(&h).join(parent);
@@ -534,9 +545,9 @@ fn berth_from_own_cgroup(
     c.arg("-c")
         .arg(format!("{moves}exec \"$@\""))
         .arg("sh")
-        .arg(BERTH)
+        .arg(runtime)
         .arg("--root")
-        .arg(b.root.path());
+        .arg(root);
     c
 }
 
@@ -651,6 +662,99 @@ fn relative_and_default_cgroup_paths_are_under_the_callers_cgroup() {
     assert_in_cgroup(&b, &cid, &rel);
     b.ok(&["delete", "--force", &cid]);
     assert!(!Path::new("/sys/fs/cgroup/memory").join(&rel).exists());
+}
+
+/// containerd sends `slice:prefix:name` for a cgroup parent ending in
+/// `.slice` whatever the driver; runc 1.1's cgroupfs driver takes it as one
+/// relative directory of that literal name under the caller's cgroup. berth
+/// makes the same directories, checked side by side with Debian's runc.
+#[test]
+fn the_systemd_form_under_cgroupfs_is_the_directory_runc_makes() {
+    if !v1_host() {
+        return;
+    }
+    let Some(runc) = ["/usr/sbin/runc", "/usr/bin/runc"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+    else {
+        eprintln!("skipping: no runc to compare with");
+        return;
+    };
+    let mut bundle = bundle_with(&["sleep", "300"], json!({}));
+    let parent = bundle.cgroup_parent.clone();
+    let runc_root = tempfile::tempdir().unwrap();
+    let b = Berth::new(BERTH).unwrap();
+    // Per runtime: the hierarchies (unified included) holding the container's
+    // cgroup at <parent>/<the literal cgroupsPath>.
+    let mut made = Vec::new();
+    for (runtime, root) in [
+        (Path::new(BERTH), b.root.path()),
+        (runc.as_path(), runc_root.path()),
+    ] {
+        let cid = id("sysd");
+        let path = format!("test.slice:cri-containerd:{cid}");
+        bundle.config["linux"]["cgroupsPath"] = json!(path);
+        bundle.write().unwrap();
+        // The detached container keeps the stdio it is given: a file, so
+        // nothing waits for it to close.
+        let err = tempfile::tempfile().unwrap();
+        let st = from_own_cgroup(runtime, root, &parent, None)
+            .args([
+                "run",
+                "-d",
+                "--bundle",
+                bundle.path().to_str().unwrap(),
+                &cid,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err.try_clone().unwrap())
+            .status()
+            .unwrap();
+        assert!(st.success(), "{}: {}", runtime.display(), {
+            use std::io::{Read, Seek};
+            let mut err = err;
+            let mut s = String::new();
+            err.rewind().unwrap();
+            err.read_to_string(&mut s).unwrap();
+            s
+        });
+        let mut hs: Vec<String> = fs::read_dir("/sys/fs/cgroup")
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|h| {
+                Path::new("/sys/fs/cgroup")
+                    .join(h)
+                    .join(&parent)
+                    .join(&path)
+                    .is_dir()
+            })
+            .collect();
+        hs.sort();
+        assert!(
+            hs.contains(&"memory".to_string()),
+            "{}: {hs:?}",
+            runtime.display()
+        );
+        made.push(hs);
+        let o = std::process::Command::new(runtime)
+            .arg("--root")
+            .arg(root)
+            .args(["delete", "--force", &cid])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}: {}", runtime.display(), all(&o));
+        for h in hierarchies() {
+            let d = Path::new("/sys/fs/cgroup")
+                .join(&h)
+                .join(&parent)
+                .join(&path);
+            assert!(!d.exists(), "{} left {}", runtime.display(), d.display());
+        }
+    }
+    assert_eq!(made[0], made[1], "berth's hierarchies, then runc's");
 }
 
 /// This host mounts v1 controllers and a bare cgroup2 at unified: berth

@@ -166,14 +166,11 @@ pub const V1_CONTROLLERS: &[&str] = &[
 /// Validates and cleans an OCI `cgroupsPath` (cgroupfs driver form). An
 /// absolute path stays absolute (from the hierarchy roots); a relative one
 /// stays relative and an empty one stays empty (the default): both are
-/// resolved against the caller's cgroup by [`resolve_path`].
+/// resolved against the caller's cgroup by [`resolve_path`]. The systemd
+/// form `slice:prefix:name` (which containerd sends for a parent ending in
+/// `.slice` whatever the driver) is, as runc 1.1's cgroupfs driver takes
+/// it, one relative directory of that literal name.
 pub fn normalize_path(p: &str) -> Result<PathBuf> {
-    if p.contains(':') {
-        return Err(Error::InvalidPath(
-            p.to_string(),
-            "the systemd form slice:prefix:name needs the systemd cgroup driver",
-        ));
-    }
     let absolute = p.starts_with('/');
     let mut out = PathBuf::from(if absolute { "/" } else { "" });
     for comp in Path::new(p).components() {
@@ -727,7 +724,11 @@ mod tests {
         assert!(normalize_path("a/../b").is_err());
         assert!(normalize_path("/").is_err());
         assert!(normalize_path(".").is_err());
-        assert!(normalize_path("system.slice:berth:x").is_err());
+        // The systemd form, under cgroupfs: one relative directory, as runc.
+        assert_eq!(
+            normalize_path("system.slice:berth:x").unwrap(),
+            PathBuf::from("system.slice:berth:x")
+        );
         // Relative stays relative (resolved against the caller's cgroup).
         assert_eq!(normalize_path("a/b").unwrap(), PathBuf::from("a/b"));
         assert_eq!(normalize_path("./a//b/").unwrap(), PathBuf::from("a/b"));
