@@ -12,3 +12,6 @@ cargo build --workspace --all-targets
 cargo test --workspace --no-fail-fast -- --test-threads="${BERTH_TEST_THREADS:-4}"
 # cgroup v2 for real, in a qemu guest (this host may be v1); says so if it cannot.
 scripts/test-cgroup2.sh
+# The Kubernetes CRI validation suite against a private berthd, over SPDY and
+# WebSocket (../shared/critest; says so and skips where the kit is missing).
+scripts/critest.sh
