@@ -15,3 +15,6 @@ scripts/test-cgroup2.sh
 # The Kubernetes CRI validation suite against a private berthd, over SPDY and
 # WebSocket (../shared/critest; says so and skips where the kit is missing).
 scripts/critest.sh
+# The same suite through Debian's containerd with berth as its runc binary,
+# next to the same containerd with runc: berth must pass all that runc passes.
+scripts/critest.sh --containerd

@@ -336,6 +336,8 @@ fn cgroup_parent() -> String {
 struct Podman {
     dir: tempfile::TempDir,
     berth: PathBuf,
+    /// The OCI runtime podman drives: the copy of berth, or runc to compare.
+    runtime: PathBuf,
     /// berth's default state root, which podman uses.
     berth_root: PathBuf,
     parent: String,
@@ -345,6 +347,11 @@ struct Podman {
 
 impl Podman {
     fn new() -> Podman {
+        Self::with_runtime(None)
+    }
+
+    /// A private podman driving `runtime` (None: berth).
+    fn with_runtime(runtime: Option<PathBuf>) -> Podman {
         let guard = lock(&PODMAN_LOCK);
         require(
             "podman",
@@ -407,6 +414,7 @@ image_copy_tmp_dir = "{p}/tmp"
         let berth = berth_copy(d);
         let pm = Podman {
             berth_root: PathBuf::from("/run/berth"),
+            runtime: runtime.unwrap_or_else(|| berth.clone()),
             berth,
             parent: cgroup_parent(),
             _host: host,
@@ -437,7 +445,7 @@ image_copy_tmp_dir = "{p}/tmp"
             .args(["--cgroup-manager", "cgroupfs"])
             .args(["--events-backend", "file"])
             .arg("--runtime")
-            .arg(&self.berth)
+            .arg(&self.runtime)
             .args(args);
         c
     }
@@ -595,6 +603,71 @@ fn podman_run_tty() {
         "podman run -t: {}",
         o.describe()
     );
+}
+
+/// What podman shows of a container, with the times taken out: `ps`'s
+/// status ("Up", "Exited (43)"), command and names, and `inspect`'s state.
+fn podman_view(pm: &Podman, name: &str) -> String {
+    let ps = pm.ok(&[
+        "ps",
+        "--all",
+        "--format",
+        "{{.Names}}|{{.Status}}|{{.Command}}|{{.Image}}",
+    ]);
+    let ps: Vec<String> = ps
+        .stdout
+        .lines()
+        .map(|l| {
+            let mut f: Vec<String> = l.split('|').map(String::from).collect();
+            if let Some(st) = f.get_mut(1) {
+                *st = match st.find(')') {
+                    Some(i) if st.starts_with("Exited") => st[..=i].to_string(),
+                    _ => st.split_whitespace().next().unwrap_or("").to_string(),
+                };
+            }
+            f.join("|")
+        })
+        .collect();
+    let inspect = pm.ok(&[
+        "inspect",
+        "--format",
+        "{{.State.Status}} running={{.State.Running}} paused={{.State.Paused}} \
+         oom={{.State.OOMKilled}} exit={{.State.ExitCode}} tty={{.Config.Tty}} \
+         restarts={{.RestartCount}} pidset={{if .State.Pid}}yes{{else}}no{{end}}",
+        name,
+    ]);
+    format!("{}\n{}", ps.join("\n"), inspect.stdout.trim())
+}
+
+/// `podman ps` and `inspect` say the same of a container run by berth as
+/// of one run by runc, through a detached run with a terminal, an exec and
+/// a stop (SIGTERM trapped, so the exit code is the program's).
+#[test]
+fn podman_ps_and_inspect_agree_with_runc_through_a_tty_run_and_stop() {
+    let Some(runc) = find_tool("runc") else {
+        eprintln!("skipping: no runc to compare with");
+        return;
+    };
+    let mut views = Vec::new();
+    for runtime in [None, Some(runc)] {
+        let pm = Podman::with_runtime(runtime);
+        let script = "trap 'exit 43' TERM; echo up; while :; do sleep 0.1; done";
+        let o = pm.run(pm.run_cmd(&["-d", "-t", "--name", "t1"], &["sh", "-c", script]));
+        assert!(o.status.success(), "podman run -d -t: {}", o.describe());
+        wait_for(20, "the container to print 'up'", || {
+            pm.ok(&["logs", "t1"]).stdout.contains("up")
+        });
+        let running = podman_view(&pm, "t1");
+        let e = pm.run(pm.cmd(&["exec", "t1", "sh", "-c", "exit 3"]));
+        assert_eq!(e.code(), Some(3), "podman exec: {}", e.describe());
+        pm.ok(&["stop", "--time", "20", "t1"]);
+        let stopped = podman_view(&pm, "t1");
+        pm.ok(&["rm", "t1"]);
+        views.push(format!("{running}\n--\n{stopped}"));
+    }
+    eprintln!("{}", views[0]);
+    assert_eq!(views[0], views[1], "berth's view, then runc's");
+    assert!(views[0].contains("Exited (43)"), "{}", views[0]);
 }
 
 // ------------------------------------------------------------- containerd
