@@ -400,6 +400,10 @@ fn validate_sysctl(
 
 /// Container ids are used as directory and cgroup names.
 pub fn validate_id(id: &str) -> Result<()> {
+    if id.is_empty() {
+        // runc's wording.
+        return Err(Error::Other("container id cannot be empty".into()));
+    }
     let ok = !id.is_empty()
         && id.len() <= 1024
         && id != "."

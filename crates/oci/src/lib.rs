@@ -15,6 +15,7 @@ pub mod fdpass;
 pub mod features;
 pub mod foreground;
 pub mod fsutil;
+pub mod home;
 pub mod hooks;
 pub mod idmap;
 pub mod init;
