@@ -214,6 +214,9 @@ pub fn validate(file: &str, spec: &Spec) -> Result<()> {
             );
         }
     }
+    if let Some(p) = linux.memory_policy() {
+        crate::mempolicy::compile(file, p)?;
+    }
     if let Some(cg) = linux.cgroups_path() {
         if let Err(e) = berth_cgroups::normalize_path(&cg.to_string_lossy()) {
             return err("linux.cgroupsPath", &e.to_string());

@@ -537,6 +537,16 @@ fn prepare_process(l: &Launch, ch: &Channel) -> Result<Program> {
             return Err(last_os(format!("setrlimit {name}")));
         }
     }
+    if let Some(mp) = l
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|x| x.memory_policy().as_ref())
+    {
+        // Validated with the config; set here so only the container's
+        // program (and what it forks) allocates under it.
+        crate::mempolicy::apply(&crate::mempolicy::compile("config.json", mp)?)?;
+    }
     if let Some(pers) = l
         .spec
         .linux()

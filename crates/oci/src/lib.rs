@@ -19,6 +19,7 @@ pub mod home;
 pub mod hooks;
 pub mod idmap;
 pub mod init;
+pub mod mempolicy;
 pub mod mount_opts;
 pub mod rootfs;
 pub mod seccomp;
