@@ -214,6 +214,9 @@ pub fn validate(file: &str, spec: &Spec) -> Result<()> {
             );
         }
     }
+    if let Some(d) = linux.net_devices() {
+        crate::netdev::validate(file, d, has_new.contains(&LinuxNamespaceType::Network))?;
+    }
     if let Some(p) = linux.memory_policy() {
         crate::mempolicy::compile(file, p)?;
     }

@@ -471,6 +471,12 @@ fn drive(
                     std::fs::write(format!("/proc/{p}/oom_score_adj"), adj.to_string())
                         .ctx(|| format!("process.oomScoreAdj {adj}"))?;
                 }
+                // The init's network namespace exists (stage 1 made it):
+                // the devices are in it, named and up, before the init
+                // goes on.
+                if let Some(devs) = linux.net_devices() {
+                    crate::netdev::move_all(devs, p)?;
+                }
                 ch.send(&Msg::Go)?;
             }
             Some(Msg::CreateRuntimeHooks) => {

@@ -21,6 +21,7 @@ pub mod idmap;
 pub mod init;
 pub mod mempolicy;
 pub mod mount_opts;
+pub mod netdev;
 pub mod rootfs;
 pub mod seccomp;
 pub mod seccomp_default;
