@@ -197,6 +197,10 @@ struct ExecArgs {
     no_new_privs: bool,
     #[arg(long = "preserve-fds", default_value_t = 0)]
     preserve_fds: i32,
+    /// Exec into a paused container too (the process waits frozen until
+    /// the container is resumed).
+    #[arg(long = "ignore-paused")]
+    ignore_paused: bool,
     /// Accepted for runc compatibility.
     #[arg(long = "process-label", hide = true)]
     process_label: Option<String>,
@@ -206,6 +210,14 @@ struct ExecArgs {
 
 fn main() {
     let cli = Cli::parse();
+    if let Some(path) = &cli.log {
+        // runc opens --log before doing anything and fails when it cannot
+        // (exit 1, nothing done): errors must not be lost silently.
+        if let Err(e) = open_log(path) {
+            eprintln!("berth: --log: open {}: {e}", path.display());
+            std::process::exit(1);
+        }
+    }
     let code = match dispatch(&cli) {
         Ok(code) => code,
         Err(e) => {
@@ -229,14 +241,20 @@ fn log_error(cli: &Cli, msg: &str) {
                 msg
             )
         };
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
+        if let Ok(mut f) = open_log(path) {
             let _ = writeln!(f, "{line}");
         }
     }
+}
+
+/// The --log file, created 0644 if missing and appended to.
+fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o644)
+        .open(path)
 }
 
 fn create_opts(a: &CreateArgs) -> CreateOptions {
@@ -561,7 +579,7 @@ fn exec(root: &Root, a: &ExecArgs) -> Result<i32> {
     if !a.detach {
         berth_oci::foreground::prepare()?;
     }
-    let pid = berth_oci::exec::exec(
+    let pid = berth_oci::exec::exec_with(
         root,
         ExecOptions {
             id: a.id.clone(),
@@ -572,6 +590,7 @@ fn exec(root: &Root, a: &ExecArgs) -> Result<i32> {
             preserve_fds: a.preserve_fds + listen_fds(),
             stdio: None,
         },
+        a.ignore_paused,
     )?;
     if a.detach {
         return Ok(0);

@@ -414,3 +414,236 @@ fn add_ns_mount(cfg: &mut Value, name: &str) {
         .unwrap()
         .push(json!({"destination": format!("/{name}"), "type": "tmpfs", "source": "tmpfs"}));
 }
+
+/// Runtime spec 1.3 `linux.memoryPolicy`: the program starts under it. On
+/// a one-node VM the policy itself is visible: /proc/self/numa_maps shows
+/// each mapping's policy ("interleave=static:0", "bind:0", "default").
+#[test]
+fn memory_policy_is_applied_before_exec() {
+    if !Path::new("/proc/self/numa_maps").exists() {
+        eprintln!("SKIP: no /proc/self/numa_maps (kernel without CONFIG_NUMA)");
+        return;
+    }
+    for (policy, want) in [
+        (
+            json!({"mode": "MPOL_INTERLEAVE", "nodes": "0", "flags": ["MPOL_F_STATIC_NODES"]}),
+            " interleave=static:0 ",
+        ),
+        (json!({"mode": "MPOL_BIND", "nodes": "0"}), " bind:0 "),
+        (
+            json!({"mode": "MPOL_PREFERRED", "nodes": "0"}),
+            " prefer:0 ",
+        ),
+        (json!({"mode": "MPOL_LOCAL"}), " local "),
+        (json!({"mode": "MPOL_DEFAULT"}), " default "),
+    ] {
+        let out = sh("grep -m1 . /proc/self/numa_maps", |c, _| {
+            c["linux"]["memoryPolicy"] = policy.clone();
+        });
+        assert!(out.contains(want), "{policy}: {out}");
+    }
+    // exec'd processes get it too.
+    let mut b = Bundle::new(&["sleep", "1011"]).unwrap();
+    b.config["linux"]["memoryPolicy"] = json!({"mode": "MPOL_INTERLEAVE", "nodes": "0"});
+    b.write().unwrap();
+    let berth = Berth::new(BIN).unwrap();
+    let id = format!("mpol-{}", random_suffix());
+    berth.run_detached(&b, &id);
+    let out = exec(&berth, &id, &["grep", "-m1", ".", "/proc/self/numa_maps"]);
+    assert!(out.contains(" interleave:0 "), "{out}");
+    berth.ok(&["delete", "--force", &id]);
+}
+
+#[test]
+fn bad_memory_policy_fails_create_naming_the_field() {
+    for (policy, field) in [
+        (json!({"mode": "MPOL_NOPE"}), "linux.memoryPolicy.mode"),
+        (json!({"mode": "MPOL_BIND"}), "linux.memoryPolicy.nodes"),
+        (
+            json!({"mode": "MPOL_BIND", "nodes": "1-0"}),
+            "linux.memoryPolicy.nodes",
+        ),
+        (
+            json!({"mode": "MPOL_BIND", "nodes": "zero"}),
+            "linux.memoryPolicy.nodes",
+        ),
+        (
+            json!({"mode": "MPOL_DEFAULT", "nodes": "0"}),
+            "linux.memoryPolicy.nodes",
+        ),
+        (
+            json!({"mode": "MPOL_BIND", "nodes": "0", "flags": ["MPOL_F_NOPE"]}),
+            "linux.memoryPolicy.flags",
+        ),
+        (
+            json!({"mode": "MPOL_BIND", "nodes": "0",
+                   "flags": ["MPOL_F_STATIC_NODES", "MPOL_F_RELATIVE_NODES"]}),
+            "linux.memoryPolicy.flags",
+        ),
+    ] {
+        let mut b = Bundle::new(&["true"]).unwrap();
+        b.config["linux"]["memoryPolicy"] = policy.clone();
+        b.write().unwrap();
+        let berth = Berth::new(BIN).unwrap();
+        let id = format!("mpol-bad-{}", random_suffix());
+        let o = berth.run(&["run", "--bundle", b.path().to_str().unwrap(), &id]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{policy}");
+        assert!(err.contains(field), "{policy}: {err}");
+        assert!(
+            !berth.root.path().join(&id).exists(),
+            "{policy}: state left"
+        );
+        assert!(b.cgroup_dirs().is_empty(), "{policy}: cgroup left");
+    }
+}
+
+/// A veth pair this test made (`btv<random>` / `btp<random>`), deleted on
+/// drop if it is still there (deleting one end removes both).
+struct Veth {
+    host: String,
+    peer: String,
+}
+
+impl Veth {
+    fn new() -> Option<Veth> {
+        let r = &random_suffix()[..8];
+        let v = Veth {
+            host: format!("btv{r}"),
+            peer: format!("btp{r}"),
+        };
+        let st = Command::new("ip")
+            .args([
+                "link", "add", &v.host, "type", "veth", "peer", "name", &v.peer,
+            ])
+            .status();
+        if !matches!(st, Ok(s) if s.success()) {
+            eprintln!("SKIP: cannot create a veth pair with ip(8): {st:?}");
+            return None;
+        }
+        Some(v)
+    }
+
+    fn on_host(name: &str) -> bool {
+        Path::new("/sys/class/net").join(name).exists()
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        for n in [&self.host, &self.peer] {
+            if Veth::on_host(n) {
+                let _ = Command::new("ip").args(["link", "del", n]).status();
+            }
+        }
+    }
+}
+
+/// Runtime spec 1.3 `linux.netDevices`: the host interface moves into the
+/// container's new network namespace, renamed, up, with its permanent
+/// address; it is gone from the host meanwhile. Nothing moves it back on
+/// delete (the spec forbids it): the namespace dies and the kernel
+/// destroys the veth, so its host peer goes too.
+#[test]
+fn net_devices_move_rename_and_keep_addresses() {
+    let Some(v) = Veth::new() else { return };
+    let st = Command::new("ip")
+        .args(["addr", "add", "10.251.77.1/24", "dev", &v.host])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut b = Bundle::new(&["sleep", "1012"]).unwrap();
+    b.config["linux"]["netDevices"] = json!({ &v.host: {"name": "ctr0"} });
+    b.write().unwrap();
+    let berth = Berth::new(BIN).unwrap();
+    let id = format!("netdev-{}", random_suffix());
+    berth.run_detached(&b, &id);
+    assert!(!Veth::on_host(&v.host), "{} still on the host", v.host);
+    let out = exec(&berth, &id, &["ip", "addr", "show", "ctr0"]);
+    assert!(out.contains(",UP"), "not up: {out}");
+    assert!(out.contains("inet 10.251.77.1/24"), "address lost: {out}");
+    let all = exec(&berth, &id, &["ip", "link"]);
+    assert!(!all.contains(&v.host), "old name inside: {all}");
+    berth.ok(&["delete", "--force", &id]);
+    // Namespace teardown is asynchronous in the kernel.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while Veth::on_host(&v.peer) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "veth peer left behind"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!Veth::on_host(&v.host), "moved back to the host");
+
+    // Without a name the device keeps the host's.
+    let Some(v) = Veth::new() else { return };
+    let out = sh(&format!("ip link show {}", v.host), |c, _| {
+        c["linux"]["netDevices"] = json!({ &v.host: {} });
+    });
+    assert!(out.contains(&v.host), "{out}");
+}
+
+#[test]
+fn bad_net_devices_fail_create_naming_the_field() {
+    let long = "x".repeat(16);
+    let cases = [
+        (json!({"": {}}), "linux.netDevices."),
+        (json!({"eth/0": {}}), "linux.netDevices.eth/0"),
+        (json!({"eth0": {"name": ""}}), "linux.netDevices.eth0.name"),
+        (
+            json!({"eth0": {"name": long}}),
+            "linux.netDevices.eth0.name",
+        ),
+        (
+            json!({"eth0": {"name": "a:b"}}),
+            "linux.netDevices.eth0.name",
+        ),
+        (
+            json!({"eth0": {"name": "a b"}}),
+            "linux.netDevices.eth0.name",
+        ),
+        (json!({"eth0": {"name": "."}}), "linux.netDevices.eth0.name"),
+        (
+            json!({"eth0": {"name": ".."}}),
+            "linux.netDevices.eth0.name",
+        ),
+        (
+            json!({"eth0": {"name": "a/b"}}),
+            "linux.netDevices.eth0.name",
+        ),
+        // A device that does not exist fails the create too.
+        (
+            json!({"btvnosuchdev0": {}}),
+            "linux.netDevices.btvnosuchdev0",
+        ),
+    ];
+    for (devs, field) in cases {
+        let mut b = Bundle::new(&["true"]).unwrap();
+        b.config["linux"]["netDevices"] = devs.clone();
+        b.write().unwrap();
+        let berth = Berth::new(BIN).unwrap();
+        let id = format!("netdev-bad-{}", random_suffix());
+        let o = berth.run(&["run", "--bundle", b.path().to_str().unwrap(), &id]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{devs}");
+        assert!(err.contains(field), "{devs}: {err}");
+        assert!(!berth.root.path().join(&id).exists(), "{devs}: state left");
+        assert!(b.cgroup_dirs().is_empty(), "{devs}: cgroup left");
+    }
+    // Without a new network namespace there is nowhere to move them.
+    let mut b = Bundle::new(&["true"]).unwrap();
+    b.config["linux"]["netDevices"] = json!({"eth0": {}});
+    b.config["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|n| n["type"] != "network");
+    b.write().unwrap();
+    let berth = Berth::new(BIN).unwrap();
+    let o = berth.run(&["run", "--bundle", b.path().to_str().unwrap(), "netdev-nons"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("linux.netDevices"),
+        "{err}"
+    );
+}

@@ -214,6 +214,12 @@ pub fn validate(file: &str, spec: &Spec) -> Result<()> {
             );
         }
     }
+    if let Some(d) = linux.net_devices() {
+        crate::netdev::validate(file, d, has_new.contains(&LinuxNamespaceType::Network))?;
+    }
+    if let Some(p) = linux.memory_policy() {
+        crate::mempolicy::compile(file, p)?;
+    }
     if let Some(cg) = linux.cgroups_path() {
         if let Err(e) = berth_cgroups::normalize_path(&cg.to_string_lossy()) {
             return err("linux.cgroupsPath", &e.to_string());
@@ -397,6 +403,10 @@ fn validate_sysctl(
 
 /// Container ids are used as directory and cgroup names.
 pub fn validate_id(id: &str) -> Result<()> {
+    if id.is_empty() {
+        // runc's wording.
+        return Err(Error::Other("container id cannot be empty".into()));
+    }
     let ok = !id.is_empty()
         && id.len() <= 1024
         && id != "."

@@ -471,6 +471,12 @@ fn drive(
                     std::fs::write(format!("/proc/{p}/oom_score_adj"), adj.to_string())
                         .ctx(|| format!("process.oomScoreAdj {adj}"))?;
                 }
+                // The init's network namespace exists (stage 1 made it):
+                // the devices are in it, named and up, before the init
+                // goes on.
+                if let Some(devs) = linux.net_devices() {
+                    crate::netdev::move_all(devs, p)?;
+                }
                 ch.send(&Msg::Go)?;
             }
             Some(Msg::CreateRuntimeHooks) => {
@@ -484,7 +490,9 @@ fn drive(
                         crate::hooks::run_all("createRuntime", cr, &st)?;
                     }
                 }
-                ch.send(&Msg::HookState(hook_state(rec, "created")))?;
+                // createContainer runs during create: "creating", as with
+                // runc; the init says "created" to startContainer hooks.
+                ch.send(&Msg::HookState(hook_state(rec, "creating")))?;
             }
             Some(Msg::SeccompListener) => {
                 let fd = crate::seccomp::recv_listener(ch)?;
@@ -597,11 +605,28 @@ pub fn start(root: &Root, id: &str) -> Result<()> {
         .and_then(|h| h.poststart().clone())
     {
         if let Err(e) = crate::hooks::run_all("poststart", &h, &hook_state(&rec, "running")) {
-            // The spec: a failed poststart hook is a warning, the lifecycle goes on.
-            eprintln!("warning: {e}");
+            // runc fails (and kills the container) when a poststart hook
+            // fails, and the runtime spec now says the same: "generate an
+            // error, stop the container". It stays, stopped, until delete
+            // (which runs the poststop hooks).
+            stop_now(&rec);
+            return Err(e);
         }
     }
     Ok(())
+}
+
+/// Kills every process of the container and waits (bounded) for the init.
+fn stop_now(rec: &Record) {
+    if let Some(m) = rec.cgroup.as_ref().map(|p| cgroup_manager(p)) {
+        let _ = m.signal_all(libc::SIGKILL);
+        let _ = m.set_frozen(false);
+    }
+    if state::process_alive(rec.pid, rec.pid_start) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(rec.pid, libc::SIGKILL) };
+    }
+    wait_gone(rec, Duration::from_secs(10));
 }
 
 /// Parses a signal given as a name ("KILL", "SIGKILL") or a number.
@@ -667,6 +692,15 @@ pub fn parse_signal(s: &str) -> Result<i32> {
 pub fn kill(root: &Root, id: &str, sig: i32, all: bool) -> Result<()> {
     let rec = root.load(id)?;
     let st = state::status_of(root, &rec);
+    let mgr = rec.cgroup.as_ref().map(|p| cgroup_manager(p));
+    if all && st == Status::Stopped {
+        // runc 1.1: --all signals whatever is left in the cgroup (children
+        // can outlive an init without a pid namespace) and succeeds.
+        if let Some(m) = mgr.as_ref().filter(|m| m.dirs().iter().any(|d| d.exists())) {
+            m.signal_all(sig)?;
+        }
+        return Ok(());
+    }
     if st == Status::Stopped || st == Status::Creating {
         return Err(Error::BadState {
             id: id.into(),
@@ -674,7 +708,6 @@ pub fn kill(root: &Root, id: &str, sig: i32, all: bool) -> Result<()> {
             msg: "container not running".into(),
         });
     }
-    let mgr = rec.cgroup.as_ref().map(|p| cgroup_manager(p));
     // Without a cgroup (rootless) --all can only reach the init.
     let all = all && mgr.is_some();
     if all {
@@ -760,9 +793,9 @@ pub fn delete(root: &Root, id: &str, force: bool) -> Result<()> {
     berth_cgroups::remove_dirs(&rec.cgroup_created);
     std::fs::remove_dir_all(&dir).ctx(|| format!("removing {}", dir.display()))?;
     if let Some(h) = rec.spec.hooks().as_ref().and_then(|h| h.poststop().clone()) {
-        if let Err(e) = crate::hooks::run_all("poststop", &h, &hook_state(&rec, "stopped")) {
-            eprintln!("warning: {e}");
-        }
+        // Failures are logged and the delete still succeeds (the spec's
+        // MUST, and runc 1.1's exit status).
+        crate::hooks::run_all_logged("poststop", &h, &hook_state(&rec, "stopped"));
     }
     Ok(())
 }

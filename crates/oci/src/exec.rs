@@ -23,9 +23,24 @@ pub struct ExecOptions {
 
 /// Starts the process; returns its pid once it has exec'd.
 pub fn exec(root: &Root, o: ExecOptions) -> Result<i32> {
+    exec_with(root, o, false)
+}
+
+/// [`exec`], and with `ignore_paused` (runc's `--ignore-paused`) into a
+/// paused container too: the process joins the frozen cgroup and this call
+/// returns once the container is resumed and the program exec'd.
+pub fn exec_with(root: &Root, o: ExecOptions, ignore_paused: bool) -> Result<i32> {
     let rec = root.load(&o.id)?;
     let st = state::status_of(root, &rec);
-    if st != Status::Running && st != Status::Created {
+    if st == Status::Paused && !ignore_paused {
+        // runc's wording.
+        return Err(Error::BadState {
+            id: o.id.clone(),
+            status: st.to_string(),
+            msg: "cannot exec in a paused container (use --ignore-paused to override)".into(),
+        });
+    }
+    if st != Status::Running && st != Status::Created && st != Status::Paused {
         return Err(Error::BadState {
             id: o.id.clone(),
             status: st.to_string(),

@@ -16,6 +16,21 @@ pub fn run_all(kind: &str, hooks: &[Hook], state_json: &str) -> Result<()> {
     Ok(())
 }
 
+/// Runs every hook even when one fails, printing each failure: the spec's
+/// poststop rule ("log a warning, the remaining hooks and lifecycle
+/// continue"). runc 1.1 logs the error at error level and its delete still
+/// exits 0. Returns how many failed.
+pub fn run_all_logged(kind: &str, hooks: &[Hook], state_json: &str) -> usize {
+    let mut failed = 0;
+    for (i, h) in hooks.iter().enumerate() {
+        if let Err(e) = run_one(h, state_json) {
+            eprintln!("berth: {kind} hook #{i} ({}): {e}", h.path().display());
+            failed += 1;
+        }
+    }
+    failed
+}
+
 fn run_one(h: &Hook, state_json: &str) -> std::result::Result<(), String> {
     let mut cmd = Command::new(h.path());
     let args = h.args().clone().unwrap_or_default();

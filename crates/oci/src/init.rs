@@ -279,8 +279,10 @@ enum Never {}
 fn stage2_inner(l: &Launch, ch: &Channel) -> Result<Never> {
     expect_go(ch)?;
     let terminal = l.process.terminal() == Some(true);
-    // SAFETY: plain syscall; a new session detaches from the caller's tty.
-    if (matches!(l.role, Role::Create { .. }) || terminal) && unsafe { libc::setsid() } < 0 {
+    // SAFETY: plain syscall. Every process, init or exec'd, leads a new
+    // session and process group of its own, as runc's nsexec makes it:
+    // detached from the caller's tty and job control.
+    if unsafe { libc::setsid() } < 0 {
         return Err(last_os("setsid"));
     }
     if let Role::Create {
@@ -290,7 +292,7 @@ fn stage2_inner(l: &Launch, ch: &Channel) -> Result<Never> {
     } = l.role
     {
         let hook_state = build_container(l, ch, rootfs, no_pivot)?;
-        let argv0 = prepare_process(l, ch)?;
+        let prog = prepare_process(l, ch)?;
         ch.send(&Msg::Ready)?;
         wait_fifo(fifo)?;
         // The fifo stays open (O_CLOEXEC) until execve: `start` waits for
@@ -303,19 +305,33 @@ fn stage2_inner(l: &Launch, ch: &Channel) -> Result<Never> {
         {
             // Nobody reads the channel after the fifo: the error goes to the
             // container's stderr, as runc's does.
-            crate::hooks::run_all("startContainer", &h, &hook_state).inspect_err(|e| {
+            // The runtime's state said "creating" to createContainer hooks;
+            // by now `start` was called on a created container (runc's too).
+            let st = with_status(&hook_state, "created");
+            crate::hooks::run_all("startContainer", &h, &st).inspect_err(|e| {
                 eprintln!("berth: {e}");
             })?;
         }
         load_seccomp_late(l)?;
-        exec(l.process, &argv0)
+        exec(l.process, &prog)
     } else {
         if terminal {
             setup_console(l)?;
         }
-        let argv0 = prepare_process(l, ch)?;
+        let prog = prepare_process(l, ch)?;
         load_seccomp_late(l)?;
-        exec(l.process, &argv0)
+        exec(l.process, &prog)
+    }
+}
+
+/// The hook state JSON `state` with its status replaced.
+fn with_status(state: &str, status: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(state) {
+        Ok(mut v) => {
+            v["status"] = status.into();
+            v.to_string()
+        }
+        Err(_) => state.to_string(),
     }
 }
 
@@ -384,6 +400,12 @@ fn build_container(l: &Launch, ch: &Channel, rootfs_path: &Path, no_pivot: bool)
             }
         }
     }
+    // runc creates a missing process.cwd (0755, as root, before the root
+    // may turn read-only); resolved inside the root like every mount target.
+    let root_fd = fsutil::open_path(Path::new("/"), libc::O_PATH | libc::O_DIRECTORY)?;
+    fsutil::resolve_create(&root_fd, l.process.cwd(), fsutil::Kind::Dir, 0)
+        .map_err(|e| Error::Other(format!("process.cwd {}: {e}", l.process.cwd().display())))?;
+    drop(root_fd);
     let linux = spec.linux().clone().unwrap_or_default();
     for (k, v) in linux.sysctl().iter().flatten() {
         let rel = format!("sys/{}", k.replace('.', "/"));
@@ -420,6 +442,9 @@ fn build_container(l: &Launch, ch: &Channel, rootfs_path: &Path, no_pivot: bool)
     }
     if has_mnt && spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
         rootfs::readonly_root()?;
+    }
+    if has_mnt {
+        rootfs::root_unbindable(spec)?;
     }
     Ok(state)
 }
@@ -488,10 +513,16 @@ fn mask_of(set: &Option<oci_spec::runtime::Capabilities>) -> Mask {
     }
 }
 
+/// What execve gets: the resolved program and the environment.
+struct Program {
+    path: CString,
+    env: Vec<CString>,
+}
+
 /// Everything about the process short of execve: rlimits, personality, cwd,
 /// user and groups, capabilities, no_new_privs, fds. Returns the resolved
-/// executable path.
-fn prepare_process(l: &Launch, ch: &Channel) -> Result<CString> {
+/// executable path and the environment.
+fn prepare_process(l: &Launch, ch: &Channel) -> Result<Program> {
     let p = l.process;
     for r in p.rlimits().iter().flatten() {
         let name = r.typ().to_string();
@@ -505,6 +536,16 @@ fn prepare_process(l: &Launch, ch: &Channel) -> Result<CString> {
         if unsafe { libc::setrlimit(res, &lim) } != 0 {
             return Err(last_os(format!("setrlimit {name}")));
         }
+    }
+    if let Some(mp) = l
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|x| x.memory_policy().as_ref())
+    {
+        // Validated with the config; set here so only the container's
+        // program (and what it forks) allocates under it.
+        crate::mempolicy::apply(&crate::mempolicy::compile("config.json", mp)?)?;
     }
     if let Some(pers) = l
         .spec
@@ -545,6 +586,13 @@ fn prepare_process(l: &Launch, ch: &Channel) -> Result<CString> {
     };
     caps::drop_bounding(sets.bounding)?;
     let u = p.user();
+    // Read while still root: /etc/passwd may not be readable by the user.
+    let env = crate::home::with_home(p.env().as_deref().unwrap_or(&[]), u.uid())
+        .into_iter()
+        .map(|e| {
+            CString::new(e).map_err(|_| Error::Other("process.env contains a NUL byte".into()))
+        })
+        .collect::<Result<Vec<_>>>()?;
     // SAFETY: plain syscalls with valid arguments.
     unsafe {
         if libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0 {
@@ -590,7 +638,7 @@ fn prepare_process(l: &Launch, ch: &Channel) -> Result<CString> {
     crate::debug::trace("process prepared");
     let path = lookup(p)?;
     close_fds_on_exec(3 + l.preserve_fds.max(0))?;
-    Ok(path)
+    Ok(Program { path, env })
 }
 
 fn chdir_inside_root(cwd: &Path) -> Result<()> {
@@ -697,7 +745,8 @@ fn lookup(p: &Process) -> Result<CString> {
     })
 }
 
-fn exec(p: &Process, path: &CString) -> Result<Never> {
+fn exec(p: &Process, prog: &Program) -> Result<Never> {
+    let path = &prog.path;
     let args: Vec<CString> = p
         .args()
         .iter()
@@ -707,15 +756,7 @@ fn exec(p: &Process, path: &CString) -> Result<Never> {
                 .map_err(|_| Error::Other("process.args contains a NUL byte".into()))
         })
         .collect::<Result<_>>()?;
-    let env: Vec<CString> = p
-        .env()
-        .iter()
-        .flatten()
-        .map(|e| {
-            CString::new(e.as_bytes())
-                .map_err(|_| Error::Other("process.env contains a NUL byte".into()))
-        })
-        .collect::<Result<_>>()?;
+    let env = &prog.env;
     let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = env.iter().map(|a| a.as_ptr()).collect();

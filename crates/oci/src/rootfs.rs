@@ -245,6 +245,14 @@ impl Rootfs<'_> {
                 })
                 .unwrap_or(libc::MS_SLAVE | libc::MS_REC),
         };
+        // Unbindable: the rootfs could not be bound onto itself below an
+        // unbindable `/` (EINVAL, runc 1.1's failure): rslave now, and
+        // unbindable on the new root at the end (root_unbindable).
+        let prop = if prop & libc::MS_UNBINDABLE != 0 {
+            libc::MS_SLAVE | libc::MS_REC
+        } else {
+            prop
+        };
         if prop != 0 {
             mount(None, Path::new("/"), None, prop, None)?;
         } else {
@@ -341,16 +349,25 @@ impl Rootfs<'_> {
             0
         };
         let kind = if src_is_file { Kind::File } else { Kind::Dir };
-        let target = fsutil::resolve_create(root, m.destination(), kind, extra)?;
+        // runc's wording, which callers and tests match on.
+        let not_ordinary = || {
+            Error::Other(format!(
+                "filesystem {typ:?} must be mounted on ordinary directory"
+            ))
+        };
+        let target = match fsutil::resolve_create(root, m.destination(), kind, extra) {
+            Err(Error::Os { err, .. }) if extra != 0 && err.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(not_ordinary())
+            }
+            r => r?,
+        };
         if matches!(typ, "proc" | "sysfs") {
             // Only on a real directory.
             let mut st: libc::stat = unsafe { std::mem::zeroed() };
             // SAFETY: target is open and st a valid out-pointer.
             unsafe { libc::fstat(target.as_raw_fd(), &mut st) };
             if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-                return Err(Error::Other(format!(
-                    "{typ} mount target is not a directory"
-                )));
+                return Err(not_ordinary());
             }
         }
         if typ == "cgroup" {
@@ -943,17 +960,26 @@ pub fn readonly_root() -> Result<()> {
 /// parent would make pivot_root fail).
 pub fn root_propagation(spec: &Spec) -> Result<()> {
     let linux = spec.linux().clone().unwrap_or_default();
-    match linux.rootfs_propagation().as_deref() {
-        Some("shared") => mount(None, Path::new("/"), None, libc::MS_SHARED, None),
-        Some("rshared") => mount(
-            None,
-            Path::new("/"),
-            None,
-            libc::MS_SHARED | libc::MS_REC,
-            None,
-        ),
-        _ => Ok(()),
-    }
+    let flags = match linux.rootfs_propagation().as_deref() {
+        Some("shared") => libc::MS_SHARED,
+        Some("rshared") => libc::MS_SHARED | libc::MS_REC,
+        _ => return Ok(()),
+    };
+    mount(None, Path::new("/"), None, flags, None)
+        .map_err(|e| Error::Other(format!("linux.rootfsPropagation: {e}")))
+}
+
+/// rootfsPropagation unbindable/runbindable goes on last: the rootfs bind,
+/// and the self-binds of readonlyPaths, need bindable mounts under them.
+pub fn root_unbindable(spec: &Spec) -> Result<()> {
+    let linux = spec.linux().clone().unwrap_or_default();
+    let flags = match linux.rootfs_propagation().as_deref() {
+        Some("unbindable") => libc::MS_UNBINDABLE,
+        Some("runbindable") => libc::MS_UNBINDABLE | libc::MS_REC,
+        _ => return Ok(()),
+    };
+    mount(None, Path::new("/"), None, flags, None)
+        .map_err(|e| Error::Other(format!("linux.rootfsPropagation: {e}")))
 }
 
 /// Binds the console's pty slave onto /dev/console.
