@@ -2,8 +2,8 @@
 //! file (crictl's format), then the first socket that exists.
 
 use anyhow::{bail, Context, Result};
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use berth_cri_api::v1::image_service_client::ImageServiceClient;
+use berth_cri_api::v1::runtime_service_client::RuntimeServiceClient;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint, Uri};

@@ -3,7 +3,7 @@
 //! fields are accepted; an unknown one is an error naming it.
 
 use anyhow::{Context, Result};
-use k8s_cri::v1 as cri;
+use berth_cri_api::v1 as cri;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::Path;
@@ -268,7 +268,7 @@ impl ContainerConfig {
                 .into_iter()
                 .map(|e| cri::KeyValue {
                     key: e.key,
-                    value: e.value,
+                    value: e.value.into_bytes(),
                 })
                 .collect(),
             mounts: self

@@ -7,9 +7,9 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use berth_cri_api::v1 as cri;
 use berth_streaming::client::{self, ExecOptions, Transport};
 use berth_streaming::protocol;
-use k8s_cri::v1 as cri;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

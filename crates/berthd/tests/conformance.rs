@@ -5,10 +5,10 @@
 //! installed its handler yet.
 
 mod common;
+use berth_cri_api::v1 as cri;
 use berth_streaming::client;
 use berth_streaming::protocol;
 use common::*;
-use k8s_cri::v1 as cri;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -32,7 +32,9 @@ fn with_pid_mode(
 }
 
 async fn create(
-    c: &mut k8s_cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    c: &mut berth_cri_api::v1::runtime_service_client::RuntimeServiceClient<
+        tonic::transport::Channel,
+    >,
     pod: &str,
     cfg: cri::ContainerConfig,
 ) -> Result<String, tonic::Status> {
@@ -205,7 +207,9 @@ async fn port_forward_into_a_host_network_pod_reaches_the_nodes_ports() {
 }
 
 async fn stop(
-    c: &mut k8s_cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    c: &mut berth_cri_api::v1::runtime_service_client::RuntimeServiceClient<
+        tonic::transport::Channel,
+    >,
     id: &str,
     timeout: i64,
 ) -> Duration {
@@ -290,6 +294,50 @@ async fn a_stop_right_after_start_is_never_lost() {
     );
     let st = status(&mut c, &id).await;
     assert_eq!(st.exit_code, 137, "{st:?}");
+    stop_and_remove_pod(&mut c, &pod).await;
+    assert_eq!(b.leaks(), Vec::<String>::new());
+}
+
+/// The kubelet decides which sysctls a pod may have; an operator who wants
+/// to deny more says so in berth.toml, and the refusal names the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_deny_list_refuses_sysctls_by_name() {
+    let b = Berthd::start_with(Options {
+        runtime_toml: "denied_sysctls = [\"net.core.*\", \"kernel.msgmax\"]".into(),
+        ..Default::default()
+    });
+    let mut c = b.rt().await;
+    for key in ["net.core.somaxconn", "kernel.msgmax"] {
+        let mut cfg = pod_config("denied", &b.logs());
+        cfg.linux = Some(cri::LinuxPodSandboxConfig {
+            sysctls: [(key.to_string(), "100".to_string())].into(),
+            ..Default::default()
+        });
+        let e = c
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(cfg),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{key}: {e:?}");
+        assert!(
+            e.message()
+                .starts_with(&format!("config.linux.sysctls[{key}]"))
+                && e.message().contains("denied_sysctls"),
+            "{key}: {}",
+            e.message()
+        );
+    }
+    // What the list does not name is applied.
+    let mut cfg = pod_config("allowed", &b.logs());
+    cfg.linux = Some(cri::LinuxPodSandboxConfig {
+        sysctls: [("kernel.msgmnb".to_string(), "65536".to_string())].into(),
+        ..Default::default()
+    });
+    let (pod, ids) = run_pod(&mut c, cfg, vec![ctr_config("s", &["sleep", "4646"])]).await;
+    let r = exec(&mut c, &ids[0], &["cat", "/proc/sys/kernel/msgmnb"]).await;
+    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "65536");
     stop_and_remove_pod(&mut c, &pod).await;
     assert_eq!(b.leaks(), Vec::<String>::new());
 }

@@ -5,9 +5,9 @@
 //! concurrent requests on one pod.
 
 mod common;
+use berth_cri_api::v1 as cri;
+use berth_cri_api::v1::runtime_service_client::RuntimeServiceClient;
 use common::*;
-use k8s_cri::v1 as cri;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

@@ -2,9 +2,9 @@
 //! UpdateContainerResources, against a real berthd over its CRI socket.
 
 mod common;
+use berth_cri_api::v1 as cri;
+use berth_cri_api::v1::runtime_service_client::RuntimeServiceClient;
 use common::*;
-use k8s_cri::v1 as cri;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 

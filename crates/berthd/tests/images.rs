@@ -2,9 +2,9 @@
 //! Status / RuntimeConfig / events.
 
 mod common;
+use berth_cri_api::v1 as cri;
 use berth_testutil::registry::Registry;
 use common::*;
-use k8s_cri::v1 as cri;
 
 fn spec(image: &str) -> Option<cri::ImageSpec> {
     Some(cri::ImageSpec {

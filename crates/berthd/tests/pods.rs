@@ -2,8 +2,8 @@
 //! stats, networking — real containers, real CNI plugins.
 
 mod common;
+use berth_cri_api::v1 as cri;
 use common::*;
-use k8s_cri::v1 as cri;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,7 +190,9 @@ async fn exit_codes_reasons_and_exec_sync() {
 }
 
 async fn pod_ip(
-    c: &mut k8s_cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    c: &mut berth_cri_api::v1::runtime_service_client::RuntimeServiceClient<
+        tonic::transport::Channel,
+    >,
     pod: &str,
 ) -> String {
     c.pod_sandbox_status(cri::PodSandboxStatusRequest {
@@ -208,7 +210,9 @@ async fn pod_ip(
 }
 
 async fn retry_exec(
-    c: &mut k8s_cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    c: &mut berth_cri_api::v1::runtime_service_client::RuntimeServiceClient<
+        tonic::transport::Channel,
+    >,
     id: &str,
     cmd: &[&str],
 ) -> cri::ExecSyncResponse {
@@ -484,7 +488,7 @@ async fn fifty_pods_at_once() {
         let sock = b.socket.clone();
         let logs = b.logs();
         tasks.push(tokio::spawn(async move {
-            let mut c = k8s_cri::v1::runtime_service_client::RuntimeServiceClient::new(
+            let mut c = berth_cri_api::v1::runtime_service_client::RuntimeServiceClient::new(
                 channel(&sock).await,
             );
             run_pod(
@@ -532,7 +536,7 @@ async fn fifty_pods_at_once() {
     for p in pods {
         let sock = b.socket.clone();
         tasks.push(tokio::spawn(async move {
-            let mut c = k8s_cri::v1::runtime_service_client::RuntimeServiceClient::new(
+            let mut c = berth_cri_api::v1::runtime_service_client::RuntimeServiceClient::new(
                 channel(&sock).await,
             );
             c.stop_pod_sandbox(cri::StopPodSandboxRequest {

@@ -4,8 +4,8 @@
 //! behind once the pods are removed.
 
 mod common;
+use berth_cri_api::v1 as cri;
 use common::*;
-use k8s_cri::v1 as cri;
 use std::time::Duration;
 
 fn log_len(p: &std::path::Path) -> u64 {

@@ -2,16 +2,18 @@
 //! the project's SPDY and WebSocket clients, against real containers.
 
 mod common;
+use berth_cri_api::v1 as cri;
 use berth_streaming::client::{self, ExecOptions, Transport};
 use berth_streaming::protocol;
 use berth_streaming::status::Outcome;
 use common::*;
-use k8s_cri::v1 as cri;
 use sha2::Digest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn exec_url(
-    c: &mut k8s_cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    c: &mut berth_cri_api::v1::runtime_service_client::RuntimeServiceClient<
+        tonic::transport::Channel,
+    >,
     id: &str,
     cmd: &[&str],
     tty: bool,

@@ -2,8 +2,8 @@
 //! kubelet's mappings, idmapped image layers and volumes.
 
 mod common;
+use berth_cri_api::v1 as cri;
 use common::*;
-use k8s_cri::v1 as cri;
 use std::os::unix::fs::MetadataExt;
 
 const HOST_BASE: u32 = 200_000;
@@ -25,7 +25,7 @@ async fn sh(c: &mut RuntimeServiceClient, id: &str, script: &str) -> String {
 }
 
 type RuntimeServiceClient =
-    k8s_cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>;
+    berth_cri_api::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_without_host_users_runs_in_its_own_user_namespace_with_idmapped_mounts() {

@@ -6,8 +6,8 @@ use crate::error::{internal, invalid, CriError, Result};
 use crate::model::{new_id, now_ns, ContainerRecord, CtrState, PodRecord, PodState};
 use crate::spec::{self, ContainerInput, SandboxInfo};
 use crate::store::Kind;
+use berth_cri_api::v1::{ContainerConfig, ContainerEventType, PodSandboxConfig};
 use berth_monitor::proto::{self, Client, ExitInfo, Request, Response};
-use k8s_cri::v1::{ContainerConfig, ContainerEventType, PodSandboxConfig};
 use std::fs;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -82,15 +82,20 @@ impl Daemon {
             .map_err(|_| CriError::NotFound(format!("image {image_ref:?}")))?;
         if let Some(sc) = cfg.linux.as_ref().and_then(|l| l.security_context.as_ref()) {
             let apparmor = sc.apparmor.as_ref().is_some_and(|p| {
-                p.profile_type != k8s_cri::v1::security_profile::ProfileType::Unconfined as i32
+                p.profile_type
+                    != berth_cri_api::v1::security_profile::ProfileType::Unconfined as i32
             });
             if apparmor || sc.selinux_options.is_some() {
                 tracing::warn!(pod = %pod.id, "AppArmor/SELinux settings are not supported here and are ignored");
             }
         }
         let target_pidns = self.target_pidns(&pod, &cfg)?;
-        let stop_signal = spec::stop_signal(&image.config)
-            .map_err(|e| CriError::Internal(format!("image {image_ref}: {e}")))?;
+        // The container's own stop signal, else the image's STOPSIGNAL.
+        let stop_signal = match crate::stop_signal::from_config(&cfg)? {
+            Some(n) => n,
+            None => spec::stop_signal(&image.config)
+                .map_err(|e| CriError::Internal(format!("image {image_ref}: {e}")))?,
+        };
         let id = new_id();
         let bundle = self.cfg.state.join("containers").join(&id);
         let log_path = {
@@ -197,7 +202,7 @@ impl Daemon {
             .as_ref()
             .and_then(|l| l.security_context.as_ref())
             .and_then(|s| s.namespace_options.as_ref())
-            .filter(|o| o.pid == k8s_cri::v1::NamespaceMode::Target as i32)
+            .filter(|o| o.pid == berth_cri_api::v1::NamespaceMode::Target as i32)
         else {
             return Ok(None);
         };
@@ -536,7 +541,7 @@ impl Daemon {
         if t != ContainerEventType::ContainerDeletedEvent {
             containers_statuses.push(crate::views::container_status(rec));
         }
-        self.emit(k8s_cri::v1::ContainerEventResponse {
+        self.emit(berth_cri_api::v1::ContainerEventResponse {
             container_id: rec.id.clone(),
             container_event_type: t as i32,
             created_at: now_ns(),

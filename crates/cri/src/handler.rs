@@ -41,9 +41,9 @@ impl Handler {
     }
 
     /// What Status advertises for this handler.
-    pub fn features(&self) -> k8s_cri::v1::RuntimeHandlerFeatures {
+    pub fn features(&self) -> berth_cri_api::v1::RuntimeHandlerFeatures {
         match self {
-            Handler::Builtin => k8s_cri::v1::RuntimeHandlerFeatures {
+            Handler::Builtin => berth_cri_api::v1::RuntimeHandlerFeatures {
                 recursive_read_only_mounts: true,
                 user_namespaces: self.user_namespaces(),
             },

@@ -3,8 +3,8 @@
 use crate::daemon::Daemon;
 use crate::error::{invalid, CriError, Result};
 use crate::model::now_ns;
+use berth_cri_api::v1 as cri;
 use berth_image::registry::{AuthConfig, Options};
-use k8s_cri::v1 as cri;
 use std::collections::HashMap;
 
 fn to_cri(img: &berth_image::Image) -> cri::Image {

@@ -1,6 +1,6 @@
 //! What berthd records about pods and containers.
 
-use k8s_cri::v1::{ContainerConfig, PodSandboxConfig};
+use berth_cri_api::v1::{ContainerConfig, PodSandboxConfig};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 

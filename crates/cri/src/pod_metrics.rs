@@ -7,7 +7,7 @@
 use crate::daemon::Daemon;
 use crate::error::Result;
 use crate::model::PodRecord;
-use k8s_cri::v1 as cri;
+use berth_cri_api::v1 as cri;
 
 /// (name, help, counter?): per container, without labels.
 const CONTAINER: &[(&str, &str, bool)] = &[

@@ -8,7 +8,7 @@
 //! convention, which the runtime applies).
 
 use crate::error::{invalid, CriError};
-use k8s_cri::v1::LinuxContainerResources;
+use berth_cri_api::v1::LinuxContainerResources;
 use oci_spec::runtime::LinuxResources;
 use serde_json::{json, Map, Value};
 use std::path::Path;
@@ -332,7 +332,7 @@ mod tests {
             ),
             (
                 LinuxContainerResources {
-                    hugepage_limits: vec![k8s_cri::v1::HugepageLimit {
+                    hugepage_limits: vec![berth_cri_api::v1::HugepageLimit {
                         page_size: "3MB".into(),
                         limit: 1,
                     }],
@@ -359,7 +359,7 @@ mod tests {
             memory_swap_limit_in_bytes: -1,
             oom_score_adj: -1000,
             cpuset_cpus: "0-1,3".into(),
-            hugepage_limits: vec![k8s_cri::v1::HugepageLimit {
+            hugepage_limits: vec![berth_cri_api::v1::HugepageLimit {
                 page_size: "2MB".into(),
                 limit: 0,
             }],

@@ -9,8 +9,8 @@ use crate::model::{new_id, now_ns, PodRecord, PodState};
 use crate::netns::{self, Ns};
 use crate::store::Kind;
 use crate::userns::{oci_mappings, userns_mappings, USERNS};
+use berth_cri_api::v1::{NamespaceMode, PodSandboxConfig};
 use berth_monitor::proto::{Client, Request};
-use k8s_cri::v1::{NamespaceMode, PodSandboxConfig};
 use std::fs;
 use std::path::Path;
 use std::process::Command;
@@ -67,6 +67,7 @@ fn validate(cfg: &PodSandboxConfig, denied_sysctls: &[String]) -> Result<()> {
                 .map_err(|e| invalid("config.linux.cgroup_parent", e.to_string()))?;
         }
         let (net, _, ipc) = namespace_modes(cfg);
+        crate::pod_resources::validate_config(l.resources.as_ref(), l.overhead.as_ref())?;
         let own = crate::sysctl::OwnNamespaces {
             net: net != NamespaceMode::Node as i32,
             ipc: ipc != NamespaceMode::Node as i32,
@@ -89,7 +90,7 @@ fn validate(cfg: &PodSandboxConfig, denied_sysctls: &[String]) -> Result<()> {
                 "must be 0-65535",
             ));
         }
-        if k8s_cri::v1::Protocol::try_from(p.protocol).is_err() {
+        if berth_cri_api::v1::Protocol::try_from(p.protocol).is_err() {
             return Err(invalid(
                 format!("config.port_mappings[{i}].protocol"),
                 format!("unknown protocol {}", p.protocol),
@@ -317,6 +318,8 @@ impl Daemon {
 
     fn setup_pod(&self, rec: &mut PodRecord, host_net: bool, host_ipc: bool) -> Result<()> {
         fs::create_dir_all(&rec.dir)?;
+        // Pod-level limits hold before any container exists.
+        crate::pod_resources::apply(rec)?;
         let mut kinds = vec![];
         if !host_net {
             kinds.push(Ns::Net);

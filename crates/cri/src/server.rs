@@ -3,8 +3,8 @@
 use crate::authority::fix_authority;
 use crate::daemon::Daemon;
 use crate::service::Service;
-use k8s_cri::v1::image_service_server::ImageServiceServer;
-use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use berth_cri_api::v1::image_service_server::ImageServiceServer;
+use berth_cri_api::v1::runtime_service_server::RuntimeServiceServer;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;

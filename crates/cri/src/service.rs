@@ -3,11 +3,12 @@
 
 use crate::daemon::Daemon;
 use crate::error::{invalid, CriError, Result};
+use crate::list_stream::{self, ResponseStream};
 use crate::model::CtrState;
 use crate::views;
-use k8s_cri::v1 as cri;
-use k8s_cri::v1::image_service_server::ImageService;
-use k8s_cri::v1::runtime_service_server::RuntimeService;
+use berth_cri_api::v1 as cri;
+use berth_cri_api::v1::image_service_server::ImageService;
+use berth_cri_api::v1::runtime_service_server::RuntimeService;
 use std::pin::Pin;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -441,18 +442,7 @@ impl RuntimeService for Service {
         let f = r.into_inner().filter.unwrap_or_default();
         let stats = self
             .run("ListContainerStats", None, move |d| {
-                let filter = cri::ContainerFilter {
-                    id: f.id,
-                    pod_sandbox_id: f.pod_sandbox_id,
-                    label_selector: f.label_selector,
-                    state: Some(cri::ContainerStateValue {
-                        state: cri::ContainerState::ContainerRunning as i32,
-                    }),
-                };
-                Ok(d.filter_containers(Some(filter))?
-                    .iter()
-                    .map(|c| d.container_stats(c))
-                    .collect())
+                running_container_stats(d, f)
             })
             .await?;
         Ok(Response::new(cri::ListContainerStatsResponse { stats }))
@@ -481,20 +471,7 @@ impl RuntimeService for Service {
     ) -> std::result::Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
         let f = r.into_inner().filter.unwrap_or_default();
         let stats = self
-            .run("ListPodSandboxStats", None, move |d| {
-                let filter = cri::PodSandboxFilter {
-                    id: f.id,
-                    label_selector: f.label_selector,
-                    state: Some(cri::PodSandboxStateValue {
-                        state: cri::PodSandboxState::SandboxReady as i32,
-                    }),
-                };
-                let all = d.containers()?;
-                d.filter_pods(Some(filter))?
-                    .iter()
-                    .map(|p| d.pod_stats_among(p, &all))
-                    .collect()
-            })
+            .run("ListPodSandboxStats", None, move |d| ready_pod_stats(d, f))
             .await?;
         Ok(Response::new(cri::ListPodSandboxStatsResponse { stats }))
     }
@@ -573,6 +550,8 @@ impl RuntimeService for Service {
             runtime_handlers,
             features: Some(cri::RuntimeFeatures {
                 supplemental_groups_policy: true,
+                // A pod in its own user namespace cannot use the node's network.
+                user_namespaces_host_network: false,
             }),
         }))
     }
@@ -612,19 +591,7 @@ impl RuntimeService for Service {
         _r: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> std::result::Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
         let pod_metrics = self
-            .run("ListPodSandboxMetrics", None, move |d| {
-                let ready = cri::PodSandboxFilter {
-                    state: Some(cri::PodSandboxStateValue {
-                        state: cri::PodSandboxState::SandboxReady as i32,
-                    }),
-                    ..Default::default()
-                };
-                let all = d.containers()?;
-                d.filter_pods(Some(ready))?
-                    .iter()
-                    .map(|p| d.pod_metrics(p, &all))
-                    .collect()
-            })
+            .run("ListPodSandboxMetrics", None, ready_pod_metrics)
             .await?;
         Ok(Response::new(cri::ListPodSandboxMetricsResponse {
             pod_metrics,
@@ -641,6 +608,149 @@ impl RuntimeService for Service {
             }),
         }))
     }
+
+    async fn update_pod_sandbox_resources(
+        &self,
+        r: Request<cri::UpdatePodSandboxResourcesRequest>,
+    ) -> std::result::Result<Response<cri::UpdatePodSandboxResourcesResponse>, Status> {
+        let r = r.into_inner();
+        required("pod_sandbox_id", &r.pod_sandbox_id)?;
+        let pod = self.pod_id(&r.pod_sandbox_id);
+        self.run("UpdatePodSandboxResources", Some(pod), move |d| {
+            d.update_pod_resources(&r.pod_sandbox_id, r.overhead, r.resources)
+        })
+        .await?;
+        Ok(Response::new(cri::UpdatePodSandboxResourcesResponse {}))
+    }
+
+    type StreamPodSandboxesStream = ResponseStream<cri::StreamPodSandboxesResponse>;
+    async fn stream_pod_sandboxes(
+        &self,
+        r: Request<cri::StreamPodSandboxesRequest>,
+    ) -> std::result::Result<Response<Self::StreamPodSandboxesStream>, Status> {
+        let f = r.into_inner().filter;
+        let items = self
+            .run("StreamPodSandboxes", None, move |d| d.list_pods(f))
+            .await?;
+        Ok(Response::new(list_stream::stream(items, |pod_sandboxes| {
+            cri::StreamPodSandboxesResponse { pod_sandboxes }
+        })))
+    }
+
+    type StreamContainersStream = ResponseStream<cri::StreamContainersResponse>;
+    async fn stream_containers(
+        &self,
+        r: Request<cri::StreamContainersRequest>,
+    ) -> std::result::Result<Response<Self::StreamContainersStream>, Status> {
+        let f = r.into_inner().filter;
+        let items = self
+            .run("StreamContainers", None, move |d| d.list_containers(f))
+            .await?;
+        Ok(Response::new(list_stream::stream(items, |containers| {
+            cri::StreamContainersResponse { containers }
+        })))
+    }
+
+    type StreamContainerStatsStream = ResponseStream<cri::StreamContainerStatsResponse>;
+    async fn stream_container_stats(
+        &self,
+        r: Request<cri::StreamContainerStatsRequest>,
+    ) -> std::result::Result<Response<Self::StreamContainerStatsStream>, Status> {
+        let f = r.into_inner().filter.unwrap_or_default();
+        let items = self
+            .run("StreamContainerStats", None, move |d| {
+                running_container_stats(d, f)
+            })
+            .await?;
+        Ok(Response::new(list_stream::stream(
+            items,
+            |container_stats| cri::StreamContainerStatsResponse { container_stats },
+        )))
+    }
+
+    type StreamPodSandboxStatsStream = ResponseStream<cri::StreamPodSandboxStatsResponse>;
+    async fn stream_pod_sandbox_stats(
+        &self,
+        r: Request<cri::StreamPodSandboxStatsRequest>,
+    ) -> std::result::Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
+        let f = r.into_inner().filter.unwrap_or_default();
+        let items = self
+            .run("StreamPodSandboxStats", None, move |d| {
+                ready_pod_stats(d, f)
+            })
+            .await?;
+        Ok(Response::new(list_stream::stream(
+            items,
+            |pod_sandbox_stats| cri::StreamPodSandboxStatsResponse { pod_sandbox_stats },
+        )))
+    }
+
+    type StreamPodSandboxMetricsStream = ResponseStream<cri::StreamPodSandboxMetricsResponse>;
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _r: Request<cri::StreamPodSandboxMetricsRequest>,
+    ) -> std::result::Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
+        let items = self
+            .run("StreamPodSandboxMetrics", None, ready_pod_metrics)
+            .await?;
+        Ok(Response::new(list_stream::stream(
+            items,
+            |pod_sandbox_metrics| cri::StreamPodSandboxMetricsResponse {
+                pod_sandbox_metrics,
+            },
+        )))
+    }
+}
+
+/// Stats of the running containers that `f` selects (ListContainerStats
+/// and StreamContainerStats).
+fn running_container_stats(
+    d: &Daemon,
+    f: cri::ContainerStatsFilter,
+) -> Result<Vec<cri::ContainerStats>> {
+    let filter = cri::ContainerFilter {
+        id: f.id,
+        pod_sandbox_id: f.pod_sandbox_id,
+        label_selector: f.label_selector,
+        state: Some(cri::ContainerStateValue {
+            state: cri::ContainerState::ContainerRunning as i32,
+        }),
+    };
+    Ok(d.filter_containers(Some(filter))?
+        .iter()
+        .map(|c| d.container_stats(c))
+        .collect())
+}
+
+/// Stats of the ready pods that `f` selects.
+fn ready_pod_stats(d: &Daemon, f: cri::PodSandboxStatsFilter) -> Result<Vec<cri::PodSandboxStats>> {
+    let filter = cri::PodSandboxFilter {
+        id: f.id,
+        label_selector: f.label_selector,
+        state: Some(cri::PodSandboxStateValue {
+            state: cri::PodSandboxState::SandboxReady as i32,
+        }),
+    };
+    let all = d.containers()?;
+    d.filter_pods(Some(filter))?
+        .iter()
+        .map(|p| d.pod_stats_among(p, &all))
+        .collect()
+}
+
+/// Metrics of every ready pod.
+fn ready_pod_metrics(d: &Daemon) -> Result<Vec<cri::PodSandboxMetrics>> {
+    let ready = cri::PodSandboxFilter {
+        state: Some(cri::PodSandboxStateValue {
+            state: cri::PodSandboxState::SandboxReady as i32,
+        }),
+        ..Default::default()
+    };
+    let all = d.containers()?;
+    d.filter_pods(Some(ready))?
+        .iter()
+        .map(|p| d.pod_metrics(p, &all))
+        .collect()
 }
 
 impl Service {
@@ -711,5 +821,19 @@ impl ImageService for Service {
     ) -> std::result::Result<Response<cri::ImageFsInfoResponse>, Status> {
         let resp = self.run("ImageFsInfo", None, |d| d.image_fs_info()).await?;
         Ok(Response::new(resp))
+    }
+
+    type StreamImagesStream = ResponseStream<cri::StreamImagesResponse>;
+    async fn stream_images(
+        &self,
+        r: Request<cri::StreamImagesRequest>,
+    ) -> std::result::Result<Response<Self::StreamImagesStream>, Status> {
+        let f = r.into_inner().filter;
+        let items = self
+            .run("StreamImages", None, move |d| d.list_images(f))
+            .await?;
+        Ok(Response::new(list_stream::stream(items, |images| {
+            cri::StreamImagesResponse { images }
+        })))
     }
 }

@@ -19,7 +19,7 @@ mod resources;
 mod security;
 mod user;
 
-use k8s_cri::v1::{ContainerConfig, NamespaceMode, PodSandboxConfig};
+use berth_cri_api::v1::{ContainerConfig, NamespaceMode, PodSandboxConfig};
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
 
@@ -111,7 +111,7 @@ pub fn container_spec(sb: &SandboxInfo, c: &ContainerInput) -> Result<oci_spec::
         return Err(SpecError::new("config.metadata.name", "missing"));
     }
     let default_sc = Default::default();
-    let sc: &k8s_cri::v1::LinuxContainerSecurityContext = cfg
+    let sc: &berth_cri_api::v1::LinuxContainerSecurityContext = cfg
         .linux
         .as_ref()
         .and_then(|l| l.security_context.as_ref())
@@ -298,7 +298,7 @@ fn ns_mode(v: i32) -> NamespaceMode {
 
 fn namespaces(
     sb: &SandboxInfo,
-    sc: &k8s_cri::v1::LinuxContainerSecurityContext,
+    sc: &berth_cri_api::v1::LinuxContainerSecurityContext,
     target_pidns: Option<&Path>,
 ) -> Result<Vec<Value>> {
     let join = |typ: &str, p: &Option<PathBuf>| p.as_ref().map(|p| json!({"type": typ, "path": p}));

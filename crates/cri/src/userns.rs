@@ -3,7 +3,7 @@
 
 use crate::error::{invalid, Result};
 use crate::model::PodUserNs;
-use k8s_cri::v1::{NamespaceMode, PodSandboxConfig};
+use berth_cri_api::v1::{NamespaceMode, PodSandboxConfig};
 
 pub const USERNS: &str = "config.linux.security_context.namespace_options.userns_options";
 
@@ -37,58 +37,59 @@ pub fn userns_mappings(cfg: &PodSandboxConfig) -> Result<Option<PodUserNs>> {
             ));
         }
     }
-    let maps = |list: &[k8s_cri::v1::IdMapping], name: &str| -> Result<Vec<(u32, u32, u32)>> {
-        if list.is_empty() {
-            return Err(invalid(
-                format!("{USERNS}.{name}"),
-                "a POD user namespace needs mappings",
-            ));
-        }
-        let mut out = Vec::new();
-        for (i, m) in list.iter().enumerate() {
-            let f = format!("{USERNS}.{name}[{i}]");
-            if m.length == 0 {
-                return Err(invalid(format!("{f}.length"), "must be greater than 0"));
-            }
-            if m.container_id.checked_add(m.length - 1).is_none()
-                || m.host_id.checked_add(m.length - 1).is_none()
-            {
-                return Err(invalid(f, "the range overflows 32 bits"));
-            }
-            if m.host_id == 0 {
+    let maps =
+        |list: &[berth_cri_api::v1::IdMapping], name: &str| -> Result<Vec<(u32, u32, u32)>> {
+            if list.is_empty() {
                 return Err(invalid(
-                    format!("{f}.host_id"),
-                    "must not map the node's root into the pod",
+                    format!("{USERNS}.{name}"),
+                    "a POD user namespace needs mappings",
                 ));
             }
-            out.push((m.container_id, m.host_id, m.length));
-        }
-        // The kernel takes at most 340 lines and no overlapping ranges.
-        if out.len() > 340 {
-            return Err(invalid(format!("{USERNS}.{name}"), "at most 340 mappings"));
-        }
-        for (i, a) in out.iter().enumerate() {
-            for b in &out[..i] {
-                let overlap = |x: u32, y: u32| {
-                    let (x, y) = (u64::from(x), u64::from(y));
-                    x < y + u64::from(b.2) && y < x + u64::from(a.2)
-                };
-                if overlap(a.0, b.0) || overlap(a.1, b.1) {
+            let mut out = Vec::new();
+            for (i, m) in list.iter().enumerate() {
+                let f = format!("{USERNS}.{name}[{i}]");
+                if m.length == 0 {
+                    return Err(invalid(format!("{f}.length"), "must be greater than 0"));
+                }
+                if m.container_id.checked_add(m.length - 1).is_none()
+                    || m.host_id.checked_add(m.length - 1).is_none()
+                {
+                    return Err(invalid(f, "the range overflows 32 bits"));
+                }
+                if m.host_id == 0 {
                     return Err(invalid(
-                        format!("{USERNS}.{name}[{i}]"),
-                        "overlaps an earlier mapping",
+                        format!("{f}.host_id"),
+                        "must not map the node's root into the pod",
                     ));
                 }
+                out.push((m.container_id, m.host_id, m.length));
             }
-        }
-        if !out.iter().any(|&(c, _, _)| c == 0) {
-            return Err(invalid(
-                format!("{USERNS}.{name}"),
-                "must map the container's root (container_id 0)",
-            ));
-        }
-        Ok(out)
-    };
+            // The kernel takes at most 340 lines and no overlapping ranges.
+            if out.len() > 340 {
+                return Err(invalid(format!("{USERNS}.{name}"), "at most 340 mappings"));
+            }
+            for (i, a) in out.iter().enumerate() {
+                for b in &out[..i] {
+                    let overlap = |x: u32, y: u32| {
+                        let (x, y) = (u64::from(x), u64::from(y));
+                        x < y + u64::from(b.2) && y < x + u64::from(a.2)
+                    };
+                    if overlap(a.0, b.0) || overlap(a.1, b.1) {
+                        return Err(invalid(
+                            format!("{USERNS}.{name}[{i}]"),
+                            "overlaps an earlier mapping",
+                        ));
+                    }
+                }
+            }
+            if !out.iter().any(|&(c, _, _)| c == 0) {
+                return Err(invalid(
+                    format!("{USERNS}.{name}"),
+                    "must map the container's root (container_id 0)",
+                ));
+            }
+            Ok(out)
+        };
     Ok(Some(PodUserNs {
         path: Default::default(),
         uid_map: maps(&u.uids, "uids")?,

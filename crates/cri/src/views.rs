@@ -3,7 +3,7 @@
 use crate::daemon::Daemon;
 use crate::error::Result;
 use crate::model::{now_ns, ContainerRecord, CtrState, PodRecord, PodState};
-use k8s_cri::v1 as cri;
+use berth_cri_api::v1 as cri;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -104,6 +104,7 @@ pub fn container_status(c: &ContainerRecord) -> cri::ContainerStatus {
                 windows: None,
             }),
         image_id: c.image_id.clone(),
+        stop_signal: crate::stop_signal::of_number(c.stop_signal) as i32,
         user: c.user.as_ref().map(|u| cri::ContainerUser {
             linux: Some(cri::LinuxContainerUser {
                 uid: u.uid.into(),
@@ -212,6 +213,7 @@ impl Daemon {
             .and_then(|p| berth_oci::container::cgroup_manager(&p).stats().ok());
         if let Some(st) = st {
             s.cpu = Some(cri::CpuUsage {
+                psi: None,
                 timestamp: ts,
                 usage_core_nano_seconds: u64v(st.cpu.usage_total_ns),
                 usage_nano_cores: None,
@@ -274,6 +276,7 @@ impl Daemon {
         let (cpu, memory, process) = match mgr.stats() {
             Ok(st) => (
                 Some(cri::CpuUsage {
+                    psi: None,
                     timestamp: ts,
                     usage_core_nano_seconds: u64v(st.cpu.usage_total_ns),
                     usage_nano_cores: None,
@@ -295,6 +298,7 @@ impl Daemon {
                 annotations: p.config.annotations.clone(),
             }),
             linux: Some(cri::LinuxPodSandboxStats {
+                io: None,
                 cpu,
                 memory,
                 network,
@@ -311,6 +315,7 @@ pub const USAGE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn mem_usage(ts: i64, m: &berth_cgroups::stats::MemoryStats) -> cri::MemoryUsage {
     cri::MemoryUsage {
+        psi: None,
         timestamp: ts,
         working_set_bytes: u64v(m.working_set_bytes),
         available_bytes: None,

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use berth_cri::authority::fix_authority;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::runtime_service_server::{RuntimeService, RuntimeServiceServer};
-use k8s_cri::v1::*;
+use berth_cri_api::v1::runtime_service_client::RuntimeServiceClient;
+use berth_cri_api::v1::runtime_service_server::{RuntimeService, RuntimeServiceServer};
+use berth_cri_api::v1::*;
 use loona_hpack::Decoder;
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,7 +22,7 @@ struct VersionOnly;
 
 // async_trait must see the whole impl, so the macro writes it.
 macro_rules! version_only_service {
-    ($($name:ident($req:ident) -> $resp:ident;)*) => {
+    ($($name:ident($req:ident) -> $resp:ident;)* ; $($sname:ident($sreq:ident) -> $stype:ident($sresp:ident);)*) => {
         #[tonic::async_trait]
         impl RuntimeService for VersionOnly {
             type GetContainerEventsStream =
@@ -58,6 +58,12 @@ macro_rules! version_only_service {
                     Err(Status::unimplemented(stringify!($name)))
                 }
             )*
+            $(
+                type $stype = tokio_stream::Pending<Result<$sresp, Status>>;
+                async fn $sname(&self, _: Request<$sreq>) -> Result<Response<Self::$stype>, Status> {
+                    Err(Status::unimplemented(stringify!($sname)))
+                }
+            )*
         }
     };
 }
@@ -90,6 +96,13 @@ version_only_service! {
     list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse;
     list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse;
     runtime_config(RuntimeConfigRequest) -> RuntimeConfigResponse;
+    update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest) -> UpdatePodSandboxResourcesResponse;
+    ;
+    stream_pod_sandboxes(StreamPodSandboxesRequest) -> StreamPodSandboxesStream(StreamPodSandboxesResponse);
+    stream_containers(StreamContainersRequest) -> StreamContainersStream(StreamContainersResponse);
+    stream_container_stats(StreamContainerStatsRequest) -> StreamContainerStatsStream(StreamContainerStatsResponse);
+    stream_pod_sandbox_stats(StreamPodSandboxStatsRequest) -> StreamPodSandboxStatsStream(StreamPodSandboxStatsResponse);
+    stream_pod_sandbox_metrics(StreamPodSandboxMetricsRequest) -> StreamPodSandboxMetricsStream(StreamPodSandboxMetricsResponse);
 }
 
 /// A tonic server on `dir/berth.sock`, the way berthd serves CRI: through `fix_authority` or not.

@@ -10,9 +10,9 @@
 use berth_cri::spec::{
     container_spec, stop_signal, ContainerInput, SandboxInfo, SpecError, UserNs,
 };
+use berth_cri_api::v1::*;
 use berth_image::ImageConfig;
 use berth_testutil::{output_text, unique_id, Berth, Bundle};
-use k8s_cri::v1::*;
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
@@ -765,8 +765,8 @@ fn opts(m: &Value) -> Vec<String> {
     strs(&m["options"])
 }
 
-fn host_mount(host: &Path, ctr: &str) -> k8s_cri::v1::Mount {
-    k8s_cri::v1::Mount {
+fn host_mount(host: &Path, ctr: &str) -> berth_cri_api::v1::Mount {
+    berth_cri_api::v1::Mount {
         container_path: ctr.into(),
         host_path: host.to_str().unwrap().into(),
         ..Default::default()
@@ -918,7 +918,7 @@ fn cri_mounts() {
     assert_eq!(m["gidMappings"][0]["size"], 65536);
     assert!(s["linux"].get("rootfsPropagation").is_none());
 
-    let one = |f: &dyn Fn(&mut k8s_cri::v1::Mount)| {
+    let one = |f: &dyn Fn(&mut berth_cri_api::v1::Mount)| {
         let mut m = host_mount(&data, "/x");
         f(&mut m);
         let mut c = ctr();

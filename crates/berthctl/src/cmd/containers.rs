@@ -5,7 +5,7 @@ use super::{container_id, labels_arg, pod_id};
 use crate::client::Cri;
 use crate::output::{ago, print_data, short, Format, Table};
 use anyhow::Result;
-use k8s_cri::v1 as cri;
+use berth_cri_api::v1 as cri;
 use std::io::Write;
 use std::path::PathBuf;
 

@@ -3,7 +3,7 @@
 use crate::client::Cri;
 use crate::output::{short, Format};
 use anyhow::Result;
-use k8s_cri::v1 as cri;
+use berth_cri_api::v1 as cri;
 
 #[derive(clap::Args)]
 pub struct EventsArgs {

@@ -3,7 +3,7 @@
 use crate::client::Cri;
 use crate::output::{human_size, print_data, short, Format, Table};
 use anyhow::Result;
-use k8s_cri::v1 as cri;
+use berth_cri_api::v1 as cri;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,7 @@
 use super::container_id;
 use crate::client::Cri;
 use anyhow::{Context, Result};
-use k8s_cri::v1 as cri;
+use berth_cri_api::v1 as cri;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::Duration;
 

@@ -14,7 +14,7 @@ pub mod stream;
 use crate::client::{self, Cri};
 use crate::{Cli, Cmd};
 use anyhow::Result;
-use k8s_cri::v1 as cri;
+use berth_cri_api::v1 as cri;
 
 /// Runs the command; returns the process exit code.
 pub async fn dispatch(cli: Cli) -> Result<i32> {

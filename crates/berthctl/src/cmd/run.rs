@@ -9,7 +9,7 @@
 use crate::client::Cri;
 use crate::manifest::{Container, Pod, PullPolicy, RestartPolicy};
 use anyhow::{bail, Context, Result};
-use k8s_cri::v1 as cri;
+use berth_cri_api::v1 as cri;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -214,7 +214,7 @@ fn container_config(
             .iter()
             .map(|e| cri::KeyValue {
                 key: e.name.clone(),
-                value: e.value.clone(),
+                value: e.value.clone().into_bytes(),
             })
             .collect(),
         mounts,

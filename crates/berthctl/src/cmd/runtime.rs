@@ -3,7 +3,7 @@
 use crate::client::Cri;
 use crate::output::{print_data, Format};
 use anyhow::Result;
-use k8s_cri::v1 as cri;
+use berth_cri_api::v1 as cri;
 
 pub async fn version(c: &mut Cri, o: Format) -> Result<()> {
     let v =

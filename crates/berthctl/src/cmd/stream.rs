@@ -136,7 +136,7 @@ fn unknown_status() -> anyhow::Error {
 
 pub async fn exec(c: &mut Cri, id: &str, cmd: Vec<String>, stdin: bool, tty: bool) -> Result<i32> {
     let url =
-        c.rt.exec(k8s_cri::v1::ExecRequest {
+        c.rt.exec(berth_cri_api::v1::ExecRequest {
             container_id: id.to_string(),
             cmd,
             tty,
@@ -168,7 +168,7 @@ pub async fn exec(c: &mut Cri, id: &str, cmd: Vec<String>, stdin: bool, tty: boo
 
 pub async fn attach(c: &mut Cri, id: &str, stdin: bool, tty: bool) -> Result<i32> {
     let url =
-        c.rt.attach(k8s_cri::v1::AttachRequest {
+        c.rt.attach(berth_cri_api::v1::AttachRequest {
             container_id: id.to_string(),
             stdin,
             tty,
@@ -199,7 +199,7 @@ pub async fn attach(c: &mut Cri, id: &str, stdin: bool, tty: bool) -> Result<i32
                 .await?
                 .status
                 .unwrap_or_default();
-            if st.state == k8s_cri::v1::ContainerState::ContainerExited as i32 {
+            if st.state == berth_cri_api::v1::ContainerState::ContainerExited as i32 {
                 Ok(st.exit_code)
             } else {
                 Err(unknown_status())
@@ -237,7 +237,7 @@ pub async fn port_forward(c: &mut Cri, pod: &str, ports: &[String]) -> Result<()
         .map(|p| parse_port(p))
         .collect::<Result<Vec<_>>>()?;
     let url =
-        c.rt.port_forward(k8s_cri::v1::PortForwardRequest {
+        c.rt.port_forward(berth_cri_api::v1::PortForwardRequest {
             pod_sandbox_id: pod.to_string(),
             port: pairs.iter().map(|(_, r)| i32::from(*r)).collect(),
         })

@@ -3,9 +3,9 @@
 //! cgroup parent; a busybox image imported; a CRI client over the socket.
 #![allow(dead_code)]
 
-use k8s_cri::v1 as cri;
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use berth_cri_api::v1 as cri;
+use berth_cri_api::v1::image_service_client::ImageServiceClient;
+use berth_cri_api::v1::runtime_service_client::RuntimeServiceClient;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
@@ -31,6 +31,8 @@ pub struct Options {
     /// Appended to berth.toml after the harness's own tables, so only new
     /// tables fit here (e.g. `[metrics]`).
     pub extra_toml: String,
+    /// More keys of the `[runtime]` table (e.g. `denied_sysctls = [..]`).
+    pub runtime_toml: String,
     /// More images to import before berthd opens the store: (OCI layout
     /// directory holding one image, name).
     pub images: Vec<(PathBuf, String)>,
@@ -96,13 +98,14 @@ impl Berthd {
         .unwrap();
         let config = tmp.path().join("berth.toml");
         let toml = format!(
-            "root = {root:?}\nstate = {state:?}\nsocket = {sock:?}\n[runtime]\ncgroup_parent = {cg:?}\nmonitor = {mon:?}\n[runtime.handlers.runc]\npath = \"/usr/sbin/runc\"\n[cni]\nconf_dir = {conf:?}\nbin_dirs = [\"/usr/lib/cni\"]\n",
+            "root = {root:?}\nstate = {state:?}\nsocket = {sock:?}\n[runtime]\ncgroup_parent = {cg:?}\nmonitor = {mon:?}\n{rt}\n[runtime.handlers.runc]\npath = \"/usr/sbin/runc\"\n[cni]\nconf_dir = {conf:?}\nbin_dirs = [\"/usr/lib/cni\"]\n",
             root = tmp.path().join("root"),
             state = tmp.path().join("state"),
             sock = tmp.path().join("berth.sock"),
             cg = cgroup_parent,
             mon = bin("berth-monitor"),
             conf = conf_dir,
+            rt = opts.runtime_toml,
         );
         std::fs::write(&config, toml + &opts.extra_toml).unwrap();
         // The image is imported before berthd opens the store.

@@ -2,7 +2,7 @@
 //! CRI's volumes) and devices.
 
 use super::{ContainerInput, Result, SandboxInfo, SpecError};
-use k8s_cri::v1::{ContainerConfig, LinuxContainerSecurityContext, MountPropagation};
+use berth_cri_api::v1::{ContainerConfig, LinuxContainerSecurityContext, MountPropagation};
 use serde_json::{json, Value};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -161,7 +161,7 @@ pub fn build(
             opts.push("rw");
         }
         let mut v = bind(&target, &src, &opts);
-        let maps = |l: &[k8s_cri::v1::IdMapping]| -> Value {
+        let maps = |l: &[berth_cri_api::v1::IdMapping]| -> Value {
             l.iter()
                 .map(|m| json!({"containerID": m.container_id, "hostID": m.host_id, "size": m.length}))
                 .collect()

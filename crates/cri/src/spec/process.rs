@@ -1,8 +1,8 @@
 //! args, env and cwd: kubelet's semantics over the image config.
 
 use super::{Result, SpecError};
+use berth_cri_api::v1::ContainerConfig;
 use berth_image::ImageConfig;
-use k8s_cri::v1::ContainerConfig;
 
 /// The PATH a process gets when neither the image nor the CRI sets one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -70,13 +70,16 @@ pub fn env(cfg: &ContainerConfig, image: &ImageConfig, hostname: &str) -> Result
                 format!("{:?} is not a valid variable name", kv.key),
             ));
         }
-        if kv.value.contains('\0') {
+        // Bytes in the CRI; an OCI env entry is a (UTF-8) string.
+        let value = std::str::from_utf8(&kv.value)
+            .map_err(|_| SpecError::new(format!("config.envs[{i}].value"), "is not valid UTF-8"))?;
+        if value.contains('\0') {
             return Err(SpecError::new(
                 format!("config.envs[{i}].value"),
                 "contains a NUL byte",
             ));
         }
-        set(&mut env, format!("{}={}", kv.key, kv.value));
+        set(&mut env, format!("{}={value}", kv.key));
     }
     Ok(env)
 }

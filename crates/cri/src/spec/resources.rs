@@ -3,7 +3,7 @@
 //! leaves the cgroup's value alone).
 
 use super::{Result, SpecError};
-use k8s_cri::v1::LinuxContainerResources;
+use berth_cri_api::v1::LinuxContainerResources;
 use serde_json::{json, Map, Value};
 
 /// Device cgroup rules: deny everything, then the nodes every container

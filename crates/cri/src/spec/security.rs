@@ -1,10 +1,10 @@
 //! Capabilities and seccomp.
 
 use super::{Result, SpecError, SC};
+use berth_cri_api::v1::security_profile::ProfileType;
+use berth_cri_api::v1::LinuxContainerSecurityContext;
 use berth_oci::caps::{from_name, last_cap, NAMES};
 use berth_oci::fsutil::{openat2, RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS};
-use k8s_cri::v1::security_profile::ProfileType;
-use k8s_cri::v1::LinuxContainerSecurityContext;
 use oci_spec::runtime::LinuxSeccomp;
 use serde_json::{json, Value};
 use std::io::Read;
@@ -97,7 +97,7 @@ fn parse_list(list: &[String], field: &str) -> Result<(bool, Vec<u32>)> {
 pub fn capabilities(sc: &LinuxContainerSecurityContext) -> Result<Caps> {
     let f = format!("{SC}.capabilities");
     let empty = Default::default();
-    let c: &k8s_cri::v1::Capability = sc.capabilities.as_ref().unwrap_or(&empty);
+    let c: &berth_cri_api::v1::Capability = sc.capabilities.as_ref().unwrap_or(&empty);
     let (add_all, add) = parse_list(&c.add_capabilities, &format!("{f}.add_capabilities"))?;
     let (drop_all, drop) = parse_list(&c.drop_capabilities, &format!("{f}.drop_capabilities"))?;
     let (amb_all, amb) = parse_list(

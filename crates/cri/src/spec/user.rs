@@ -10,9 +10,9 @@
 //! and at most [`MAX_FILE`] bytes.
 
 use super::{Result, SpecError, SC};
+use berth_cri_api::v1::{LinuxContainerSecurityContext, SupplementalGroupsPolicy};
 use berth_image::ImageConfig;
 use berth_oci::fsutil::{openat2, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS};
-use k8s_cri::v1::{LinuxContainerSecurityContext, SupplementalGroupsPolicy};
 use serde_json::{json, Value};
 use std::io::Read;
 use std::os::fd::AsRawFd;

@@ -19,7 +19,7 @@ use super::stats::Series;
 use super::Common;
 use crate::client::{channel, Cri};
 use anyhow::{Context, Result};
-use k8s_cri::v1 as cri;
+use berth_cri_api::v1 as cri;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,427 @@
+//! The CRI of Kubernetes 1.36, through berthd's socket: the list-streaming
+//! calls (KEP-5825), container stop signals (KEP-4960) and pod-level
+//! resources (UpdatePodSandboxResources).
+
+mod common;
+use berth_cri_api::v1 as cri;
+use common::*;
+use std::time::{Duration, Instant};
+
+async fn collect<R>(s: tonic::Response<tonic::codec::Streaming<R>>) -> Vec<R> {
+    let mut s = s.into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = s.message().await.unwrap() {
+        out.push(m);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_calls_return_what_the_list_calls_do() {
+    let b = Berthd::start();
+    let mut c = b.rt().await;
+    let mut img = b.img().await;
+    let (pod, ids) = run_pod(
+        &mut c,
+        pod_config("streams", &b.logs()),
+        vec![
+            ctr_config("a", &["sleep", "4747"]),
+            ctr_config("b", &["sleep", "4848"]),
+        ],
+    )
+    .await;
+    let (other, _) = run_pod(
+        &mut c,
+        pod_config("streams2", &b.logs()),
+        vec![ctr_config("c", &["sleep", "4949"])],
+    )
+    .await;
+    let by_pod = || cri::ContainerFilter {
+        pod_sandbox_id: pod.clone(),
+        ..Default::default()
+    };
+    for filter in [None, Some(by_pod())] {
+        let mut listed = c
+            .list_containers(cri::ListContainersRequest {
+                filter: filter.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .containers;
+        let mut streamed: Vec<_> = collect(
+            c.stream_containers(cri::StreamContainersRequest { filter })
+                .await
+                .unwrap(),
+        )
+        .await
+        .into_iter()
+        .flat_map(|m| m.containers)
+        .collect();
+        listed.sort_by(|a, b| a.id.cmp(&b.id));
+        streamed.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(listed, streamed);
+    }
+    let mut listed: Vec<_> = c
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    let mut streamed: Vec<_> = collect(
+        c.stream_pod_sandboxes(cri::StreamPodSandboxesRequest::default())
+            .await
+            .unwrap(),
+    )
+    .await
+    .into_iter()
+    .flat_map(|m| m.pod_sandboxes)
+    .collect();
+    listed.sort_by(|a, b| a.id.cmp(&b.id));
+    streamed.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(listed, streamed);
+    assert_eq!(streamed.len(), 2);
+
+    // Stats change between two readings: compare whose they are.
+    let ids_of = |v: Vec<cri::ContainerStats>| {
+        let mut v: Vec<String> = v
+            .into_iter()
+            .filter_map(|s| s.attributes.map(|a| a.id))
+            .collect();
+        v.sort();
+        v
+    };
+    let listed = c
+        .list_container_stats(cri::ListContainerStatsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    let streamed: Vec<_> = collect(
+        c.stream_container_stats(cri::StreamContainerStatsRequest::default())
+            .await
+            .unwrap(),
+    )
+    .await
+    .into_iter()
+    .flat_map(|m| m.container_stats)
+    .collect();
+    assert_eq!(ids_of(listed), ids_of(streamed.clone()));
+    assert_eq!(streamed.len(), 3);
+    let pod_ids = |v: Vec<String>| {
+        let mut v = v;
+        v.sort();
+        v
+    };
+    let listed = c
+        .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    let streamed: Vec<_> = collect(
+        c.stream_pod_sandbox_stats(cri::StreamPodSandboxStatsRequest::default())
+            .await
+            .unwrap(),
+    )
+    .await
+    .into_iter()
+    .flat_map(|m| m.pod_sandbox_stats)
+    .collect();
+    let pid = |s: &cri::PodSandboxStats| {
+        s.attributes
+            .as_ref()
+            .map(|a| a.id.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        pod_ids(listed.iter().map(pid).collect()),
+        pod_ids(streamed.iter().map(pid).collect())
+    );
+    let listed = c
+        .list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_metrics;
+    let streamed: Vec<_> = collect(
+        c.stream_pod_sandbox_metrics(cri::StreamPodSandboxMetricsRequest::default())
+            .await
+            .unwrap(),
+    )
+    .await
+    .into_iter()
+    .flat_map(|m| m.pod_sandbox_metrics)
+    .collect();
+    assert_eq!(
+        pod_ids(listed.iter().map(|m| m.pod_sandbox_id.clone()).collect()),
+        pod_ids(streamed.iter().map(|m| m.pod_sandbox_id.clone()).collect())
+    );
+    let listed = img
+        .list_images(cri::ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    let streamed: Vec<_> = collect(
+        img.stream_images(cri::StreamImagesRequest::default())
+            .await
+            .unwrap(),
+    )
+    .await
+    .into_iter()
+    .flat_map(|m| m.images)
+    .collect();
+    assert_eq!(listed, streamed);
+    assert!(!streamed.is_empty());
+    let _ = ids;
+    stop_and_remove_pod(&mut c, &pod).await;
+    stop_and_remove_pod(&mut c, &other).await;
+    // Nothing to list: the stream ends without a message.
+    let none = collect(
+        c.stream_pod_sandboxes(cri::StreamPodSandboxesRequest::default())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(none.is_empty(), "{none:?}");
+    assert_eq!(b.leaks(), Vec::<String>::new());
+}
+
+/// 3,000 container records (no real containers needed) with 6 KiB of
+/// labels each: more than the 16 MiB a kubelet accepts in one message, so
+/// ListContainers fails where StreamContainers delivers every one. (The
+/// chunking itself is checked with 20,000 items in `list_stream`'s unit
+/// tests; berthd still scans every record on each list and every second,
+/// so 20,000 records make this test slow.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_containers_stream_past_the_message_limit() {
+    let mut b = Berthd::start();
+    b.terminate();
+    const N: usize = 3_000;
+    {
+        let store = berth_cri::store::Store::open(&b.root().join("berthd.db")).unwrap();
+        let pod = berth_cri::model::PodRecord {
+            id: "f".repeat(64),
+            config: pod_config("many", &b.logs()),
+            runtime_handler: String::new(),
+            created_at: 1,
+            state: berth_cri::model::PodState::NotReady,
+            dir: b.state().join("pods").join("f".repeat(64)),
+            netns: None,
+            ipcns: None,
+            utsns: None,
+            pidns: None,
+            userns: None,
+            ips: vec![],
+            cgroup_parent: format!("{}/many", b.cgroup_parent),
+            own_cgroup: false,
+        };
+        store
+            .put(berth_cri::store::Kind::Pod, &pod.id, &pod)
+            .unwrap();
+        let mut cfg = ctr_config("x", &["true"]);
+        cfg.labels = [("filler".to_string(), "x".repeat(6 << 10))].into();
+        for i in 0..N {
+            let id = format!("{i:064x}");
+            let mut cfg = cfg.clone();
+            cfg.metadata.as_mut().unwrap().name = format!("c{i}");
+            let rec = berth_cri::model::ContainerRecord {
+                id: id.clone(),
+                pod_id: pod.id.clone(),
+                config: cfg,
+                image_ref: IMAGE.into(),
+                image_id: String::new(),
+                image_digest_ref: String::new(),
+                created_at: 1,
+                started_at: 2,
+                finished_at: 3,
+                state: berth_cri::model::CtrState::Exited,
+                exit_code: 0,
+                reason: "Completed".into(),
+                message: String::new(),
+                log_path: None,
+                bundle: b.state().join("containers").join(&id),
+                stop_signal: 15,
+                user: None,
+            };
+            store
+                .put(berth_cri::store::Kind::Container, &id, &rec)
+                .unwrap();
+        }
+    }
+    b.spawn();
+    // The kubelet's limit.
+    let mut c = b
+        .rt()
+        .await
+        .max_decoding_message_size(16 << 20)
+        .max_encoding_message_size(16 << 20);
+    let e = c
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+        ),
+        "{e:?}"
+    );
+    let t = Instant::now();
+    let msgs = collect(
+        c.stream_containers(cri::StreamContainersRequest::default())
+            .await
+            .unwrap(),
+    )
+    .await;
+    let mut seen: Vec<String> = msgs
+        .iter()
+        .flat_map(|m| m.containers.iter().map(|c| c.id.clone()))
+        .collect();
+    assert!(msgs.len() > 1);
+    assert!(msgs.iter().all(|m| !m.containers.is_empty()));
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), N);
+    eprintln!(
+        "{N} containers streamed in {} messages, {:?}",
+        msgs.len(),
+        t.elapsed()
+    );
+    // Removing the pod removes its records.
+    c.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: "f".repeat(64),
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_stop_signal_replaces_the_images() {
+    let b = Berthd::start();
+    let mut c = b.rt().await;
+    let mut usr1 = ctr_config(
+        "usr1",
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 12' USR1; while :; do sleep 0.1; done",
+        ],
+    );
+    usr1.stop_signal = cri::Signal::Sigusr1 as i32;
+    let (pod, ids) = run_pod(
+        &mut c,
+        pod_config("stopsig", &b.logs()),
+        vec![usr1, ctr_config("plain", &["sleep", "5050"])],
+    )
+    .await;
+    assert_eq!(
+        status(&mut c, &ids[0]).await.stop_signal,
+        cri::Signal::Sigusr1 as i32
+    );
+    assert_eq!(
+        status(&mut c, &ids[1]).await.stop_signal,
+        cri::Signal::Sigterm as i32
+    );
+    // Let the shell install its trap.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    c.stop_container(cri::StopContainerRequest {
+        container_id: ids[0].clone(),
+        timeout: 30,
+    })
+    .await
+    .unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(status(&mut c, &ids[0]).await.exit_code, 12);
+    // A value that is no signal is refused, naming the field.
+    let mut bad = ctr_config("bad", &["true"]);
+    bad.stop_signal = 99;
+    let e = c
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(bad),
+            sandbox_config: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(
+        e.message().starts_with("config.stop_signal"),
+        "{}",
+        e.message()
+    );
+    stop_and_remove_pod(&mut c, &pod).await;
+    assert_eq!(b.leaks(), Vec::<String>::new());
+}
+
+fn memory_limit(cgroup: &str) -> Option<u64> {
+    std::fs::read_to_string(
+        std::path::Path::new("/sys/fs/cgroup/memory")
+            .join(cgroup.trim_start_matches('/'))
+            .join("memory.limit_in_bytes"),
+    )
+    .ok()
+    .and_then(|s| s.trim().parse().ok())
+}
+
+/// A pod cgroup berthd makes (no cgroup parent from the kubelet) gets the
+/// pod-level limits at RunPodSandbox and on UpdatePodSandboxResources, so
+/// its containers cannot exceed their pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_level_resources_limit_the_pod_cgroup_live() {
+    if !std::path::Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists() {
+        eprintln!("skipped: no cgroup v1 memory hierarchy (the v2 suite covers v2)");
+        return;
+    }
+    let b = Berthd::start();
+    let mut c = b.rt().await;
+    let mut cfg = pod_config("podres", &b.logs());
+    cfg.linux = Some(cri::LinuxPodSandboxConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 96 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let (pod, ids) = run_pod(&mut c, cfg, vec![ctr_config("m", &["sleep", "5151"])]).await;
+    // berthd's pod cgroup (the container's is under it).
+    let st = status(&mut c, &ids[0]).await;
+    assert_eq!(st.state, cri::ContainerState::ContainerRunning as i32);
+    let pod_cgroup = format!("{}/{}", b.cgroup_parent, pod);
+    assert_eq!(memory_limit(&pod_cgroup), Some(96 << 20), "{pod_cgroup}");
+    c.update_pod_sandbox_resources(cri::UpdatePodSandboxResourcesRequest {
+        pod_sandbox_id: pod.clone(),
+        overhead: None,
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 80 << 20,
+            ..Default::default()
+        }),
+    })
+    .await
+    .unwrap();
+    assert_eq!(memory_limit(&pod_cgroup), Some(80 << 20));
+    // A bad value names the field and changes nothing.
+    let e = c
+        .update_pod_sandbox_resources(cri::UpdatePodSandboxResourcesRequest {
+            pod_sandbox_id: pod.clone(),
+            overhead: None,
+            resources: Some(cri::LinuxContainerResources {
+                cpu_period: 5,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(
+        e.message().starts_with("resources.cpu_period"),
+        "{}",
+        e.message()
+    );
+    assert_eq!(memory_limit(&pod_cgroup), Some(80 << 20));
+    stop_and_remove_pod(&mut c, &pod).await;
+    assert_eq!(memory_limit(&pod_cgroup), None);
+    assert_eq!(b.leaks(), Vec::<String>::new());
+}
