@@ -468,6 +468,36 @@ impl Daemon {
             {
                 let _ = fs::remove_dir(e.path().join(rec.cgroup_parent.trim_start_matches('/')));
             }
+            self.remove_default_cgroup_parent(&rec.id);
+        }
+    }
+
+    /// berthd's default cgroup parent is made on demand (by the first
+    /// container's cgroup) and goes with the last pod that used it, so a
+    /// node without pods has none left. A parent the kubelet gave is its
+    /// own and never removed. A pod created meanwhile is recorded before it
+    /// can make a cgroup (and has its setup still to do), so once no other
+    /// pod of ours is recorded the parent is free to go; rmdir refuses a
+    /// non-empty cgroup anyway.
+    fn remove_default_cgroup_parent(&self, gone: &str) {
+        let others = self
+            .pods()
+            .map(|ps| ps.iter().any(|p| p.own_cgroup && p.id != gone))
+            .unwrap_or(true);
+        if others {
+            return;
+        }
+        let parent = self.cfg.runtime.cgroup_parent.trim_matches('/');
+        if parent.is_empty() {
+            return;
+        }
+        for e in fs::read_dir(berth_oci::CGROUP_ROOT)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            // Only the parent itself: what is above it is not berthd's.
+            let _ = fs::remove_dir(e.path().join(parent));
         }
     }
 
