@@ -183,6 +183,19 @@ impl Daemon {
             }
         }
         rec.state = CtrState::Created;
+        // A copy for `berthd repair`; its later states are read back from
+        // the monitor and the exit records.
+        let copy = serde_json::to_vec(&rec).map_err(internal).and_then(|json| {
+            Ok(crate::store::write_atomic(
+                &bundle.join(crate::daemon::CONTAINER_RECORD),
+                &json,
+            )?)
+        });
+        if let Err(e) = copy {
+            self.cleanup_container(&rec);
+            let _ = self.store.delete(Kind::Container, &id);
+            return Err(e);
+        }
         self.save_container(&rec)?;
         self.event(&rec, ContainerEventType::ContainerCreatedEvent);
         Ok(id)

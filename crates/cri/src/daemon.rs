@@ -13,6 +13,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
+/// The copy of a pod's record in its directory.
+pub const POD_RECORD: &str = "pod.json";
+/// The copy of a container's record (as created) in its bundle.
+pub const CONTAINER_RECORD: &str = "container.json";
+
 pub type StreamUrlFn = Arc<dyn Fn(crate::StreamRequest) -> Option<String> + Send + Sync>;
 
 pub struct Daemon {
@@ -42,7 +47,7 @@ impl Daemon {
         for sub in ["pods", "containers", "oci", "cni-cache"] {
             std::fs::create_dir_all(cfg.state.join(sub))?;
         }
-        let store = Store::open(&cfg.root.join("berthd.db"))?;
+        let store = Store::open(&crate::store::db_path(&cfg.root))?;
         let images = ImageRoot::open(cfg.root.join("images"))?;
         let cni = Cni::new(CniConfig {
             conf_dir: cfg.cni.conf_dir.clone(),
@@ -102,7 +107,13 @@ impl Daemon {
         Ok(self.store.list(Kind::Container)?)
     }
 
+    /// Records the pod; once it is past Creating, a copy goes next to it
+    /// (`pod.json`) for `berthd repair`, should the store be lost.
     pub fn save_pod(&self, p: &PodRecord) -> Result<()> {
+        if p.state != crate::model::PodState::Creating && p.dir.is_dir() {
+            let json = serde_json::to_vec(p).map_err(internal)?;
+            crate::store::write_atomic(&p.dir.join(POD_RECORD), &json)?;
+        }
         Ok(self.store.put(Kind::Pod, &p.id, p)?)
     }
 
