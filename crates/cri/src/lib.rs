@@ -16,6 +16,7 @@ pub mod model;
 pub mod netns;
 pub mod pod_metrics;
 pub mod recover;
+pub mod repair;
 pub mod resources;
 pub mod sandbox;
 pub mod server;
