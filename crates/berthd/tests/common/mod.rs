@@ -273,8 +273,22 @@ impl Berthd {
     }
 
     /// As `spawn`, but never panics (it runs in Drop, maybe while a test
-    /// panics).
+    /// panics); a berthd that refuses to start (a test damaged its store)
+    /// gets its records rebuilt first, so its pods can still be removed.
     fn respawn_for_cleanup(&mut self) {
+        self.respawn_once();
+        if self
+            .child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+        {
+            self.child = None;
+            let _ = self.repair();
+            self.respawn_once();
+        }
+    }
+
+    fn respawn_once(&mut self) {
         let _ = std::fs::remove_file(&self.socket);
         let Ok(log) = std::fs::OpenOptions::new()
             .create(true)
@@ -298,6 +312,14 @@ impl Berthd {
         self.child = Some(child);
         for _ in 0..500 {
             if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            // Refused to start.
+            if self
+                .child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(10));
