@@ -148,7 +148,8 @@ fn real_main() -> anyhow::Result<()> {
 
 /// The store, opened and read in a child process: Ok(the pods it records),
 /// or what is wrong with it.
-fn check_store(config: &Path, db: &Path) -> Result<Vec<String>, String> {
+fn check_store(config: &Path, root: &Path) -> Result<Vec<String>, String> {
+    let db = &berth_cri::store::db_path(root);
     match std::fs::metadata(db) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("is missing".into()),
         Err(e) => return Err(format!("cannot be read: {e}")),
@@ -159,6 +160,9 @@ fn check_store(config: &Path, db: &Path) -> Result<Vec<String>, String> {
     let o = std::process::Command::new(exe)
         .arg("--config")
         .arg(config)
+        // The root as resolved here (a --root override included).
+        .arg("--root")
+        .arg(root)
         .arg("check-store")
         .stdin(std::process::Stdio::null())
         .output()
@@ -182,7 +186,7 @@ fn preflight(config: &Path, cfg: &Config) -> anyhow::Result<()> {
     let db = berth_cri::store::db_path(&cfg.root);
     let on_disk = berth_cri::repair::pods_on_disk(&cfg.state);
     let pods_dir = cfg.state.join("pods");
-    let problem = match check_store(config, &db) {
+    let problem = match check_store(config, &cfg.root) {
         Ok(ids) => {
             let unknown: Vec<&String> = on_disk.iter().filter(|p| !ids.contains(p)).collect();
             let has_copy = |p: &&&String| {
@@ -235,7 +239,7 @@ fn preflight(config: &Path, cfg: &Config) -> anyhow::Result<()> {
 /// container on disk that the store lacks is recorded again.
 fn repair(config: &Path, cfg: Config) -> anyhow::Result<()> {
     let db = berth_cri::store::db_path(&cfg.root);
-    match check_store(config, &db) {
+    match check_store(config, &cfg.root) {
         Ok(_) => {}
         Err(p) if p == "is missing" => {}
         Err(p) if p == "is empty" => {
