@@ -108,11 +108,21 @@ impl Daemon {
     }
 
     /// Records the pod; once it is past Creating, a copy goes next to it
-    /// (`pod.json`) for `berthd repair`, should the store be lost.
+    /// (`pod.json`) for `berthd repair`, should the store be lost. A pod
+    /// is not ready without its copy; a later change of the copy (stopped)
+    /// that fails (a full disk) must not fail the stop, so it is only
+    /// warned of.
     pub fn save_pod(&self, p: &PodRecord) -> Result<()> {
-        if p.state != crate::model::PodState::Creating && p.dir.is_dir() {
-            let json = serde_json::to_vec(p).map_err(internal)?;
-            crate::store::write_atomic(&p.dir.join(POD_RECORD), &json)?;
+        use crate::model::PodState;
+        if p.state != PodState::Creating && p.dir.is_dir() {
+            let r = serde_json::to_vec(p)
+                .map_err(internal)
+                .and_then(|json| Ok(crate::store::write_atomic(&p.dir.join(POD_RECORD), &json)?));
+            match r {
+                Err(e) if p.state == PodState::Ready => return Err(e),
+                Err(e) => tracing::warn!(pod = %p.id, "the pod's record copy: {e}"),
+                Ok(()) => {}
+            }
         }
         Ok(self.store.put(Kind::Pod, &p.id, p)?)
     }

@@ -304,7 +304,13 @@ impl Daemon {
         match self.setup_pod(&mut rec, host_net, host_ipc) {
             Ok(()) => {
                 rec.state = PodState::Ready;
-                self.save_pod(&rec)?;
+                if let Err(e) = self.save_pod(&rec) {
+                    // Not recorded ready (no space for its record copy):
+                    // undone now, not left for a restart's recovery.
+                    self.teardown_pod(&rec);
+                    let _ = self.store.delete(Kind::Pod, &id);
+                    return Err(e);
+                }
                 Ok(id)
             }
             Err(e) => {
@@ -437,6 +443,10 @@ impl Daemon {
 
     /// Undoes whatever of a pod exists; every step tolerates its absence.
     pub fn teardown_pod(&self, rec: &PodRecord) {
+        // First: a pod dir left with its record copy but no record would
+        // make berthd refuse to start (it takes it for a lost record); the
+        // record outlives the teardown, so a crash here is redone anyway.
+        let _ = fs::remove_file(rec.dir.join(crate::daemon::POD_RECORD));
         if rec.netns.is_some() || rec.state == PodState::Creating {
             if let Err(e) = self.cni.teardown(&pod_network(rec)) {
                 tracing::warn!(pod = %rec.id, "CNI teardown: {e}");
