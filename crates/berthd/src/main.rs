@@ -227,8 +227,13 @@ fn preflight(config: &Path, cfg: &Config) -> anyhow::Result<()> {
             on_disk.join(", ")
         ),
     };
+    let why = if on_disk.is_empty() {
+        "berthd does not replace it on its own"
+    } else {
+        "starting would take the pods it does not record for unknown and remove them"
+    };
     anyhow::bail!(
-        "the metadata store {} {problem}: starting would take the pods it does not record for unknown and remove them. \
+        "the metadata store {} {problem}: {why}. \
          With berthd stopped, run `berthd repair` (same --config) to rebuild the records from {}; a damaged store is kept aside. Then start berthd again.",
         db.display(),
         cfg.state.display()
