@@ -3,7 +3,8 @@
 use anyhow::Context;
 use berth_cri::config::{Config, DEFAULT_PATH};
 use clap::Parser;
-use std::path::PathBuf;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 mod stream;
@@ -47,6 +48,16 @@ enum Cmd {
         #[arg(long)]
         tag: Option<String>,
     },
+    /// Rebuild the metadata store's records from the state directory (pod
+    /// and container directories, their record copies, monitors, exit
+    /// records) after the store was lost or damaged; a damaged file is kept
+    /// aside as `berthd.db.damaged-<time>`. Run it while berthd is stopped.
+    Repair,
+    /// Opens the store and reads every record; prints the pods' ids. berthd
+    /// runs this in a child before using the store: redb panics on some
+    /// damaged files, and a panic aborts.
+    #[command(hide = true)]
+    CheckStore,
 }
 
 fn main() -> std::process::ExitCode {
@@ -87,6 +98,31 @@ fn real_main() -> anyhow::Result<()> {
         println!("{} {}", img.id, name);
         return Ok(());
     }
+    match a.cmd {
+        Some(Cmd::CheckStore) => {
+            // Store::open reports a caught panic itself; under panic =
+            // "abort" nothing is caught and the message is all there is.
+            std::panic::set_hook(Box::new(|info| {
+                if cfg!(panic = "abort") {
+                    let p = info.payload();
+                    let msg = p
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| p.downcast_ref::<&str>().copied())
+                        .unwrap_or("");
+                    let _ = writeln!(std::io::stderr(), "redb failed an internal check: {msg}");
+                }
+            }));
+            let ids = berth_cri::store::Store::open(&berth_cri::store::db_path(&cfg.root))
+                .and_then(|s| s.check())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{}", serde_json::to_string(&ids)?);
+            return Ok(());
+        }
+        Some(Cmd::Repair) => return repair(&a.config, cfg),
+        _ => {}
+    }
+    preflight(&a.config, &cfg)?;
     let filter = tracing_subscriber::EnvFilter::try_new(&a.log_level).context("--log-level")?;
     if cfg.logs.format == "json" {
         tracing_subscriber::fmt()
@@ -108,6 +144,134 @@ fn real_main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(run(cfg))
+}
+
+/// The store, opened and read in a child process: Ok(the pods it records),
+/// or what is wrong with it.
+fn check_store(config: &Path, root: &Path) -> Result<Vec<String>, String> {
+    let db = &berth_cri::store::db_path(root);
+    match std::fs::metadata(db) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("is missing".into()),
+        Err(e) => return Err(format!("cannot be read: {e}")),
+        Ok(m) if m.len() == 0 => return Err("is empty".into()),
+        Ok(_) => {}
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot be checked: {e}"))?;
+    let o = std::process::Command::new(exe)
+        .arg("--config")
+        .arg(config)
+        // The root as resolved here (a --root override included).
+        .arg("--root")
+        .arg(root)
+        .arg("check-store")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot be checked: {e}"))?;
+    if o.status.success() {
+        return serde_json::from_slice(&o.stdout)
+            .map_err(|e| format!("cannot be checked (berthd check-store: {e})"));
+    }
+    let err = String::from_utf8_lossy(&o.stderr);
+    let err = err.trim().trim_start_matches("berthd: ");
+    if err.is_empty() {
+        return Err(format!("is damaged (berthd check-store: {})", o.status));
+    }
+    Err(format!("is damaged ({err})"))
+}
+
+/// berthd never takes a lost or damaged store for an empty one: it would
+/// remove every pod it has no record of. It refuses to start, and says how
+/// to rebuild the records.
+fn preflight(config: &Path, cfg: &Config) -> anyhow::Result<()> {
+    let db = berth_cri::store::db_path(&cfg.root);
+    let on_disk = berth_cri::repair::pods_on_disk(&cfg.state);
+    let pods_dir = cfg.state.join("pods");
+    let problem = match check_store(config, &cfg.root) {
+        Ok(ids) => {
+            let unknown: Vec<&String> = on_disk.iter().filter(|p| !ids.contains(p)).collect();
+            let has_copy = |p: &&&String| {
+                pods_dir
+                    .join(p)
+                    .join(berth_cri::daemon::POD_RECORD)
+                    .exists()
+            };
+            // Pods that were ready once and are not recorded: the store
+            // lost them (a pod being created has no copy yet, and recovery
+            // undoes those).
+            let lost: Vec<&&String> = unknown.iter().filter(has_copy).collect();
+            if lost.is_empty() {
+                return Ok(());
+            }
+            format!(
+                "has no record of {} pod(s) in {} ({})",
+                lost.len(),
+                pods_dir.display(),
+                lost.iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+        Err(p) if on_disk.is_empty() && (p == "is missing" || p == "is empty") => {
+            // A new node (or one without pods): a fresh store is right.
+            if p == "is empty" {
+                std::fs::remove_file(&db).with_context(|| db.display().to_string())?;
+            }
+            return Ok(());
+        }
+        Err(p) if on_disk.is_empty() => p,
+        Err(p) => format!(
+            "{p}, but {} holds {} pod(s) ({})",
+            pods_dir.display(),
+            on_disk.len(),
+            on_disk.join(", ")
+        ),
+    };
+    let why = if on_disk.is_empty() {
+        "berthd does not replace it on its own"
+    } else {
+        "starting would take the pods it does not record for unknown and remove them"
+    };
+    anyhow::bail!(
+        "the metadata store {} {problem}: {why}. \
+         With berthd stopped, run `berthd repair` (same --config) to rebuild the records from {}; a damaged store is kept aside. Then start berthd again.",
+        db.display(),
+        cfg.state.display()
+    )
+}
+
+/// `berthd repair`: a damaged store is moved aside, then every pod and
+/// container on disk that the store lacks is recorded again.
+fn repair(config: &Path, cfg: Config) -> anyhow::Result<()> {
+    let db = berth_cri::store::db_path(&cfg.root);
+    match check_store(config, &cfg.root) {
+        Ok(_) => {}
+        Err(p) if p == "is missing" => {}
+        Err(p) if p == "is empty" => {
+            std::fs::remove_file(&db).with_context(|| db.display().to_string())?;
+            println!("{}: was empty; made anew", db.display());
+        }
+        Err(p) => {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let aside = db.with_file_name(format!("berthd.db.damaged-{secs}"));
+            std::fs::rename(&db, &aside)
+                .with_context(|| format!("moving {} aside", db.display()))?;
+            println!("{}: {p}; moved to {}", db.display(), aside.display());
+        }
+    }
+    let d = berth_cri::daemon::Daemon::open(cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let report = d.repair().map_err(|e| anyhow::anyhow!("{e}"))?;
+    for l in &report {
+        println!("{l}");
+    }
+    println!(
+        "repaired: {} record(s) rebuilt; start berthd now",
+        report.len()
+    );
+    Ok(())
 }
 
 async fn run(cfg: Config) -> anyhow::Result<()> {

@@ -188,6 +188,19 @@ impl Daemon {
             }
         }
         rec.state = CtrState::Created;
+        // A copy for `berthd repair`; its later states are read back from
+        // the monitor and the exit records.
+        let copy = serde_json::to_vec(&rec).map_err(internal).and_then(|json| {
+            Ok(crate::store::write_atomic(
+                &bundle.join(crate::daemon::CONTAINER_RECORD),
+                &json,
+            )?)
+        });
+        if let Err(e) = copy {
+            self.cleanup_container(&rec);
+            let _ = self.store.delete(Kind::Container, &id);
+            return Err(e);
+        }
         self.save_container(&rec)?;
         self.event(&rec, ContainerEventType::ContainerCreatedEvent);
         Ok(id)
@@ -303,14 +316,17 @@ impl Daemon {
         let dir = self.cfg.state.join("pods").join(&rec.pod_id);
         let mut exit = proto::read_exit(&dir, &rec.id);
         let mut lost = false;
-        if exit.is_none()
-            && rec.state == CtrState::Running
-            && !self.alive(rec)
-            && !monitor_tracks(&dir, &rec.id)
-        {
-            // The exit may have been recorded while we looked.
-            exit = proto::read_exit(&dir, &rec.id);
-            lost = exit.is_none();
+        if exit.is_none() && rec.state == CtrState::Running && !self.alive(rec) {
+            match monitor_info(&dir, &rec.id) {
+                // An exit the monitor could not write yet (a full disk) is
+                // in its memory.
+                Some(i) => exit = i.exit,
+                None => {
+                    // The exit may have been recorded while we looked.
+                    exit = proto::read_exit(&dir, &rec.id);
+                    lost = exit.is_none();
+                }
+            }
         }
         if exit.is_none() && !lost {
             return Ok(rec.clone());
@@ -588,10 +604,6 @@ fn has_cap_sys_resource() -> bool {
 /// Whether the pod's monitor (still) has `id` in its table: a restarted
 /// monitor does not, so the exit of a container it never parented cannot
 /// be waited for.
-fn monitor_tracks(dir: &std::path::Path, id: &str) -> bool {
-    monitor_info(dir, id).is_some()
-}
-
 /// What the pod's monitor knows of container `id`.
 pub fn monitor_info(dir: &std::path::Path, id: &str) -> Option<proto::ContainerInfo> {
     match Client::new(dir).call_timeout(&Request::Status, Some(Duration::from_secs(5))) {

@@ -13,6 +13,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
+/// The copy of a pod's record in its directory.
+pub const POD_RECORD: &str = "pod.json";
+/// The copy of a container's record (as created) in its bundle.
+pub const CONTAINER_RECORD: &str = "container.json";
+
 pub type StreamUrlFn = Arc<dyn Fn(crate::StreamRequest) -> Option<String> + Send + Sync>;
 
 pub struct Daemon {
@@ -42,7 +47,7 @@ impl Daemon {
         for sub in ["pods", "containers", "oci", "cni-cache"] {
             std::fs::create_dir_all(cfg.state.join(sub))?;
         }
-        let store = Store::open(&cfg.root.join("berthd.db"))?;
+        let store = Store::open(&crate::store::db_path(&cfg.root))?;
         let images = ImageRoot::open(cfg.root.join("images"))?;
         let cni = Cni::new(CniConfig {
             conf_dir: cfg.cni.conf_dir.clone(),
@@ -102,7 +107,23 @@ impl Daemon {
         Ok(self.store.list(Kind::Container)?)
     }
 
+    /// Records the pod; once it is past Creating, a copy goes next to it
+    /// (`pod.json`) for `berthd repair`, should the store be lost. A pod
+    /// is not ready without its copy; a later change of the copy (stopped)
+    /// that fails (a full disk) must not fail the stop, so it is only
+    /// warned of.
     pub fn save_pod(&self, p: &PodRecord) -> Result<()> {
+        use crate::model::PodState;
+        if p.state != PodState::Creating && p.dir.is_dir() {
+            let r = serde_json::to_vec(p)
+                .map_err(internal)
+                .and_then(|json| Ok(crate::store::write_atomic(&p.dir.join(POD_RECORD), &json)?));
+            match r {
+                Err(e) if p.state == PodState::Ready => return Err(e),
+                Err(e) => tracing::warn!(pod = %p.id, "the pod's record copy: {e}"),
+                Ok(()) => {}
+            }
+        }
         Ok(self.store.put(Kind::Pod, &p.id, p)?)
     }
 

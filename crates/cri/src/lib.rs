@@ -18,6 +18,7 @@ pub mod netns;
 pub mod pod_metrics;
 pub mod pod_resources;
 pub mod recover;
+pub mod repair;
 pub mod resources;
 pub mod sandbox;
 pub mod server;

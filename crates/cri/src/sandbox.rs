@@ -305,7 +305,13 @@ impl Daemon {
         match self.setup_pod(&mut rec, host_net, host_ipc) {
             Ok(()) => {
                 rec.state = PodState::Ready;
-                self.save_pod(&rec)?;
+                if let Err(e) = self.save_pod(&rec) {
+                    // Not recorded ready (no space for its record copy):
+                    // undone now, not left for a restart's recovery.
+                    self.teardown_pod(&rec);
+                    let _ = self.store.delete(Kind::Pod, &id);
+                    return Err(e);
+                }
                 Ok(id)
             }
             Err(e) => {
@@ -440,6 +446,10 @@ impl Daemon {
 
     /// Undoes whatever of a pod exists; every step tolerates its absence.
     pub fn teardown_pod(&self, rec: &PodRecord) {
+        // First: a pod dir left with its record copy but no record would
+        // make berthd refuse to start (it takes it for a lost record); the
+        // record outlives the teardown, so a crash here is redone anyway.
+        let _ = fs::remove_file(rec.dir.join(crate::daemon::POD_RECORD));
         if rec.netns.is_some() || rec.state == PodState::Creating {
             if let Err(e) = self.cni.teardown(&pod_network(rec)) {
                 tracing::warn!(pod = %rec.id, "CNI teardown: {e}");
@@ -471,6 +481,36 @@ impl Daemon {
             {
                 let _ = fs::remove_dir(e.path().join(rec.cgroup_parent.trim_start_matches('/')));
             }
+            self.remove_default_cgroup_parent(&rec.id);
+        }
+    }
+
+    /// berthd's default cgroup parent is made on demand (by the first
+    /// container's cgroup) and goes with the last pod that used it, so a
+    /// node without pods has none left. A parent the kubelet gave is its
+    /// own and never removed. A pod created meanwhile is recorded before it
+    /// can make a cgroup (and has its setup still to do), so once no other
+    /// pod of ours is recorded the parent is free to go; rmdir refuses a
+    /// non-empty cgroup anyway.
+    fn remove_default_cgroup_parent(&self, gone: &str) {
+        let others = self
+            .pods()
+            .map(|ps| ps.iter().any(|p| p.own_cgroup && p.id != gone))
+            .unwrap_or(true);
+        if others {
+            return;
+        }
+        let parent = self.cfg.runtime.cgroup_parent.trim_matches('/');
+        if parent.is_empty() {
+            return;
+        }
+        for e in fs::read_dir(berth_oci::CGROUP_ROOT)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            // Only the parent itself: what is above it is not berthd's.
+            let _ = fs::remove_dir(e.path().join(parent));
         }
     }
 

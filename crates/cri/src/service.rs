@@ -39,8 +39,12 @@ impl Service {
         let r = tokio::task::spawn_blocking(move || f(&d))
             .await
             .unwrap_or_else(|e| Err(CriError::Internal(format!("{op}: {e}"))));
-        if let Err(e) = &r {
-            tracing::info!(op, "error: {e}");
+        // berthd's own failures are worth an operator's look; a client's
+        // mistakes (bad argument, unknown id) are routine.
+        match &r {
+            Err(e @ CriError::Internal(_)) => tracing::warn!(op, "error: {e}"),
+            Err(e) => tracing::info!(op, "error: {e}"),
+            Ok(_) => {}
         }
         r.map_err(Status::from)
     }

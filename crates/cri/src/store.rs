@@ -38,15 +38,49 @@ impl Kind {
     }
 }
 
+/// The store's file under berthd's root.
+pub fn db_path(root: &Path) -> std::path::PathBuf {
+    root.join("berthd.db")
+}
+
 impl Store {
+    /// Opens (or creates) the store. redb panics on some damaged files; the
+    /// panic is caught and reported like an error, naming the file (under
+    /// `panic = "abort"` it cannot be caught: berthd checks the file in a
+    /// child process first, `berthd check-store`).
     pub fn open(path: &Path) -> Result<Store> {
-        let db =
-            Database::create(path).map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
-        let tx = db.begin_write().map_err(err)?;
-        tx.open_table(PODS).map_err(err)?;
-        tx.open_table(CONTAINERS).map_err(err)?;
-        tx.commit().map_err(err)?;
-        Ok(Store { db })
+        let at = |e: &dyn std::fmt::Display| StoreError(format!("{}: {e}", path.display()));
+        let r = std::panic::catch_unwind(|| -> std::result::Result<Database, String> {
+            let db = Database::create(path).map_err(|e| e.to_string())?;
+            let tx = db.begin_write().map_err(|e| e.to_string())?;
+            tx.open_table(PODS).map_err(|e| e.to_string())?;
+            tx.open_table(CONTAINERS).map_err(|e| e.to_string())?;
+            tx.commit().map_err(|e| e.to_string())?;
+            Ok(db)
+        });
+        match r {
+            Ok(Ok(db)) => Ok(Store { db }),
+            Ok(Err(e)) => Err(at(&e)),
+            Err(p) => {
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                Err(at(&format!("redb failed an internal check: {msg}")))
+            }
+        }
+    }
+
+    /// Reads every record (so a damaged table or record shows) and returns
+    /// the pods' ids.
+    pub fn check(&self) -> Result<Vec<String>> {
+        let pods: Vec<serde_json::Value> = self.list(Kind::Pod)?;
+        let _: Vec<serde_json::Value> = self.list(Kind::Container)?;
+        Ok(pods
+            .iter()
+            .filter_map(|p| p["id"].as_str().map(str::to_string))
+            .collect())
     }
 
     pub fn put<T: Serialize>(&self, kind: Kind, id: &str, v: &T) -> Result<()> {
@@ -117,4 +151,26 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Writes `data` to `path` so that a crash leaves the old file or the whole
+/// new one (the copies of records next to pods and containers, which
+/// `berthd repair` reads back when the store is lost).
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("json.tmp");
+    let r = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(d) = path.parent() {
+            std::fs::File::open(d)?.sync_all()?;
+        }
+        Ok(())
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r.map_err(|e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }

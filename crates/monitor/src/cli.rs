@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
 fn usage() -> ! {
-    eprintln!("usage: berth-monitor --dir DIR --oci-root ROOT [--max-line BYTES] [--pid-init [--pid-init-userns PATH]]");
+    crate::note!("usage: berth-monitor --dir DIR --oci-root ROOT [--max-line BYTES] [--pid-init [--pid-init-userns PATH]]");
     std::process::exit(2)
 }
 
@@ -33,13 +33,13 @@ pub fn run_main() {
         usage()
     };
     if let Err(e) = std::fs::create_dir_all(&dir) {
-        eprintln!("berth-monitor: {}: {e}", dir.display());
+        crate::note!("berth-monitor: {}: {e}", dir.display());
         std::process::exit(1);
     }
     let listener = match bind(&dir) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("berth-monitor: binding in {}: {e}", dir.display());
+            crate::note!("berth-monitor: binding in {}: {e}", dir.display());
             std::process::exit(1);
         }
     };
@@ -47,14 +47,14 @@ pub fn run_main() {
     // started the monitor sees it ready.
     if pid_init {
         if let Err(e) = crate::pidinit::start(&dir, pid_init_userns.as_deref()) {
-            eprintln!("berth-monitor: the pod's pid namespace: {e}");
+            crate::note!("berth-monitor: the pod's pid namespace: {e}");
             std::process::exit(1);
         }
     }
     // SAFETY: single-threaded here; the child only continues this program.
     match unsafe { libc::fork() } {
         -1 => {
-            eprintln!("berth-monitor: fork: {}", std::io::Error::last_os_error());
+            crate::note!("berth-monitor: fork: {}", std::io::Error::last_os_error());
             std::process::exit(1);
         }
         0 => {}
@@ -84,7 +84,7 @@ pub fn run_main() {
     };
     let r = Monitor::new(opts, listener).and_then(|mut m| m.run());
     if let Err(e) = r {
-        eprintln!("berth-monitor: {e}");
+        crate::note!("berth-monitor: {e}");
         std::process::exit(1);
     }
 }

@@ -30,6 +30,9 @@ pub struct LogWriter {
     /// An unterminated line per stream, kept until its newline arrives or
     /// it reaches `max_line`.
     pending: [Vec<u8>; 2],
+    /// Records dropped since writes started failing (a full disk): output
+    /// is lost then, never the monitor; reported once writes succeed again.
+    dropped: u64,
 }
 
 fn open(path: &Path) -> io::Result<File> {
@@ -49,6 +52,7 @@ impl LogWriter {
             file: open(path)?,
             max_line: max_line.max(1),
             pending: [Vec::new(), Vec::new()],
+            dropped: 0,
         })
     }
 
@@ -85,10 +89,48 @@ impl LogWriter {
                 }
             }
         }
+        self.append(&out)
+    }
+
+    /// Appends whole records or nothing: a write that fails part way (no
+    /// space) is cut back, so the kubelet never reads half a record and
+    /// logging resumes with whole lines once there is room again.
+    fn append(&mut self, out: &[u8]) -> io::Result<()> {
         if out.is_empty() {
             return Ok(());
         }
-        self.file.write_all(&out)
+        let len = self.file.metadata().map(|m| m.len());
+        match self.file.write_all(out) {
+            Ok(()) => {
+                if self.dropped > 0 {
+                    crate::note!(
+                        "berth-monitor: {}: writing again; {} records were dropped",
+                        self.path.display(),
+                        self.dropped
+                    );
+                    self.dropped = 0;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if let Ok(len) = len {
+                    let _ = self.file.set_len(len);
+                }
+                let first = self.dropped == 0;
+                self.dropped += out.iter().filter(|&&b| b == b'\n').count() as u64;
+                if first {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!(
+                            "{}: {e}; dropping output until writes succeed",
+                            self.path.display()
+                        ),
+                    ));
+                }
+                // Reported once per outage.
+                Ok(())
+            }
+        }
     }
 
     /// Writes what is left of unterminated lines (the stream ended).
@@ -101,10 +143,7 @@ impl LogWriter {
                 self.pending[slot].clear();
             }
         }
-        if out.is_empty() {
-            return Ok(());
-        }
-        self.file.write_all(&out)
+        self.append(&out)
     }
 }
 
@@ -176,6 +215,17 @@ mod tests {
         assert!(p.exists());
         w.write(Stream::Stdout, b"two\n").unwrap();
         assert_eq!(lines(&p)[0].2, "two");
+    }
+
+    #[test]
+    fn a_failing_write_drops_output_and_reports_once() {
+        // /dev/full fails every write with ENOSPC.
+        let mut w = LogWriter::open(Path::new("/dev/full"), 100).unwrap();
+        let e = w.write(Stream::Stdout, b"one\n").unwrap_err();
+        assert!(e.to_string().contains("/dev/full"), "{e}");
+        w.write(Stream::Stdout, b"two\n").unwrap();
+        w.flush_partial().unwrap();
+        assert_eq!(w.dropped, 2);
     }
 
     #[test]

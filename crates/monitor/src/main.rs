@@ -23,7 +23,7 @@ fn protect_binary() {
     }
     let Some(scratch) = scratch else { return };
     if let Err(e) = berth_oci::selfclone::ensure_cloned(&scratch) {
-        eprintln!(
+        berth_monitor::note!(
             "berth-monitor: re-executing from a read-only copy of /proc/self/exe (scratch dir {}): {e}",
             scratch.display()
         );

@@ -40,6 +40,9 @@ struct Container {
     cgroup: Option<PathBuf>,
     started: bool,
     exit: Option<ExitInfo>,
+    /// The exit is known but its record is not on disk yet (no space):
+    /// retried until it lands, answered from memory meanwhile.
+    exit_unsaved: bool,
     waiters: Vec<OwnedFd>,
 }
 
@@ -67,6 +70,8 @@ pub struct Monitor {
     containers: BTreeMap<String, Container>,
     execs: HashMap<i32, ExecProcess>,
     shutdown: bool,
+    /// When unsaved exit records were last retried.
+    last_retry: Instant,
 }
 
 fn cvt(r: libc::c_int, what: &str) -> io::Result<libc::c_int> {
@@ -127,14 +132,36 @@ pub fn bind(dir: &Path) -> io::Result<OwnedFd> {
 /// whole new one.
 fn write_durable(path: &Path, data: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)?;
+    let r = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = r {
+        // No empty or partial file left for a reader to trip on.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     if let Some(d) = path.parent() {
         File::open(d)?.sync_all()?;
     }
     Ok(())
+}
+
+/// Records a container's exit; false if it could not be written (it is
+/// kept in memory and retried).
+fn save_exit(dir: &Path, id: &str, exit: &ExitInfo) -> bool {
+    let data = serde_json::to_vec(exit).unwrap_or_default();
+    match write_durable(&proto::exit_path(dir, id), &data) {
+        Ok(()) => true,
+        Err(e) => {
+            crate::note!(
+                "berth-monitor: recording the exit of {id} (kept in memory, retried): {e}"
+            );
+            false
+        }
+    }
 }
 
 fn reply(conn: &OwnedFd, resp: &Response, fds: &[RawFd]) {
@@ -171,6 +198,7 @@ impl Monitor {
             containers: BTreeMap::new(),
             execs: HashMap::new(),
             shutdown: false,
+            last_retry: Instant::now(),
         })
     }
 
@@ -241,6 +269,7 @@ impl Monitor {
                 }
             }
             self.reap(&mut buf);
+            self.retry_unsaved_exits();
             if pfds[1].revents != 0 {
                 self.accept_all();
             }
@@ -250,6 +279,28 @@ impl Monitor {
         }
         let _ = fs::remove_file(proto::socket_path(&self.opts.dir));
         Ok(())
+    }
+
+    /// Writes the exit records a full disk refused, at most every half
+    /// second (poll wakes at least every second).
+    fn retry_unsaved_exits(&mut self) {
+        if self.last_retry.elapsed() < Duration::from_millis(500) {
+            return;
+        }
+        self.last_retry = Instant::now();
+        for (id, c) in self.containers.iter_mut().filter(|(_, c)| c.exit_unsaved) {
+            if let Some(x) = &c.exit {
+                if write_durable(
+                    &proto::exit_path(&self.opts.dir, id),
+                    &serde_json::to_vec(x).unwrap_or_default(),
+                )
+                .is_ok()
+                {
+                    crate::note!("berth-monitor: the exit of {id} is recorded now");
+                    c.exit_unsaved = false;
+                }
+            }
+        }
     }
 
     fn reap(&mut self, buf: &mut [u8]) {
@@ -294,11 +345,7 @@ impl Monitor {
                     finished_at,
                     oom_killed,
                 };
-                let path = proto::exit_path(&self.opts.dir, id);
-                if let Err(e) = write_durable(&path, &serde_json::to_vec(&exit).unwrap_or_default())
-                {
-                    eprintln!("berth-monitor: recording the exit of {id}: {e}");
-                }
+                c.exit_unsaved = !save_exit(&self.opts.dir, id, &exit);
                 for w in c.waiters.drain(..) {
                     reply(&w, &Response::Exited(exit.clone()), &[]);
                 }
@@ -608,6 +655,7 @@ impl Monitor {
                 cgroup,
                 started: false,
                 exit: None,
+                exit_unsaved: false,
                 waiters: Vec::new(),
             },
         );
@@ -859,8 +907,9 @@ fn drain(c: &mut Container, i: usize, buf: &mut [u8]) -> bool {
         if n > 0 {
             let data = &buf[..n as usize];
             if let Some(l) = c.log.as_mut() {
+                // A failed write drops this output, never the monitor.
                 if let Err(e) = l.write(o.stream, data) {
-                    eprintln!("berth-monitor: log: {e}");
+                    crate::note!("berth-monitor: log: {e}");
                 }
             }
             let slot = if o.stream == Stream::Stderr { 1 } else { 0 };

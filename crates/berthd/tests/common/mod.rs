@@ -36,6 +36,9 @@ pub struct Options {
     /// More images to import before berthd opens the store: (OCI layout
     /// directory holding one image, name).
     pub images: Vec<(PathBuf, String)>,
+    /// A tmpfs of this size (`mount -o size=`, e.g. "8m") as the state
+    /// directory, to run out of space on purpose; unmounted in Drop.
+    pub state_tmpfs: Option<String>,
 }
 
 pub struct Berthd {
@@ -45,6 +48,8 @@ pub struct Berthd {
     pub bridge: String,
     pub subnet_prefix: String,
     pub cgroup_parent: String,
+    /// The state directory is a tmpfs of the test's (not a leak).
+    state_tmpfs: bool,
     child: Option<Child>,
     /// Stopped by `terminate` and not started again: Drop starts it once
     /// more, so a test that fails in between leaves no pods behind.
@@ -96,6 +101,20 @@ impl Berthd {
             serde_json::to_vec_pretty(&conflist).unwrap(),
         )
         .unwrap();
+        if let Some(size) = &opts.state_tmpfs {
+            let state = tmp.path().join("state");
+            std::fs::create_dir_all(&state).unwrap();
+            let o = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(&state)
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "mount tmpfs: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
         let config = tmp.path().join("berth.toml");
         let toml = format!(
             "root = {root:?}\nstate = {state:?}\nsocket = {sock:?}\n[runtime]\ncgroup_parent = {cg:?}\nmonitor = {mon:?}\n{rt}\n[runtime.handlers.runc]\npath = \"/usr/sbin/runc\"\n[cni]\nconf_dir = {conf:?}\nbin_dirs = [\"/usr/lib/cni\"]\n",
@@ -148,6 +167,7 @@ impl Berthd {
             bridge,
             subnet_prefix,
             cgroup_parent,
+            state_tmpfs: opts.state_tmpfs.is_some(),
             child: None,
             terminated: false,
         };
@@ -188,6 +208,49 @@ impl Berthd {
         panic!("berthd did not come up: {}", self.log());
     }
 
+    /// Starts berthd expecting it to refuse to start: waits for it to exit
+    /// (up to 20 s) and returns its status; what it said is in `log()`.
+    pub fn spawn_expecting_failure(&mut self) -> std::process::ExitStatus {
+        // Drop starts it again to clean up, should the test fail later.
+        self.terminated = true;
+        let _ = std::fs::remove_file(&self.socket);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.tmp.path().join("berthd.log"))
+            .unwrap();
+        let mut c = Command::new(bin("berthd"))
+            .arg("--config")
+            .arg(&self.config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        for _ in 0..2000 {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // It came up: keep it so Drop cleans up, and fail.
+        self.child = Some(c);
+        panic!("berthd did not refuse to start: {}", self.log());
+    }
+
+    /// `berthd repair` with this berthd's config (berthd must be stopped);
+    /// returns its status and output.
+    pub fn repair(&self) -> (std::process::ExitStatus, String) {
+        let o = Command::new(bin("berthd"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg("repair")
+            .output()
+            .unwrap();
+        let out =
+            String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+        (o.status, out)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.tmp.path().join("berthd.log")).unwrap_or_default()
     }
@@ -213,8 +276,22 @@ impl Berthd {
     }
 
     /// As `spawn`, but never panics (it runs in Drop, maybe while a test
-    /// panics).
+    /// panics); a berthd that refuses to start (a test damaged its store)
+    /// gets its records rebuilt first, so its pods can still be removed.
     fn respawn_for_cleanup(&mut self) {
+        self.respawn_once();
+        if self
+            .child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+        {
+            self.child = None;
+            let _ = self.repair();
+            self.respawn_once();
+        }
+    }
+
+    fn respawn_once(&mut self) {
         let _ = std::fs::remove_file(&self.socket);
         let Ok(log) = std::fs::OpenOptions::new()
             .create(true)
@@ -238,6 +315,14 @@ impl Berthd {
         self.child = Some(child);
         for _ in 0..500 {
             if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            // Refused to start.
+            if self
+                .child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -512,8 +597,9 @@ impl Berthd {
         let mut v = Vec::new();
         let base = self.tmp.path().to_string_lossy().to_string();
         if let Ok(m) = std::fs::read_to_string("/proc/self/mountinfo") {
+            let state = self.state().to_string_lossy().to_string();
             for p in m.lines().filter_map(|l| l.split(' ').nth(4)) {
-                if p.starts_with(&base) {
+                if p.starts_with(&base) && !(self.state_tmpfs && p == state) {
                     v.push(format!("mount {p}"));
                 }
             }
