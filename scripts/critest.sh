@@ -270,8 +270,18 @@ for rt in runc berth; do
 done
 echo "critest through containerd: runc $(tail -n 1 "$work/run-containerd+runc.stdout" | sed 's/^critest: //')" \
   "| berth $(tail -n 1 "$work/run-containerd+berth.stdout" | sed 's/^critest: //')"
-# berth must pass every spec runc passes.
+# berth must pass every spec runc passes. A spec that failed with berth
+# only is run once more (with berth), so one timing hiccup on a loaded
+# machine does not decide.
 worse=$(comm -23 <(sort "$work/containerd+berth.failed") <(sort "$work/containerd+runc.failed"))
+if [ -n "$worse" ]; then
+  focus=$(printf '%s\n' "$worse" | python3 -c 'import re,sys; print("|".join(re.sub(r"([\\.+*?()|\[\]{}^$])", r"\\\1", l.strip()) for l in sys.stdin if l.strip()))')
+  echo "critest through containerd: running again with berth: $(printf '%s\n' "$worse" | wc -l) spec(s)"
+  start_containerd "$bin/berth"
+  run "containerd+berth-again" -ginkgo.focus="$focus" "$@"
+  stop_runtime
+  worse=$(comm -12 <(sort "$work/containerd+berth-again.failed") <(printf '%s\n' "$worse" | sort))
+fi
 if [ -n "$worse" ]; then
   echo "critest through containerd: berth fails where runc passes:"
   printf '  %s\n' "$worse"

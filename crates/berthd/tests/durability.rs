@@ -4,8 +4,8 @@
 //! logged at WARN.
 
 mod common;
+use berth_cri_api::v1 as cri;
 use common::*;
-use k8s_cri::v1 as cri;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

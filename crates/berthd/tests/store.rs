@@ -4,8 +4,8 @@
 //! repair` rebuilds the records and the pods are berthd's again.
 
 mod common;
+use berth_cri_api::v1 as cri;
 use common::*;
-use k8s_cri::v1 as cri;
 use std::io::{Seek, Write};
 use std::path::Path;
 use std::time::Duration;
