@@ -244,6 +244,7 @@ async fn thousands_of_containers_stream_past_the_message_limit() {
                 bundle: b.state().join("containers").join(&id),
                 stop_signal: 15,
                 user: None,
+                image_volumes: vec![],
             };
             store
                 .put(berth_cri::store::Kind::Container, &id, &rec)
@@ -422,5 +423,162 @@ async fn pod_level_resources_limit_the_pod_cgroup_live() {
     assert_eq!(memory_limit(&pod_cgroup), Some(80 << 20));
     stop_and_remove_pod(&mut c, &pod).await;
     assert_eq!(memory_limit(&pod_cgroup), None);
+    assert_eq!(b.leaks(), Vec::<String>::new());
+}
+
+const VOLUME_IMAGE: &str = "localhost/berth-test/volume:1";
+
+/// Image volumes (KEP-4639): an image the kubelet pulled, mounted
+/// read-only and noexec at the container path, whole or one directory of
+/// it; the image cannot be removed while a container mounts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_volumes_mount_an_image_read_only() {
+    let layouts = tempfile::tempdir().unwrap();
+    let layout = layouts.path().join("volume");
+    // Another config (command) than the harness's image: another image id.
+    berth_testutil::write_image_layout(&layout, "1", &["true"]).unwrap();
+    let b = Berthd::start_with(Options {
+        images: vec![(layout, VOLUME_IMAGE.into())],
+        ..Default::default()
+    });
+    let mut c = b.rt().await;
+    let mut img = b.img().await;
+    let volume = |path: &str, sub: &str| cri::Mount {
+        container_path: path.into(),
+        image: Some(cri::ImageSpec {
+            image: VOLUME_IMAGE.into(),
+            ..Default::default()
+        }),
+        image_sub_path: sub.into(),
+        readonly: true,
+        ..Default::default()
+    };
+    let mut ctr = ctr_config("vol", &["sleep", "5252"]);
+    ctr.mounts = vec![volume("/vol", ""), volume("/etc-of-image", "etc")];
+    let (pod, ids) = run_pod(&mut c, pod_config("volumes", &b.logs()), vec![ctr]).await;
+    let r = exec(
+        &mut c,
+        &ids[0],
+        &[
+            "sh",
+            "-c",
+            "ls /vol/bin/busybox && cat /etc-of-image/hostname",
+        ],
+    )
+    .await;
+    assert_eq!(r.exit_code, 0, "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        "/vol/bin/busybox\nbusybox\n"
+    );
+    // Read-only, and nothing in it runs.
+    let r = exec(&mut c, &ids[0], &["sh", "-c", "touch /vol/x"]).await;
+    assert_ne!(r.exit_code, 0);
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("Read-only"),
+        "{r:?}"
+    );
+    let r = exec(&mut c, &ids[0], &["sh", "-c", "/vol/bin/busybox true"]).await;
+    assert_ne!(r.exit_code, 0, "executed from an image volume");
+    let r = exec(&mut c, &ids[0], &["sh", "-c", "grep ' /vol ' /proc/mounts"]).await;
+    let line = String::from_utf8_lossy(&r.stdout).to_string();
+    assert!(line.contains("ro,") && line.contains("noexec"), "{line}");
+    // The image is in use while the container exists.
+    let e = img
+        .remove_image(cri::RemoveImageRequest {
+            image: Some(cri::ImageSpec {
+                image: VOLUME_IMAGE.into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains(&ids[0]), "{}", e.message());
+    // Bad sub-paths and a missing image are refused, naming the field.
+    for (i, (m, want)) in [
+        (volume("/v", "nope"), "config.mounts[0].image_sub_path"),
+        (volume("/v", "../.."), "config.mounts[0].image_sub_path"),
+        (
+            volume("/v", "bin/busybox"),
+            "config.mounts[0].image_sub_path",
+        ),
+        (
+            cri::Mount {
+                container_path: "/v".into(),
+                image: Some(cri::ImageSpec {
+                    image: "localhost/never/pulled:1".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            "config.mounts[0].image",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut bad = ctr_config(&format!("bad{i}"), &["true"]);
+        bad.mounts = vec![m];
+        let e = c
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(bad),
+                sandbox_config: None,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{want}: {e:?}");
+        assert!(e.message().starts_with(want), "{want}: {}", e.message());
+    }
+    stop_and_remove_pod(&mut c, &pod).await;
+    // Gone with the container: the image can go now.
+    img.remove_image(cri::RemoveImageRequest {
+        image: Some(cri::ImageSpec {
+            image: VOLUME_IMAGE.into(),
+            ..Default::default()
+        }),
+    })
+    .await
+    .unwrap();
+    assert_eq!(b.leaks(), Vec::<String>::new());
+}
+
+/// In a pod with its own user namespace the image volume is idmapped like
+/// the rootfs: the image's root-owned files are the container root's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_volumes_in_a_user_namespace_pod_are_idmapped() {
+    let layouts = tempfile::tempdir().unwrap();
+    let layout = layouts.path().join("volume");
+    berth_testutil::write_image_layout(&layout, "1", &["true"]).unwrap();
+    let b = Berthd::start_with(Options {
+        images: vec![(layout, VOLUME_IMAGE.into())],
+        ..Default::default()
+    });
+    let mut c = b.rt().await;
+    let mut ctr = ctr_config("uvol", &["sleep", "5353"]);
+    ctr.mounts = vec![cri::Mount {
+        container_path: "/vol".into(),
+        image: Some(cri::ImageSpec {
+            image: VOLUME_IMAGE.into(),
+            ..Default::default()
+        }),
+        readonly: true,
+        ..Default::default()
+    }];
+    let cfg = userns_pod_config(
+        "uvolumes",
+        &b.logs(),
+        300_000,
+        cri::NamespaceMode::Container,
+    );
+    let (pod, ids) = run_pod(&mut c, cfg, vec![ctr]).await;
+    let r = exec(
+        &mut c,
+        &ids[0],
+        &["stat", "-c", "%u:%g", "/vol/bin/busybox"],
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "0:0", "{r:?}");
+    stop_and_remove_pod(&mut c, &pod).await;
     assert_eq!(b.leaks(), Vec::<String>::new());
 }

@@ -90,6 +90,7 @@ impl Daemon {
             }
         }
         let target_pidns = self.target_pidns(&pod, &cfg)?;
+        let volume_images = self.image_volume_images(&cfg)?;
         // The container's own stop signal, else the image's STOPSIGNAL.
         let stop_signal = match crate::stop_signal::from_config(&cfg)? {
             Some(n) => n,
@@ -121,6 +122,10 @@ impl Daemon {
             bundle: bundle.clone(),
             stop_signal,
             user: None,
+            image_volumes: volume_images
+                .iter()
+                .map(|(_, i)| i.id.to_string())
+                .collect(),
         };
         self.save_container(&rec)?;
         let r = (|| -> Result<crate::model::ProcessUser> {
@@ -130,6 +135,8 @@ impl Daemon {
                 None => self.images.snapshots.create_view(&id, &image.chain_id)?,
                 Some(u) => self.idmapped_view(&id, &image.chain_id, u)?,
             };
+            let image_volumes =
+                self.prepare_image_volumes(&id, &rec.config, &pod, &volume_images)?;
             crate::fault_point("create:view");
             // The recorded config, never the request's copy: a request must
             // not claim, say, a privileged pod it is not.
@@ -141,6 +148,7 @@ impl Daemon {
                 rootfs: &view.rootfs,
                 seccomp_localhost_root: &self.cfg.runtime.seccomp_profile_root,
                 target_pidns: target_pidns.clone(),
+                image_volumes,
             };
             let spec = spec::container_spec(&sb, &input).map_err(|e| CriError::Invalid {
                 field: e.field.clone(),
@@ -245,7 +253,7 @@ impl Daemon {
 
     /// A rootfs view whose layers appear owned by the pod's root: each one
     /// an idmapped clone through the pod's own user namespace.
-    fn idmapped_view(
+    pub(crate) fn idmapped_view(
         &self,
         id: &str,
         chain: &berth_image::Digest,
@@ -520,6 +528,7 @@ impl Daemon {
                 tracing::warn!(container = %rec.id, "removing the rootfs view: {e}");
             }
         }
+        self.remove_image_volumes(&rec.id);
         let _ = fs::remove_dir_all(&rec.bundle);
     }
 

@@ -116,10 +116,15 @@ impl Daemon {
         if key.is_empty() {
             return Err(invalid("image.image", "is required"));
         }
+        // A container uses its own image and those it mounts as volumes.
         let users: Vec<(String, String)> = self
             .containers()?
             .into_iter()
-            .map(|c| (c.image_id.clone(), c.id.clone()))
+            .flat_map(|c| {
+                std::iter::once(c.image_id.clone())
+                    .chain(c.image_volumes.clone())
+                    .map(move |i| (i, c.id.clone()))
+            })
             .collect();
         let in_use = |img: &berth_image::Image| {
             let id = img.id.to_string();

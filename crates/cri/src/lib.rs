@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod error;
 pub mod exec_sync;
 pub mod handler;
+pub mod image_volume;
 pub mod images;
 pub mod list_stream;
 pub mod metrics;

@@ -88,6 +88,10 @@ pub struct ContainerRecord {
     /// The process's ids as the spec set them (reported in ContainerStatus).
     #[serde(default)]
     pub user: Option<ProcessUser>,
+    /// The ids of the images mounted as image volumes (they cannot be
+    /// removed while the container exists).
+    #[serde(default)]
+    pub image_volumes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -101,7 +101,7 @@ impl Daemon {
             }
         }
         for v in self.images.snapshots.views().unwrap_or_default() {
-            if !ctr_ids.contains(&v.id) {
+            if !ctr_ids.contains(crate::image_volume::owner_of(&v.id)) {
                 let _ = self.images.snapshots.remove_view(&v.id);
             }
         }

@@ -72,6 +72,9 @@ pub struct ContainerInput<'a> {
     /// The PID namespace of the target container (`namespace_options.pid`
     /// TARGET: an ephemeral debug container joining another's processes).
     pub target_pidns: Option<PathBuf>,
+    /// Image volumes: (index in `config.mounts`, the host directory to
+    /// mount: the image's read-only view, or the `image_sub_path` in it).
+    pub image_volumes: Vec<(usize, PathBuf)>,
 }
 
 /// A CRI request berth cannot turn into a container; `field` is the CRI

@@ -92,18 +92,31 @@ pub fn build(
     let mut rootfs_propagation = None;
     for (i, m) in c.config.mounts.iter().enumerate() {
         let f = |name: &str| format!("config.mounts[{i}].{name}");
-        if m.image.as_ref().is_some_and(|im| !im.image.is_empty()) {
-            return Err(SpecError::new(
-                f("image"),
-                "image volume mounts are not supported",
-            ));
-        }
         let Some(target) = clean(&m.container_path) else {
             return Err(SpecError::new(
                 f("container_path"),
                 format!("{:?} is not an absolute path", m.container_path),
             ));
         };
+        if m.image.as_ref().is_some_and(|im| !im.image.is_empty()) {
+            // An image volume (KEP-4639): the image's read-only view, never
+            // executable from, as the kubelet expects.
+            let Some((_, src)) = c.image_volumes.iter().find(|(j, _)| *j == i) else {
+                return Err(SpecError::new(
+                    f("image"),
+                    "the image volume was not prepared",
+                ));
+            };
+            put(
+                &mut extra,
+                bind(
+                    &target,
+                    src,
+                    &["ro", "nosuid", "nodev", "noexec", "rprivate"],
+                ),
+            );
+            continue;
+        }
         if !m.host_path.starts_with('/') {
             return Err(SpecError::new(
                 f("host_path"),
@@ -209,8 +222,14 @@ pub fn build(
         // In the pod's user namespace, host files owned by root would show
         // as nobody: volumes and the pod's /etc files are idmapped with the
         // pod's mappings (an `idmap` without its own takes the container's).
+        // Image volumes are idmapped views already (an overlay cannot be
+        // idmapped again).
         for m in &mut extra {
-            if m.get("uidMappings").is_none() {
+            let image_volume = c
+                .image_volumes
+                .iter()
+                .any(|(_, src)| m["source"] == json!(src));
+            if m.get("uidMappings").is_none() && !image_volume {
                 if let Some(o) = m["options"].as_array_mut() {
                     o.push(json!("idmap"));
                 }
