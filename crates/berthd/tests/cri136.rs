@@ -582,3 +582,95 @@ async fn image_volumes_in_a_user_namespace_pod_are_idmapped() {
     stop_and_remove_pod(&mut c, &pod).await;
     assert_eq!(b.leaks(), Vec::<String>::new());
 }
+
+/// Bytes used on the filesystem mounted at `p`, as df counts them.
+fn df_used(p: &std::path::Path) -> u64 {
+    let o = std::process::Command::new("df")
+        .args(["-B1", "--output=used"])
+        .arg(p)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap()
+}
+
+/// A split image filesystem (KEP-4191): with the containers' writable
+/// layers on a filesystem of their own (`container_root`), ImageFsInfo
+/// reports images and containers apart, each as df sees its filesystem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_image_filesystem_reports_images_and_containers_apart() {
+    let own = tempfile::Builder::new()
+        .prefix("berth-ctrfs-")
+        .tempdir()
+        .unwrap();
+    let ctrfs = own.path().join("containers");
+    std::fs::create_dir(&ctrfs).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+        .arg(&ctrfs)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(ctrfs.clone());
+    let b = Berthd::start_with(Options {
+        top_toml: format!("container_root = {ctrfs:?}"),
+        ..Default::default()
+    });
+    let mut c = b.rt().await;
+    let mut img = b.img().await;
+    let info = || {
+        let mut img = img.clone();
+        async move {
+            img.image_fs_info(cri::ImageFsInfoRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let before = info().await;
+    let (pod, ids) = run_pod(
+        &mut c,
+        pod_config("splitfs", &b.logs()),
+        vec![ctr_config("w", &["sleep", "5454"])],
+    )
+    .await;
+    let r = exec(
+        &mut c,
+        &ids[0],
+        &["dd", "if=/dev/zero", "of=/big", "bs=1M", "count=8"],
+    )
+    .await;
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    let after = info().await;
+    let used = |f: &cri::FilesystemUsage| f.used_bytes.as_ref().map_or(0, |u| u.value);
+    let mount = |f: &cri::FilesystemUsage| f.fs_id.as_ref().unwrap().mountpoint.clone();
+    let (i, k) = (&after.image_filesystems[0], &after.container_filesystems[0]);
+    assert_eq!(mount(k), ctrfs.display().to_string());
+    assert_eq!(mount(i), b.root().join("images").display().to_string());
+    // The 8 MiB written count on the containers' filesystem, as df says.
+    let df = df_used(&ctrfs);
+    assert!(used(k) >= 8 << 20, "{k:?}");
+    assert!(
+        used(k).abs_diff(df) <= 1 << 20,
+        "ImageFsInfo {} vs df {df}",
+        used(k)
+    );
+    // And not on the images'.
+    assert!(
+        used(i) < used(&before.image_filesystems[0]) + (1 << 20),
+        "{before:?} {after:?}"
+    );
+    stop_and_remove_pod(&mut c, &pod).await;
+    assert_eq!(b.leaks(), Vec::<String>::new());
+    let _ = img.image_fs_info(cri::ImageFsInfoRequest {}).await;
+    drop(b);
+}

@@ -14,6 +14,12 @@ pub struct Config {
     pub root: PathBuf,
     /// Runtime state: container state, pod directories, sockets.
     pub state: PathBuf,
+    /// Containers' writable layers (their root filesystem views). Empty:
+    /// under `root`, one filesystem for images and containers. On a
+    /// filesystem of its own, ImageFsInfo reports the image and container
+    /// filesystems apart (a split image filesystem, KEP-4191) and the
+    /// kubelet evicts for each.
+    pub container_root: PathBuf,
     /// The CRI socket (mode 0660).
     pub socket: PathBuf,
     pub runtime: RuntimeConfig,
@@ -99,6 +105,7 @@ impl Default for Config {
         Config {
             root: "/var/lib/berth".into(),
             state: "/run/berth".into(),
+            container_root: PathBuf::new(),
             socket: "/run/berth/berth.sock".into(),
             runtime: RuntimeConfig::default(),
             cni: CniSection::default(),

@@ -48,7 +48,12 @@ impl Daemon {
             std::fs::create_dir_all(cfg.state.join(sub))?;
         }
         let store = Store::open(&crate::store::db_path(&cfg.root))?;
-        let images = ImageRoot::open(cfg.root.join("images"))?;
+        let mut images = ImageRoot::open(cfg.root.join("images"))?;
+        if !cfg.container_root.as_os_str().is_empty() {
+            images
+                .snapshots
+                .set_views_dir(cfg.container_root.join("views"))?;
+        }
         let cni = Cni::new(CniConfig {
             conf_dir: cfg.cni.conf_dir.clone(),
             bin_dirs: cfg.cni.bin_dirs.clone(),

@@ -150,18 +150,30 @@ impl Daemon {
         // Blobs, layers and the containers' own writes (upper dirs), as
         // containerd reports its snapshotter's usage; never through a
         // mounted rootfs, which would count its layers again.
-        let used = self.images.usage().unwrap_or_default();
-        let fs = cri::FilesystemUsage {
+        let fs = |at: &std::path::Path, used: berth_image::Usage| cri::FilesystemUsage {
             timestamp: ts,
             fs_id: Some(cri::FilesystemIdentifier {
-                mountpoint: dir.display().to_string(),
+                mountpoint: at.display().to_string(),
             }),
             used_bytes: Some(cri::UInt64Value { value: used.bytes }),
             inodes_used: Some(cri::UInt64Value { value: used.inodes }),
         };
+        let images = fs(&dir, self.images.usage().unwrap_or_default());
+        if self.cfg.container_root.as_os_str().is_empty() {
+            // One filesystem: the kubelet sees the same numbers for both.
+            return Ok(cri::ImageFsInfoResponse {
+                image_filesystems: vec![images.clone()],
+                container_filesystems: vec![images],
+            });
+        }
+        // Split (KEP-4191): images here, the containers' writes there.
+        let containers = fs(
+            &self.cfg.container_root,
+            self.images.views_usage().unwrap_or_default(),
+        );
         Ok(cri::ImageFsInfoResponse {
-            image_filesystems: vec![fs.clone()],
-            container_filesystems: vec![fs],
+            image_filesystems: vec![images],
+            container_filesystems: vec![containers],
         })
     }
 }

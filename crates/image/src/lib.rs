@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 pub use digest::Digest;
 pub use layout::{import_archive, import_layout, Image, ImageConfig};
 pub use metadata::{Images, Removed};
-pub use snapshot::{Idmap, Snapshotter, View};
+pub use snapshot::{Idmap, Snapshotter, Usage, View};
 pub use store::Store;
 pub use unpack::{unpack, unpack_onto, Compression, Unpacked};
 
@@ -127,6 +127,13 @@ impl ImageRoot {
     /// their layers count once.
     pub fn usage(&self) -> Result<snapshot::Usage> {
         snapshot::usage(&self.dir)
+    }
+
+    /// Containers' writable layers, when views live outside this root
+    /// ([`Snapshotter::set_views_dir`]); [`ImageRoot::usage`] then counts
+    /// images alone.
+    pub fn views_usage(&self) -> Result<snapshot::Usage> {
+        snapshot::usage(self.snapshots.views_dir())
     }
 
     /// Removes blobs and layers no image (and no view) uses; returns them.

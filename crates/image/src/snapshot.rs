@@ -39,6 +39,8 @@ use crate::{Digest, Error, Result};
 #[derive(Debug, Clone)]
 pub struct Snapshotter {
     root: PathBuf,
+    /// Views' directory: `<root>/views` unless set elsewhere.
+    views: PathBuf,
     overlay: bool,
 }
 
@@ -98,9 +100,25 @@ impl Snapshotter {
             fs::create_dir_all(&p).map_err(ioe(&p))?;
         }
         Ok(Snapshotter {
+            views: root.join("views"),
             root,
             overlay: true,
         })
+    }
+
+    /// Keeps views (containers' root filesystems and their writes) in `dir`
+    /// instead of `<root>/views`: on a filesystem of their own, so image
+    /// and container usage can be told apart (a split image filesystem).
+    pub fn set_views_dir(&mut self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(&dir).map_err(ioe(&dir))?;
+        self.views = dir;
+        Ok(())
+    }
+
+    /// Where views live.
+    pub fn views_dir(&self) -> &Path {
+        &self.views
     }
 
     /// Whether views try overlayfs first (default) or always copy.
@@ -296,7 +314,7 @@ impl Snapshotter {
                 "must be a plain name",
             ));
         }
-        Ok(self.root.join("views").join(id))
+        Ok(self.views.join(id))
     }
 
     /// Creates view `id` of the image whose top layer is `chain`: an overlay
@@ -506,7 +524,7 @@ impl Snapshotter {
     }
 
     pub fn views(&self) -> Result<Vec<View>> {
-        let d = self.root.join("views");
+        let d = &self.views;
         let mut out = Vec::new();
         for e in fs::read_dir(&d).map_err(ioe(&d))? {
             let name = e.map_err(ioe(&d))?.file_name();

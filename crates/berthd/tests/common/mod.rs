@@ -33,6 +33,8 @@ pub struct Options {
     pub extra_toml: String,
     /// More keys of the `[runtime]` table (e.g. `denied_sysctls = [..]`).
     pub runtime_toml: String,
+    /// More top-level keys (before any table), e.g. `container_root = ".."`.
+    pub top_toml: String,
     /// More images to import before berthd opens the store: (OCI layout
     /// directory holding one image, name).
     pub images: Vec<(PathBuf, String)>,
@@ -117,7 +119,7 @@ impl Berthd {
         }
         let config = tmp.path().join("berth.toml");
         let toml = format!(
-            "root = {root:?}\nstate = {state:?}\nsocket = {sock:?}\n[runtime]\ncgroup_parent = {cg:?}\nmonitor = {mon:?}\n{rt}\n[runtime.handlers.runc]\npath = \"/usr/sbin/runc\"\n[cni]\nconf_dir = {conf:?}\nbin_dirs = [\"/usr/lib/cni\"]\n",
+            "{top}\nroot = {root:?}\nstate = {state:?}\nsocket = {sock:?}\n[runtime]\ncgroup_parent = {cg:?}\nmonitor = {mon:?}\n{rt}\n[runtime.handlers.runc]\npath = \"/usr/sbin/runc\"\n[cni]\nconf_dir = {conf:?}\nbin_dirs = [\"/usr/lib/cni\"]\n",
             root = tmp.path().join("root"),
             state = tmp.path().join("state"),
             sock = tmp.path().join("berth.sock"),
@@ -125,6 +127,7 @@ impl Berthd {
             mon = bin("berth-monitor"),
             conf = conf_dir,
             rt = opts.runtime_toml,
+            top = opts.top_toml,
         );
         std::fs::write(&config, toml + &opts.extra_toml).unwrap();
         // The image is imported before berthd opens the store.
