@@ -526,8 +526,8 @@ impl Snapshotter {
     pub fn views(&self) -> Result<Vec<View>> {
         let d = &self.views;
         let mut out = Vec::new();
-        for e in fs::read_dir(&d).map_err(ioe(&d))? {
-            let name = e.map_err(ioe(&d))?.file_name();
+        for e in fs::read_dir(d).map_err(ioe(d))? {
+            let name = e.map_err(ioe(d))?.file_name();
             if let Ok(v) = self.view(&name.to_string_lossy()) {
                 out.push(v);
             }
