@@ -184,6 +184,8 @@ pub struct VolumeMount {
     pub name: String,
     pub mount_path: String,
     pub read_only: bool,
+    /// A directory inside the volume (image volumes only, as berthctl runs them).
+    pub sub_path: String,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -192,6 +194,15 @@ pub struct Volume {
     pub name: String,
     pub empty_dir: Option<EmptyDir>,
     pub host_path: Option<HostPath>,
+    /// An image volume (Kubernetes 1.36): the image's files, read-only.
+    pub image: Option<ImageVolume>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct ImageVolume {
+    pub reference: String,
+    pub pull_policy: PullPolicy,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -257,8 +268,13 @@ impl Pod {
             if !vols.insert(v.name.as_str()) {
                 bail!("{at}.name: {:?} is defined twice", v.name);
             }
-            match (&v.empty_dir, &v.host_path) {
-                (Some(e), None) => {
+            match (&v.empty_dir, &v.host_path, &v.image) {
+                (None, None, Some(im)) => {
+                    if im.reference.is_empty() {
+                        bail!("{at}.image.reference: is required");
+                    }
+                }
+                (Some(e), None, None) => {
                     if !matches!(e.medium.as_str(), "" | "Memory") {
                         bail!("{at}.emptyDir.medium: {:?} (use \"\" or Memory)", e.medium);
                     }
@@ -266,7 +282,7 @@ impl Pod {
                         q.bytes(&format!("{at}.emptyDir.sizeLimit"))?;
                     }
                 }
-                (None, Some(h)) => {
+                (None, Some(h), None) => {
                     if !h.path.starts_with('/') {
                         bail!("{at}.hostPath.path: {:?} must be absolute", h.path);
                     }
@@ -280,7 +296,7 @@ impl Pod {
                         );
                     }
                 }
-                _ => bail!("{at}: give exactly one of emptyDir and hostPath"),
+                _ => bail!("{at}: give exactly one of emptyDir, hostPath and image"),
             }
         }
         let mut names = HashSet::new();
@@ -317,6 +333,14 @@ impl Pod {
                         "{at}.volumeMounts[{k}].name: no volume {:?} in spec.volumes",
                         m.name
                     );
+                }
+                let image = self
+                    .spec
+                    .volumes
+                    .iter()
+                    .any(|v| v.name == m.name && v.image.is_some());
+                if !m.sub_path.is_empty() && !image {
+                    bail!("{at}.volumeMounts[{k}].subPath: supported for image volumes only");
                 }
                 if !m.mount_path.starts_with('/') {
                     bail!(

@@ -43,7 +43,15 @@ impl Drop for Workdir {
     }
 }
 
-fn volume_paths(pod: &Pod, work: &mut Workdir) -> Result<Vec<(String, PathBuf)>> {
+/// What a pod volume is on the node.
+enum VolumeSource {
+    /// A host directory (emptyDir, hostPath).
+    Dir(PathBuf),
+    /// An image volume: the image reference.
+    Image(String),
+}
+
+fn volume_paths(pod: &Pod, work: &mut Workdir) -> Result<Vec<(String, VolumeSource)>> {
     let mut out = Vec::new();
     for (i, v) in pod.spec.volumes.iter().enumerate() {
         let at = format!("spec.volumes[{i}]");
@@ -68,7 +76,9 @@ fn volume_paths(pod: &Pod, work: &mut Workdir) -> Result<Vec<(String, PathBuf)>>
                 use std::os::unix::fs::PermissionsExt;
                 std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777))?;
             }
-            out.push((v.name.clone(), d));
+            out.push((v.name.clone(), VolumeSource::Dir(d)));
+        } else if let Some(im) = &v.image {
+            out.push((v.name.clone(), VolumeSource::Image(im.reference.clone())));
         } else if let Some(h) = &v.host_path {
             let p = PathBuf::from(&h.path);
             match h.kind.as_str() {
@@ -84,7 +94,7 @@ fn volume_paths(pod: &Pod, work: &mut Workdir) -> Result<Vec<(String, PathBuf)>>
                 "File" if !p.is_file() => bail!("{at}.hostPath: {} is not a file", p.display()),
                 _ => {}
             }
-            out.push((v.name.clone(), p));
+            out.push((v.name.clone(), VolumeSource::Dir(p)));
         }
     }
     Ok(out)
@@ -161,7 +171,7 @@ fn container_config(
     pod: &Pod,
     c: &Container,
     attempt: u32,
-    vols: &[(String, PathBuf)],
+    vols: &[(String, VolumeSource)],
 ) -> Result<cri::ContainerConfig> {
     let mut res = cri::LinuxContainerResources::default();
     if let Some(q) = c.resources.limits.get("cpu") {
@@ -186,15 +196,27 @@ fn container_config(
     let mounts = c
         .volume_mounts
         .iter()
-        .map(|m| cri::Mount {
-            container_path: m.mount_path.clone(),
-            host_path: vols
-                .iter()
-                .find(|(n, _)| *n == m.name)
-                .map(|(_, p)| p.display().to_string())
-                .unwrap_or_default(),
-            readonly: m.read_only,
-            ..Default::default()
+        .map(|m| {
+            let source = vols.iter().find(|(n, _)| *n == m.name).map(|(_, s)| s);
+            match source {
+                Some(VolumeSource::Image(r)) => cri::Mount {
+                    container_path: m.mount_path.clone(),
+                    image: Some(cri::ImageSpec {
+                        image: r.clone(),
+                        ..Default::default()
+                    }),
+                    image_sub_path: m.sub_path.clone(),
+                    readonly: true,
+                    ..Default::default()
+                },
+                Some(VolumeSource::Dir(p)) => cri::Mount {
+                    container_path: m.mount_path.clone(),
+                    host_path: p.display().to_string(),
+                    readonly: m.read_only,
+                    ..Default::default()
+                },
+                None => cri::Mount::default(),
+            }
         })
         .collect();
     Ok(cri::ContainerConfig {
@@ -303,7 +325,7 @@ struct Runner<'a> {
     pod: &'a Pod,
     pod_id: String,
     pcfg: cri::PodSandboxConfig,
-    vols: Vec<(String, PathBuf)>,
+    vols: Vec<(String, VolumeSource)>,
     logs: PathBuf,
     max_restarts: u32,
 }
@@ -446,22 +468,32 @@ impl Runner<'_> {
 }
 
 async fn ensure_images(c: &mut Cri, pod: &Pod, pcfg: &cri::PodSandboxConfig) -> Result<()> {
-    let all = pod.spec.init_containers.iter().chain(&pod.spec.containers);
-    for ct in all {
-        let present = super::images::image_status(c, &ct.image).await?.is_some();
-        match ct.image_pull_policy {
+    // Containers' images and image volumes', each with its pull policy.
+    let all = pod
+        .spec
+        .init_containers
+        .iter()
+        .chain(&pod.spec.containers)
+        .map(|ct| (format!("container {}", ct.name), &ct.image, ct.image_pull_policy))
+        .chain(pod.spec.volumes.iter().filter_map(|v| {
+            v.image
+                .as_ref()
+                .map(|im| (format!("volume {}", v.name), &im.reference, im.pull_policy))
+        }));
+    for (who, image, policy) in all {
+        let present = super::images::image_status(c, image).await?.is_some();
+        match policy {
             PullPolicy::Never if !present => {
                 return Err(crate::coded(
                     crate::EXIT_NOT_FOUND,
                     format!(
-                        "container {}: image {} is not in the runtime's store and imagePullPolicy is Never",
-                        ct.name, ct.image
+                        "{who}: image {image} is not in the runtime's store and the pull policy is Never"
                     ),
                 ))
             }
-            PullPolicy::Always => super::images::ensure_image(c, &ct.image, pcfg, true).await?,
+            PullPolicy::Always => super::images::ensure_image(c, image, pcfg, true).await?,
             PullPolicy::IfNotPresent if !present => {
-                super::images::ensure_image(c, &ct.image, pcfg, false).await?
+                super::images::ensure_image(c, image, pcfg, false).await?
             }
             _ => {}
         }
