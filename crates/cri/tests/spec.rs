@@ -136,6 +136,7 @@ fn gen_with(
         rootfs: &rootfs,
         seccomp_localhost_root: &seccomp,
         target_pidns: None,
+        cdi_spec_dirs: &[],
     };
     container_spec(sb, &input).map(|s| serde_json::to_value(s).unwrap())
 }
@@ -635,6 +636,7 @@ fn namespaces_follow_the_sandbox() {
             rootfs: &rootfs,
             seccomp_localhost_root: &seccomp,
             target_pidns: Some("/proc/4242/ns/pid".into()),
+            cdi_spec_dirs: &[],
         },
     )
     .map(|s| serde_json::to_value(s).unwrap())
@@ -1442,6 +1444,7 @@ fn seccomp_localhost_from_any_absolute_path_by_default() {
             rootfs: &rootfs,
             seccomp_localhost_root: Path::new(""),
             target_pidns: None,
+            cdi_spec_dirs: &[],
         };
         container_spec(&sb, &input).map(|s| serde_json::to_value(s).unwrap())
     };
@@ -1694,6 +1697,7 @@ fn generated_spec_passes_berths_validation() {
             rootfs: &rootfs,
             seccomp_localhost_root: &seccomp,
             target_pidns: None,
+            cdi_spec_dirs: &[],
         },
     )
     .unwrap();
@@ -1719,6 +1723,7 @@ fn generated_spec_passes_berths_validation() {
             rootfs: &rootfs,
             seccomp_localhost_root: &seccomp,
             target_pidns: None,
+            cdi_spec_dirs: &[],
         },
     )
     .unwrap();
@@ -1798,6 +1803,7 @@ fn run_real_in(
             rootfs: &rootfs,
             seccomp_localhost_root: &seccomp,
             target_pidns: None,
+            cdi_spec_dirs: &[],
         },
     )
     .unwrap_or_else(|e| panic!("{e}"));
