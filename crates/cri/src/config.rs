@@ -28,6 +28,7 @@ pub struct Config {
     pub logs: LogSection,
     pub stream: StreamSection,
     pub metrics: MetricsSection,
+    pub cdi: CdiSection,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -100,6 +101,23 @@ pub struct MetricsSection {
     pub address: String,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CdiSection {
+    /// Directories of CDI spec files (`*.json`, `*.yaml`); a later one
+    /// overrides an earlier one for the same device. A missing one is
+    /// skipped.
+    pub spec_dirs: Vec<PathBuf>,
+}
+
+impl Default for CdiSection {
+    fn default() -> Self {
+        CdiSection {
+            spec_dirs: crate::cdi::default_spec_dirs(),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -113,6 +131,7 @@ impl Default for Config {
             logs: LogSection::default(),
             stream: StreamSection::default(),
             metrics: MetricsSection::default(),
+            cdi: CdiSection::default(),
         }
     }
 }
@@ -227,6 +246,11 @@ impl Config {
         ] {
             if !p.is_absolute() {
                 return Err(format!("{field}: must be an absolute path"));
+            }
+        }
+        for (i, d) in self.cdi.spec_dirs.iter().enumerate() {
+            if !d.is_absolute() {
+                return Err(format!("cdi.spec_dirs[{i}]: must be an absolute path"));
             }
         }
         Ok(())

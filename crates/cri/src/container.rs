@@ -149,6 +149,7 @@ impl Daemon {
                 seccomp_localhost_root: &self.cfg.runtime.seccomp_profile_root,
                 target_pidns: target_pidns.clone(),
                 image_volumes,
+                cdi_spec_dirs: &self.cfg.cdi.spec_dirs,
             };
             let spec = spec::container_spec(&sb, &input).map_err(|e| CriError::Invalid {
                 field: e.field.clone(),

@@ -3,6 +3,7 @@
 //! monitor.
 
 pub mod authority;
+pub mod cdi;
 pub mod cni;
 pub mod config;
 pub mod container;

@@ -11,7 +11,8 @@
 //!
 //! Split by concern: `process` (args, env, cwd), `user` (uid/gid/groups from
 //! the image), `security` (capabilities, seccomp, privileged), `mounts`
-//! (mounts, devices), `resources` (cgroup limits).
+//! (mounts, devices), `resources` (cgroup limits); CDI devices come last
+//! (`crate::cdi`).
 
 mod mounts;
 mod process;
@@ -75,6 +76,9 @@ pub struct ContainerInput<'a> {
     /// Image volumes: (index in `config.mounts`, the host directory to
     /// mount: the image's read-only view, or the `image_sub_path` in it).
     pub image_volumes: Vec<(usize, PathBuf)>,
+    /// Directories of CDI spec files, for the CDI devices the container
+    /// asks for (`[cdi] spec_dirs`).
+    pub cdi_spec_dirs: &'a [PathBuf],
 }
 
 /// A CRI request berth cannot turn into a container; `field` is the CRI
@@ -244,6 +248,16 @@ pub fn container_spec(sb: &SandboxInfo, c: &ContainerInput) -> Result<oci_spec::
                 serde_json::to_value(profile).expect("a seccomp profile serializes"),
             );
         }
+    }
+
+    // CDI devices, applied last as containerd and CRI-O do (their env
+    // replaces the CRI's, their nodes and mounts those on the same path).
+    let want = crate::cdi::requested(cfg).map_err(|(f, m)| SpecError::new(f, m))?;
+    if !want.is_empty() {
+        let edits = crate::cdi::Registry::load(c.cdi_spec_dirs)
+            .resolve(&want)
+            .map_err(|(f, m)| SpecError::new(f, m))?;
+        crate::cdi::apply(&mut spec, &edits);
     }
 
     // Annotations: the CRI's own, plus what an OCI hook needs to tell a

@@ -137,6 +137,7 @@ fn gen_with(
         seccomp_localhost_root: &seccomp,
         target_pidns: None,
         image_volumes: vec![],
+        cdi_spec_dirs: &[],
     };
     container_spec(sb, &input).map(|s| serde_json::to_value(s).unwrap())
 }
@@ -637,6 +638,7 @@ fn namespaces_follow_the_sandbox() {
             seccomp_localhost_root: &seccomp,
             target_pidns: Some("/proc/4242/ns/pid".into()),
             image_volumes: vec![],
+            cdi_spec_dirs: &[],
         },
     )
     .map(|s| serde_json::to_value(s).unwrap())
@@ -1148,6 +1150,104 @@ fn devices_and_device_rules() {
 
 // ---------------------------------------------------------------- resources
 
+/// The spec for `c` with CDI spec files in `dir`.
+fn gen_cdi(c: &ContainerConfig, dir: &Path) -> Result<Value, SpecError> {
+    let fx = Fx::new();
+    let p = pod();
+    let sb = sandbox(&p);
+    let rootfs = fx.rootfs();
+    let seccomp = fx.seccomp();
+    let dirs = [dir.to_path_buf()];
+    let image = ImageConfig::default();
+    let input = ContainerInput {
+        id: "c1",
+        config: c,
+        image: &image,
+        rootfs: &rootfs,
+        seccomp_localhost_root: &seccomp,
+        target_pidns: None,
+        image_volumes: vec![],
+        cdi_spec_dirs: &dirs,
+    };
+    container_spec(&sb, &input).map(|s| serde_json::to_value(s).unwrap())
+}
+
+#[test]
+fn cdi_devices_reach_the_oci_spec() {
+    let t = tempfile::tempdir().unwrap();
+    fs::write(
+        t.path().join("v.yaml"),
+        r#"cdiVersion: 1.1.0
+kind: v.com/dev
+containerEdits:
+  hooks:
+  - {hookName: createRuntime, path: /bin/true, args: [true, x], env: [A=1], timeout: 3}
+devices:
+- name: d0
+  containerEdits:
+    env: [DEV=d0]
+    additionalGids: [44]
+    deviceNodes:
+    - {path: /dev/v0, hostPath: /dev/null}
+    mounts:
+    - {hostPath: /etc, containerPath: /v/etc, options: [ro, rbind]}
+    netDevices:
+    - {hostInterfaceName: vhost0, name: net1}
+"#,
+    )
+    .unwrap();
+    let mut c = ctr();
+    c.cdi_devices = vec![CdiDevice {
+        name: "v.com/dev=d0".into(),
+    }];
+    let s = gen_cdi(&c, t.path()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(strs(&s["process"]["env"]).contains(&"DEV=d0".to_string()));
+    // The user's groups, then the device's.
+    assert_eq!(
+        s["process"]["user"]["additionalGids"],
+        serde_json::json!([0, 44])
+    );
+    let dev = s["linux"]["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["path"] == "/dev/v0")
+        .unwrap();
+    assert_eq!(
+        (
+            dev["type"].as_str(),
+            dev["major"].as_i64(),
+            dev["minor"].as_i64()
+        ),
+        (Some("c"), Some(1), Some(3))
+    );
+    let rules = s["linux"]["resources"]["devices"].as_array().unwrap();
+    assert_eq!(rules.last().unwrap()["access"], "rwm");
+    let m = mount(&s, "/v/etc").unwrap();
+    assert_eq!(
+        (m["source"].as_str(), m["type"].as_str()),
+        (Some("/etc"), Some("bind"))
+    );
+    assert_eq!(s["hooks"]["createRuntime"][0]["path"], "/bin/true");
+    assert_eq!(s["hooks"]["createRuntime"][0]["timeout"], 3);
+    assert_eq!(s["linux"]["netDevices"]["vhost0"]["name"], "net1");
+    // The annotation's CDI names pass into the OCI annotations too.
+    let mut c = ctr();
+    c.annotations
+        .insert("cdi.k8s.io/p_d".into(), "v.com/dev=d0".into());
+    let s = gen_cdi(&c, t.path()).unwrap();
+    assert!(strs(&s["process"]["env"]).contains(&"DEV=d0".to_string()));
+    assert_eq!(s["annotations"]["cdi.k8s.io/p_d"], "v.com/dev=d0");
+    // Unknown and malformed names fail naming their field.
+    c.annotations
+        .insert("cdi.k8s.io/p_d".into(), "v.com/dev=d1".into());
+    let e = fails(gen_cdi(&c, t.path()), "config.annotations[cdi.k8s.io/p_d]");
+    assert!(e.contains("unknown CDI device"), "{e}");
+    let mut c = ctr();
+    c.cdi_devices = vec![CdiDevice { name: "d0".into() }];
+    fails(gen_cdi(&c, t.path()), "config.CDI_devices[0]");
+}
+
 #[test]
 fn resources() {
     let mut c = ctr();
@@ -1445,6 +1545,7 @@ fn seccomp_localhost_from_any_absolute_path_by_default() {
             seccomp_localhost_root: Path::new(""),
             target_pidns: None,
             image_volumes: vec![],
+            cdi_spec_dirs: &[],
         };
         container_spec(&sb, &input).map(|s| serde_json::to_value(s).unwrap())
     };
@@ -1698,6 +1799,7 @@ fn generated_spec_passes_berths_validation() {
             seccomp_localhost_root: &seccomp,
             target_pidns: None,
             image_volumes: vec![],
+            cdi_spec_dirs: &[],
         },
     )
     .unwrap();
@@ -1724,6 +1826,7 @@ fn generated_spec_passes_berths_validation() {
             seccomp_localhost_root: &seccomp,
             target_pidns: None,
             image_volumes: vec![],
+            cdi_spec_dirs: &[],
         },
     )
     .unwrap();
@@ -1804,6 +1907,7 @@ fn run_real_in(
             seccomp_localhost_root: &seccomp,
             target_pidns: None,
             image_volumes: vec![],
+            cdi_spec_dirs: &[],
         },
     )
     .unwrap_or_else(|e| panic!("{e}"));

@@ -474,7 +474,13 @@ async fn ensure_images(c: &mut Cri, pod: &Pod, pcfg: &cri::PodSandboxConfig) -> 
         .init_containers
         .iter()
         .chain(&pod.spec.containers)
-        .map(|ct| (format!("container {}", ct.name), &ct.image, ct.image_pull_policy))
+        .map(|ct| {
+            (
+                format!("container {}", ct.name),
+                &ct.image,
+                ct.image_pull_policy,
+            )
+        })
         .chain(pod.spec.volumes.iter().filter_map(|v| {
             v.image
                 .as_ref()
