@@ -232,6 +232,66 @@ fn pull_and_rmi_through_berthd() {
     assert!(!o.status.success());
 }
 
+/// `berthctl run` of a Pod with an image volume (Kubernetes 1.36): the image
+/// is pulled from a registry like a container's, then mounted read-only,
+/// whole and by subPath.
+#[test]
+fn run_a_pod_with_an_image_volume_from_a_registry() {
+    let b = Berthd::start();
+    let reg = berth_testutil::registry::Registry::start();
+    let archive = b.tmp.path().join("vol.tar");
+    berth_testutil::write_image_archive(&archive, "latest", &["true"]).unwrap();
+    reg.push(
+        &format!("oci-archive:{}:latest", archive.display()),
+        "test/volume",
+        &[],
+    );
+    let hosts = b.tmp.path().join("certs.d").join(reg.host());
+    std::fs::create_dir_all(&hosts).unwrap();
+    std::fs::write(
+        hosts.join("hosts.toml"),
+        format!("server = \"http://{}\"\n", reg.host()),
+    )
+    .unwrap();
+    let mut b = b;
+    b.kill9();
+    let cfg = std::fs::read_to_string(&b.config).unwrap();
+    std::fs::write(
+        &b.config,
+        format!(
+            "{cfg}[registry]\nconfig_path = {:?}\n",
+            b.tmp.path().join("certs.d")
+        ),
+    )
+    .unwrap();
+    b.spawn();
+    let ctl = ctl(&b);
+    let t = tempfile::tempdir().unwrap();
+    let vol = format!("{}/test/volume:latest", reg.host());
+    let pod = write(
+        t.path(),
+        "vol.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: withvol}}\nspec:\n  restartPolicy: Never\n  volumes: [{{name: tools, image: {{reference: {vol}, pullPolicy: IfNotPresent}}}}]\n  containers:\n  - {{name: app, image: {IMAGE}, command: [sh, -c, 'cat /etc-from-image/hostname; ls /tools/bin/busybox; touch /tools/x || echo read-only'], volumeMounts: [{{name: tools, mountPath: /tools}}, {{name: tools, mountPath: /etc-from-image, subPath: etc}}]}}\n"
+        ),
+    );
+    let o = ctl.run(&["run", &pod]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains("busybox") && out.contains("/tools/bin/busybox") && out.contains("read-only"),
+        "{out}"
+    );
+    // The volume's image was pulled into the store.
+    assert!(ctl.ok(&["images"]).contains("test/volume"));
+    assert_eq!(ctl.ok(&["pods", "-q"]).trim(), "", "the pod is removed");
+    assert_eq!(b.leaks(), Vec::<String>::new());
+}
+
 trait WaitTimeout {
     fn wait_with_output_timeout(self) -> String;
 }
