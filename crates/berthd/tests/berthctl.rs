@@ -188,15 +188,16 @@ fn run_a_pod_manifest_with_init_containers_volumes_and_a_failure() {
     assert_eq!(b.leaks(), Vec::<String>::new());
 }
 
-#[test]
-fn pull_and_rmi_through_berthd() {
+/// A private registry serving the test image as `test/<repo>:latest`, and
+/// a berthd whose hosts.toml points at it.
+fn berthd_with_registry(repo: &str) -> (Berthd, berth_testutil::registry::Registry) {
     let b = Berthd::start();
     let reg = berth_testutil::registry::Registry::start();
-    let archive = b.tmp.path().join("app.tar");
+    let archive = b.tmp.path().join(format!("{repo}.tar"));
     berth_testutil::write_image_archive(&archive, "latest", &["true"]).unwrap();
     reg.push(
         &format!("oci-archive:{}:latest", archive.display()),
-        "test/app",
+        &format!("test/{repo}"),
         &[],
     );
     let hosts = b.tmp.path().join("certs.d").join(reg.host());
@@ -218,6 +219,12 @@ fn pull_and_rmi_through_berthd() {
     )
     .unwrap();
     b.spawn();
+    (b, reg)
+}
+
+#[test]
+fn pull_and_rmi_through_berthd() {
+    let (b, reg) = berthd_with_registry("app");
     let ctl = ctl(&b);
     let name = format!("{}/test/app:latest", reg.host());
     let out = ctl.ok(&["pull", &name]);
@@ -237,34 +244,7 @@ fn pull_and_rmi_through_berthd() {
 /// whole and by subPath.
 #[test]
 fn run_a_pod_with_an_image_volume_from_a_registry() {
-    let b = Berthd::start();
-    let reg = berth_testutil::registry::Registry::start();
-    let archive = b.tmp.path().join("vol.tar");
-    berth_testutil::write_image_archive(&archive, "latest", &["true"]).unwrap();
-    reg.push(
-        &format!("oci-archive:{}:latest", archive.display()),
-        "test/volume",
-        &[],
-    );
-    let hosts = b.tmp.path().join("certs.d").join(reg.host());
-    std::fs::create_dir_all(&hosts).unwrap();
-    std::fs::write(
-        hosts.join("hosts.toml"),
-        format!("server = \"http://{}\"\n", reg.host()),
-    )
-    .unwrap();
-    let mut b = b;
-    b.kill9();
-    let cfg = std::fs::read_to_string(&b.config).unwrap();
-    std::fs::write(
-        &b.config,
-        format!(
-            "{cfg}[registry]\nconfig_path = {:?}\n",
-            b.tmp.path().join("certs.d")
-        ),
-    )
-    .unwrap();
-    b.spawn();
+    let (b, reg) = berthd_with_registry("volume");
     let ctl = ctl(&b);
     let t = tempfile::tempdir().unwrap();
     let vol = format!("{}/test/volume:latest", reg.host());
