@@ -4,7 +4,9 @@
 //! exactly once; the stream ends after the last message (none for an empty
 //! list, as every message must carry at least one item).
 
+use crate::daemon::Daemon;
 use std::pin::Pin;
+use std::sync::Arc;
 use tonic::Status;
 
 /// A server stream of responses.
@@ -37,6 +39,25 @@ pub fn chunks<T: prost::Message>(items: Vec<T>) -> Vec<Vec<T>> {
         out.push(cur);
     }
     out
+}
+
+/// A stream fed from a blocking thread: `produce` hands each message to
+/// its `send` (false once the client is gone: stop) through a channel that
+/// holds two, so however long the list, only a page of it is in memory.
+pub fn from_blocking<R, F>(d: Arc<Daemon>, produce: F) -> ResponseStream<R>
+where
+    R: Send + 'static,
+    F: FnOnce(&Daemon, &mut dyn FnMut(R) -> bool) -> crate::error::Result<()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::task::spawn_blocking(move || {
+        let r = produce(&d, &mut |m| tx.blocking_send(Ok(m)).is_ok());
+        if let Err(e) = r {
+            tracing::warn!("list stream: {e}");
+            let _ = tx.blocking_send(Err(Status::from(e)));
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
 /// The stream of `wrap(chunk)` responses for `items`.

@@ -646,13 +646,20 @@ impl RuntimeService for Service {
         &self,
         r: Request<cri::StreamContainersRequest>,
     ) -> std::result::Result<Response<Self::StreamContainersStream>, Status> {
+        // A page of the store at a time: 20,000 containers never sit in
+        // memory at once.
         let f = r.into_inner().filter;
-        let items = self
-            .run("StreamContainers", None, move |d| d.list_containers(f))
-            .await?;
-        Ok(Response::new(list_stream::stream(items, |containers| {
-            cri::StreamContainersResponse { containers }
-        })))
+        Ok(Response::new(list_stream::from_blocking(
+            self.d.clone(),
+            move |d, send| {
+                d.each_container_page(f, |page| {
+                    let items = page.iter().map(views::cri_container).collect();
+                    list_stream::chunks(items)
+                        .into_iter()
+                        .all(|containers| send(cri::StreamContainersResponse { containers }))
+                })
+            },
+        )))
     }
 
     type StreamContainerStatsStream = ResponseStream<cri::StreamContainerStatsResponse>;
@@ -661,14 +668,18 @@ impl RuntimeService for Service {
         r: Request<cri::StreamContainerStatsRequest>,
     ) -> std::result::Result<Response<Self::StreamContainerStatsStream>, Status> {
         let f = r.into_inner().filter.unwrap_or_default();
-        let items = self
-            .run("StreamContainerStats", None, move |d| {
-                running_container_stats(d, f)
-            })
-            .await?;
-        Ok(Response::new(list_stream::stream(
-            items,
-            |container_stats| cri::StreamContainerStatsResponse { container_stats },
+        Ok(Response::new(list_stream::from_blocking(
+            self.d.clone(),
+            move |d, send| {
+                d.each_container_page(Some(running(f)), |page| {
+                    let items = page.iter().map(|c| d.container_stats(c)).collect();
+                    list_stream::chunks(items)
+                        .into_iter()
+                        .all(|container_stats| {
+                            send(cri::StreamContainerStatsResponse { container_stats })
+                        })
+                })
+            },
         )))
     }
 
@@ -706,24 +717,27 @@ impl RuntimeService for Service {
     }
 }
 
-/// Stats of the running containers that `f` selects (ListContainerStats
-/// and StreamContainerStats).
+/// Stats of the running containers that `f` selects (ListContainerStats).
 fn running_container_stats(
     d: &Daemon,
     f: cri::ContainerStatsFilter,
 ) -> Result<Vec<cri::ContainerStats>> {
-    let filter = cri::ContainerFilter {
+    Ok(d.filter_containers(Some(running(f)))?
+        .iter()
+        .map(|c| d.container_stats(c))
+        .collect())
+}
+
+/// The ListContainers filter of a stats filter: running containers only.
+fn running(f: cri::ContainerStatsFilter) -> cri::ContainerFilter {
+    cri::ContainerFilter {
         id: f.id,
         pod_sandbox_id: f.pod_sandbox_id,
         label_selector: f.label_selector,
         state: Some(cri::ContainerStateValue {
             state: cri::ContainerState::ContainerRunning as i32,
         }),
-    };
-    Ok(d.filter_containers(Some(filter))?
-        .iter()
-        .map(|c| d.container_stats(c))
-        .collect())
+    }
 }
 
 /// Stats of the ready pods that `f` selects.

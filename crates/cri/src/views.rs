@@ -3,6 +3,7 @@
 use crate::daemon::Daemon;
 use crate::error::Result;
 use crate::model::{now_ns, ContainerRecord, CtrState, PodRecord, PodState};
+use crate::store::Kind;
 use berth_cri_api::v1 as cri;
 use std::collections::HashMap;
 use std::path::Path;
@@ -63,6 +64,25 @@ pub fn pod_status(p: &PodRecord) -> cri::PodSandboxStatus {
         labels: p.config.labels.clone(),
         annotations: p.config.annotations.clone(),
         runtime_handler: p.runtime_handler.clone(),
+    }
+}
+
+/// A container as ListContainers reports it.
+pub fn cri_container(c: &ContainerRecord) -> cri::Container {
+    cri::Container {
+        id: c.id.clone(),
+        pod_sandbox_id: c.pod_id.clone(),
+        metadata: c.config.metadata.clone(),
+        image: Some(cri::ImageSpec {
+            image: c.image_ref.clone(),
+            ..Default::default()
+        }),
+        image_ref: c.image_id.clone(),
+        state: ctr_state(c.state),
+        created_at: c.created_at,
+        labels: c.config.labels.clone(),
+        annotations: c.config.annotations.clone(),
+        image_id: c.image_id.clone(),
     }
 }
 
@@ -157,44 +177,72 @@ impl Daemon {
         let f = f.unwrap_or_default();
         let mut out = Vec::new();
         for c in self.containers()? {
-            if c.state == CtrState::Creating
-                || !id_match(&c.id, &f.id)
-                || !id_match(&c.pod_id, &f.pod_sandbox_id)
-            {
-                continue;
+            if let Some(c) = self.select_container(c, &f)? {
+                out.push(c);
             }
-            let c = self.refresh(&c)?;
-            if f.state
-                .as_ref()
-                .is_some_and(|s| s.state != ctr_state(c.state))
-                || !labels_match(&c.config.labels, &f.label_selector)
-            {
-                continue;
-            }
-            out.push(c);
         }
         Ok(out)
+    }
+
+    /// `c` with its exit folded in, if filter `f` selects it.
+    fn select_container(
+        &self,
+        c: ContainerRecord,
+        f: &cri::ContainerFilter,
+    ) -> Result<Option<ContainerRecord>> {
+        if c.state == CtrState::Creating
+            || !id_match(&c.id, &f.id)
+            || !id_match(&c.pod_id, &f.pod_sandbox_id)
+        {
+            return Ok(None);
+        }
+        let c = self.refresh(&c)?;
+        if f.state
+            .as_ref()
+            .is_some_and(|s| s.state != ctr_state(c.state))
+            || !labels_match(&c.config.labels, &f.label_selector)
+        {
+            return Ok(None);
+        }
+        Ok(Some(c))
+    }
+
+    /// The records `f` selects, a page of the store at a time: `each` gets
+    /// every page's selection (it may be empty) and returns false to stop.
+    /// Memory holds one page, however many containers there are.
+    pub fn each_container_page(
+        &self,
+        f: Option<cri::ContainerFilter>,
+        mut each: impl FnMut(Vec<ContainerRecord>) -> bool,
+    ) -> Result<()> {
+        const PAGE: usize = 500;
+        let f = f.unwrap_or_default();
+        let mut after: Option<String> = None;
+        loop {
+            let page: Vec<(String, ContainerRecord)> =
+                self.store.page(Kind::Container, after.as_deref(), PAGE)?;
+            let Some((last, _)) = page.last() else {
+                return Ok(());
+            };
+            after = Some(last.clone());
+            let full = page.len() == PAGE;
+            let mut picked = Vec::new();
+            for (_, c) in page {
+                if let Some(c) = self.select_container(c, &f)? {
+                    picked.push(c);
+                }
+            }
+            if !each(picked) || !full {
+                return Ok(());
+            }
+        }
     }
 
     pub fn list_containers(&self, f: Option<cri::ContainerFilter>) -> Result<Vec<cri::Container>> {
         Ok(self
             .filter_containers(f)?
-            .into_iter()
-            .map(|c| cri::Container {
-                id: c.id.clone(),
-                pod_sandbox_id: c.pod_id.clone(),
-                metadata: c.config.metadata.clone(),
-                image: Some(cri::ImageSpec {
-                    image: c.image_ref.clone(),
-                    ..Default::default()
-                }),
-                image_ref: c.image_id.clone(),
-                state: ctr_state(c.state),
-                created_at: c.created_at,
-                labels: c.config.labels.clone(),
-                annotations: c.config.annotations.clone(),
-                image_id: c.image_id.clone(),
-            })
+            .iter()
+            .map(cri_container)
             .collect())
     }
 
