@@ -116,20 +116,7 @@ impl Handler {
 
     /// Whether the container's init process is alive.
     pub fn alive(&self, d: &Daemon, id: &str) -> bool {
-        match self {
-            Handler::Builtin => match d.oci.load(id) {
-                Ok(st) => berth_oci::state::process_alive(st.pid, st.pid_start),
-                Err(_) => false,
-            },
-            Handler::External(rt) => rt
-                .command()
-                .arg("state")
-                .arg(id)
-                .output()
-                .ok()
-                .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
-                .is_some_and(|v| v["status"] == "running" || v["status"] == "created"),
-        }
+        self.init_pid(d, id).is_some()
     }
 
     pub fn update(
