@@ -7,6 +7,14 @@ use berth_cri_api::v1 as cri;
 use common::*;
 use std::time::{Duration, Instant};
 
+/// The items of every message of a Stream* response, in order.
+async fn stream_items<R, T>(
+    s: tonic::Response<tonic::codec::Streaming<R>>,
+    items: fn(R) -> Vec<T>,
+) -> Vec<T> {
+    collect(s).await.into_iter().flat_map(items).collect()
+}
+
 async fn collect<R>(s: tonic::Response<tonic::codec::Streaming<R>>) -> Vec<R> {
     let mut s = s.into_inner();
     let mut out = Vec::new();
@@ -49,15 +57,13 @@ async fn stream_calls_return_what_the_list_calls_do() {
             .unwrap()
             .into_inner()
             .containers;
-        let mut streamed: Vec<_> = collect(
+        let mut streamed: Vec<_> = stream_items(
             c.stream_containers(cri::StreamContainersRequest { filter })
                 .await
                 .unwrap(),
+            |m| m.containers,
         )
-        .await
-        .into_iter()
-        .flat_map(|m| m.containers)
-        .collect();
+        .await;
         listed.sort_by(|a, b| a.id.cmp(&b.id));
         streamed.sort_by(|a, b| a.id.cmp(&b.id));
         assert_eq!(listed, streamed);
@@ -68,15 +74,13 @@ async fn stream_calls_return_what_the_list_calls_do() {
         .unwrap()
         .into_inner()
         .items;
-    let mut streamed: Vec<_> = collect(
+    let mut streamed: Vec<_> = stream_items(
         c.stream_pod_sandboxes(cri::StreamPodSandboxesRequest::default())
             .await
             .unwrap(),
+        |m| m.pod_sandboxes,
     )
-    .await
-    .into_iter()
-    .flat_map(|m| m.pod_sandboxes)
-    .collect();
+    .await;
     listed.sort_by(|a, b| a.id.cmp(&b.id));
     streamed.sort_by(|a, b| a.id.cmp(&b.id));
     assert_eq!(listed, streamed);
@@ -84,12 +88,11 @@ async fn stream_calls_return_what_the_list_calls_do() {
 
     // Stats change between two readings: compare whose they are.
     let ids_of = |v: Vec<cri::ContainerStats>| {
-        let mut v: Vec<String> = v
-            .into_iter()
-            .filter_map(|s| s.attributes.map(|a| a.id))
-            .collect();
-        v.sort();
-        v
+        sorted(
+            v.into_iter()
+                .filter_map(|s| s.attributes.map(|a| a.id))
+                .collect(),
+        )
     };
     let listed = c
         .list_container_stats(cri::ListContainerStatsRequest::default())
@@ -97,37 +100,28 @@ async fn stream_calls_return_what_the_list_calls_do() {
         .unwrap()
         .into_inner()
         .stats;
-    let streamed: Vec<_> = collect(
+    let streamed: Vec<_> = stream_items(
         c.stream_container_stats(cri::StreamContainerStatsRequest::default())
             .await
             .unwrap(),
+        |m| m.container_stats,
     )
-    .await
-    .into_iter()
-    .flat_map(|m| m.container_stats)
-    .collect();
+    .await;
     assert_eq!(ids_of(listed), ids_of(streamed.clone()));
     assert_eq!(streamed.len(), 3);
-    let pod_ids = |v: Vec<String>| {
-        let mut v = v;
-        v.sort();
-        v
-    };
     let listed = c
         .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest::default())
         .await
         .unwrap()
         .into_inner()
         .stats;
-    let streamed: Vec<_> = collect(
+    let streamed: Vec<_> = stream_items(
         c.stream_pod_sandbox_stats(cri::StreamPodSandboxStatsRequest::default())
             .await
             .unwrap(),
+        |m| m.pod_sandbox_stats,
     )
-    .await
-    .into_iter()
-    .flat_map(|m| m.pod_sandbox_stats)
-    .collect();
+    .await;
     let pid = |s: &cri::PodSandboxStats| {
         s.attributes
             .as_ref()
@@ -135,8 +129,8 @@ async fn stream_calls_return_what_the_list_calls_do() {
             .unwrap_or_default()
     };
     assert_eq!(
-        pod_ids(listed.iter().map(pid).collect()),
-        pod_ids(streamed.iter().map(pid).collect())
+        sorted(listed.iter().map(pid).collect()),
+        sorted(streamed.iter().map(pid).collect())
     );
     let listed = c
         .list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest::default())
@@ -144,18 +138,16 @@ async fn stream_calls_return_what_the_list_calls_do() {
         .unwrap()
         .into_inner()
         .pod_metrics;
-    let streamed: Vec<_> = collect(
+    let streamed: Vec<_> = stream_items(
         c.stream_pod_sandbox_metrics(cri::StreamPodSandboxMetricsRequest::default())
             .await
             .unwrap(),
+        |m| m.pod_sandbox_metrics,
     )
-    .await
-    .into_iter()
-    .flat_map(|m| m.pod_sandbox_metrics)
-    .collect();
+    .await;
     assert_eq!(
-        pod_ids(listed.iter().map(|m| m.pod_sandbox_id.clone()).collect()),
-        pod_ids(streamed.iter().map(|m| m.pod_sandbox_id.clone()).collect())
+        sorted(listed.iter().map(|m| m.pod_sandbox_id.clone()).collect()),
+        sorted(streamed.iter().map(|m| m.pod_sandbox_id.clone()).collect())
     );
     let listed = img
         .list_images(cri::ListImagesRequest::default())
@@ -163,15 +155,13 @@ async fn stream_calls_return_what_the_list_calls_do() {
         .unwrap()
         .into_inner()
         .images;
-    let streamed: Vec<_> = collect(
+    let streamed: Vec<_> = stream_items(
         img.stream_images(cri::StreamImagesRequest::default())
             .await
             .unwrap(),
+        |m| m.images,
     )
-    .await
-    .into_iter()
-    .flat_map(|m| m.images)
-    .collect();
+    .await;
     assert_eq!(listed, streamed);
     assert!(!streamed.is_empty());
     let _ = ids;
@@ -673,4 +663,9 @@ async fn a_split_image_filesystem_reports_images_and_containers_apart() {
     assert_eq!(b.leaks(), Vec::<String>::new());
     let _ = img.image_fs_info(cri::ImageFsInfoRequest {}).await;
     drop(b);
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
 }
